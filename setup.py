@@ -1,0 +1,28 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+requirements = [
+    line.strip()
+    for line in (here / "requirements.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+
+setup(
+    name="rule-unlearning",
+    version="0.1.0",
+    description="RULE: Reinforcement UnLEarning (NeurIPS 2025) reproduction: Rejection Steering + ReBO on an EasyR1/verl fork",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["verl", "verl.*", "RS", "RS.*", "data", "data.*"]),
+    package_data={"data": ["sample/**/*.json"], "RS": ["configs/*"], "verl": ["eval/*.md"]},
+    include_package_data=True,
+    install_requires=requirements,
+    extras_require={
+        "gpu": ["vllm>=0.7", "flash-attn>=2.6", "deepspeed>=0.15", "bitsandbytes>=0.43"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
+    },
+)

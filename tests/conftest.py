@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny random model (fast), the embedded model (slow tests), the data roots."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+SAMPLE_TARGET = "101_Elowen_Marsh"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> str:
+    """A 2-layer random Llama with the embedded model's tokenizer and chat template."""
+    from verl.models.embedded import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+@pytest.fixture(scope="session")
+def embedded_model_path() -> str:
+    from verl.models.embedded import ensure_embedded_model
+
+    return str(ensure_embedded_model())
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The benchmark files beside the checkout (../shared/data); tests needing them skip without."""
+    if not (SHARED_DATA / "RWKU").is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
