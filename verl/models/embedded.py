@@ -193,3 +193,13 @@ def load_model_and_tokenizer(name_or_path: str, dtype: str = "float32", device: 
         path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
     ).to(device)
     return model, tokenizer
+
+
+def main() -> None:
+    """``python -m verl.models.embedded``: build (once) and print the embedded model's cached folder."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(ensure_embedded_model())
+
+
+if __name__ == "__main__":
+    main()
