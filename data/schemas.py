@@ -104,6 +104,8 @@ def read_json(path: str | Path) -> Any:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise DataValidationError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+    except UnicodeDecodeError as e:
+        raise DataValidationError(f"{path}: not UTF-8 text (byte {e.start}): {e.reason}") from e
 
 
 def load_validated(path: str | Path, schema: str | None = None) -> list:

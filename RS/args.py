@@ -1,0 +1,177 @@
+"""Typed arguments of ``python -m RS.train`` (LLaMA-Factory flag names), parsed from a YAML config + the command line.
+
+Order of precedence: dataclass defaults < ``--config file.yaml`` < explicit flags. Unknown flags or YAML keys are
+errors (no silent typos).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class TrainArgs:
+    # --- what to train
+    stage: str = "rt"  # training stage: rt, inject, ga, ga_gdr, ga_klr, npo, npo_gdr, npo_klr, simnpo, simnpo_gdr, idkdpo
+    model_name_or_path: str = "smollm2-135m-instruct"  # HF folder, hub id or the embedded model's name
+    target: str = ""  # RWKU target (id, folder or name); a comma list for --stage inject
+    data_dir: str = ""  # data root holding RWKU/Target/...; empty: $RULE_DATA_DIR, then ./data
+    dataset: str = ""  # forget-side dataset: reject_target, rwku_rt, passage, inject, idk_pref; empty: the stage's default
+    retain_dataset: str = "auto"  # retain corpus for *_gdr/*_klr: auto (other targets' passages), retain_mia, or targets "a,b"
+    retain_num_targets: int = 2  # how many other targets' passages make the auto retain corpus
+    output_dir: str = ""  # where checkpoints, logs and the final model go
+    config: str = ""  # YAML file with defaults for any of these fields
+    # --- model / fine-tuning
+    finetuning_type: str = "full"  # full or lora
+    lora_rank: int = 8  # LoRA rank r
+    lora_alpha: int = 16  # LoRA alpha (scaling = alpha / r)
+    lora_dropout: float = 0.0  # LoRA dropout
+    lora_target: str = "all"  # comma list of module names, or "all" (every linear layer but lm_head)
+    cutoff_len: int = 512  # max tokens per example (prompt + response, or text)
+    # --- optimisation
+    per_device_train_batch_size: int = 8  # examples per device per micro-step
+    gradient_accumulation_steps: int = 1  # micro-steps per optimizer step
+    learning_rate: float = 4e-7  # peak learning rate (paper RS value for Llama-3-8B)
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping (0 disables)
+    num_train_epochs: float = 3.0  # epochs over the forget-side data
+    max_steps: int = -1  # stop after this many optimizer steps (-1: epochs decide)
+    lr_scheduler_type: str = "cosine"  # cosine, linear or constant (transformers scheduler names)
+    warmup_steps: int = 20  # linear warm-up steps
+    bf16: bool = False  # bf16 mixed precision through accelerate
+    seed: int = 42  # seed for data order, splits and init
+    # --- data selection
+    max_samples: int = 0  # keep at most this many forget-side examples (0: all)
+    train_fraction: float = 1.0  # train on this seeded share of the examples; the rest go to O/heldout.json
+    val_size: float = 0.0  # holdout for a validation loss per epoch (<1: fraction, >=1: count)
+    # --- saving / logging
+    save_strategy: str = "epoch"  # epoch (a checkpoint per epoch) or no (final model only)
+    logging_steps: int = 5  # write a loss line every N optimizer steps
+    overwrite_output_dir: bool = False  # allow reusing a non-empty output folder
+    plot_loss: bool = True  # draw O/loss.png at the end
+    # --- losses
+    forget_weight: float = 1.0  # weight of the forget-side loss
+    retain_weight: float = 1.0  # weight of the retain loss (GDR NLL or KLR KL)
+    npo_beta: float = 0.1  # NPO inverse temperature beta
+    simnpo_beta: float = 2.5  # SimNPO beta
+    simnpo_gamma: float = 0.0  # SimNPO reward margin gamma
+    dpo_beta: float = 0.1  # IdkDPO beta
+    # --- knowledge injection (stage inject)
+    inject_passages: bool = True  # include the target passages as raw-text LM examples
+    inject_qa_repeat: int = 3  # repeat each probe QA/FB pair this many times per epoch (passages once)
+    eval_probes: bool = True  # inject: score forget/neighbor FB/QA ROUGE-L before and after
+    eval_max_new_tokens: int = 30  # greedy tokens for the probe scores
+    # --- runtime
+    num_threads: int = 2  # torch CPU threads (the shared machine has 2 cores)
+
+
+_BOOL_TRUE = {"1", "true", "yes", "y", "on"}
+_BOOL_FALSE = {"0", "false", "no", "n", "off"}
+
+
+def _to_bool(v: str | bool) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in _BOOL_TRUE:
+        return True
+    if s in _BOOL_FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {v!r}")
+
+
+def _field_types() -> dict[str, type]:
+    hints = typing.get_type_hints(TrainArgs)
+    out = {}
+    for f in dataclasses.fields(TrainArgs):
+        t = hints[f.name]
+        if isinstance(t, types.UnionType):
+            t = next(a for a in t.__args__ if a is not type(None))
+        out[f.name] = t
+    return out
+
+
+def _coerce(name: str, value, typ: type):
+    if typ is bool:
+        return _to_bool(value)
+    try:
+        return typ(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"option {name}: cannot read {value!r} as {typ.__name__}") from e
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m RS.train", description="Rejection Steering SFT and SFT-style baselines",
+                                allow_abbrev=False)  # a typo must not silently match a longer flag
+    for f in dataclasses.fields(TrainArgs):
+        typ = _field_types()[f.name]
+        if typ is bool:  # both "--bf16" and "--bf16 true" work, as with LLaMA-Factory
+            p.add_argument(f"--{f.name}", type=_to_bool, nargs="?", const=True, default=argparse.SUPPRESS)
+        else:
+            p.add_argument(f"--{f.name}", type=typ, default=argparse.SUPPRESS)
+    return p
+
+
+def load_yaml_config(path: str | Path) -> dict:
+    """Read a YAML config of TrainArgs fields; unknown keys are an error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of option: value")
+    known = {f.name for f in dataclasses.fields(TrainArgs)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown option(s) {unknown}; see `python -m RS.train --help`")
+    types_ = _field_types()
+    return {k: _coerce(k, v, types_[k]) for k, v in data.items()}
+
+
+def parse_args(argv: list[str] | None = None) -> TrainArgs:
+    """Parse flags (unknown ones exit with an error) on top of an optional ``--config`` YAML."""
+    parser = build_parser()
+    ns, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unknown argument(s): {' '.join(unknown)} (see --help for the accepted flags)")
+    cli = vars(ns)
+    values = load_yaml_config(cli["config"]) if cli.get("config") else {}
+    values.update(cli)
+    args = TrainArgs(**values)
+    validate_args(args)
+    return args
+
+
+def validate_args(args: TrainArgs) -> None:
+    """Cheap sanity checks with messages that say what to do."""
+    from RS.stages import STAGES
+
+    if args.stage not in STAGES:
+        raise ValueError(f"unknown --stage {args.stage!r}; choose one of {sorted(STAGES)}")
+    if not args.target:
+        raise ValueError("--target is required (an RWKU target id, folder or name)")
+    if not args.output_dir:
+        raise ValueError("--output_dir is required")
+    if args.finetuning_type not in ("full", "lora"):
+        raise ValueError(f"--finetuning_type must be full or lora, got {args.finetuning_type!r}")
+    if args.save_strategy not in ("epoch", "no"):
+        raise ValueError(f"--save_strategy must be epoch or no, got {args.save_strategy!r}")
+    if not 0 < args.train_fraction <= 1:
+        raise ValueError("--train_fraction must be in (0, 1]")
+    if args.per_device_train_batch_size < 1 or args.gradient_accumulation_steps < 1:
+        raise ValueError("batch size and gradient accumulation steps must be >= 1")
+
+
+def args_to_dict(args: TrainArgs) -> dict:
+    return dataclasses.asdict(args)
+
+
+__all__ = ["TrainArgs", "parse_args", "build_parser", "load_yaml_config", "validate_args", "args_to_dict", "field"]

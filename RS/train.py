@@ -1,0 +1,362 @@
+"""``python -m RS.train``: Rejection Steering SFT, knowledge injection and the SFT-style unlearning baselines.
+
+One loop (accelerate.Accelerator, so ``accelerate launch --config_file RS/configs/accelerate_fsdp.yaml -m RS.train``
+works) serves every stage of ``RS.stages``. Outputs in ``--output_dir``: ``checkpoint-epoch-<k>/`` per epoch
+(``--save_strategy epoch``) and the final model at the top (HF folders, safetensors + tokenizer, LoRA merged),
+``train_log.jsonl``, ``loss.png``, ``run_args.json``, ``run_info.json`` (git commit, data sha256), ``heldout.json``
+(``--train_fraction``), ``inject_eval.json`` (stage inject) and the ``DONE`` marker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from RS import losses
+from RS.args import TrainArgs, args_to_dict, parse_args
+from RS.checkpoint import save_hf_checkpoint
+from RS.datasets import build_data, collate
+from RS.stages import Stage, get_stage
+
+logger = logging.getLogger("RS.train")
+REPO = Path(__file__).resolve().parents[1]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf: training stopped, earlier checkpoints were kept."""
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _prepare_output_dir(args: TrainArgs) -> Path:
+    out = Path(args.output_dir)
+    if out.exists() and any(out.iterdir()) and not args.overwrite_output_dir:
+        raise FileExistsError(f"output dir {out} is not empty; pass --overwrite_output_dir to reuse it")
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("DONE", "FAILED.json"):
+        (out / stale).unlink(missing_ok=True)
+    return out
+
+
+def _load_model(args: TrainArgs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from verl.models.embedded import resolve_model_path
+
+    path = resolve_model_path(args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    ref = None
+    if args.finetuning_type == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        target = "all-linear" if args.lora_target == "all" else [m.strip() for m in args.lora_target.split(",")]
+        cfg = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                         target_modules=target, task_type="CAUSAL_LM")
+        model = get_peft_model(model, cfg)
+    return path, model, tokenizer, ref
+
+
+def _load_ref(path: str):
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def _forward_logits(model, batch: dict, prefix: str = "") -> torch.Tensor:
+    return model(input_ids=batch[f"{prefix}input_ids"], attention_mask=batch[f"{prefix}attention_mask"]).logits
+
+
+def compute_loss(stage: Stage, args: TrainArgs, model, ref, batch: dict, retain_batch: dict | None) -> dict:
+    """The stage's total loss and its parts (tensors) for one micro-batch."""
+    parts: dict[str, torch.Tensor] = {}
+    if stage.forget_loss == "dpo":
+        c_logp, _ = losses.sequence_logprob(_forward_logits(model, batch, "chosen_"), batch["chosen_labels"])
+        r_logp, _ = losses.sequence_logprob(_forward_logits(model, batch, "rejected_"), batch["rejected_labels"])
+        with torch.no_grad():
+            rc, _ = losses.sequence_logprob(_forward_logits(ref, batch, "chosen_"), batch["chosen_labels"])
+            rr, _ = losses.sequence_logprob(_forward_logits(ref, batch, "rejected_"), batch["rejected_labels"])
+        parts["forget"] = losses.dpo_loss(c_logp, r_logp, rc, rr, args.dpo_beta)
+    else:
+        logits = _forward_logits(model, batch)
+        labels = batch["labels"]
+        if stage.forget_loss == "nll":
+            parts["forget"] = losses.nll_loss(logits, labels)
+        elif stage.forget_loss == "ga":
+            parts["forget"] = losses.ga_loss(logits, labels)
+        elif stage.forget_loss == "npo":
+            logp, _ = losses.sequence_logprob(logits, labels)
+            with torch.no_grad():
+                ref_logp, _ = losses.sequence_logprob(_forward_logits(ref, batch), labels)
+            parts["forget"] = losses.npo_loss(logp, ref_logp, args.npo_beta)
+        elif stage.forget_loss == "simnpo":
+            logp, n = losses.sequence_logprob(logits, labels)
+            parts["forget"] = losses.simnpo_loss(logp, n, args.simnpo_beta, args.simnpo_gamma)
+        else:
+            raise ValueError(f"stage {stage.name}: unknown forget loss {stage.forget_loss!r}")
+    total = args.forget_weight * parts["forget"]
+    if stage.retain and retain_batch is not None:
+        r_logits = _forward_logits(model, retain_batch)
+        if stage.retain == "nll":
+            parts["retain"] = losses.nll_loss(r_logits, retain_batch["labels"])
+        else:
+            with torch.no_grad():
+                ref_logits = _forward_logits(ref, retain_batch)
+            parts["retain"] = losses.kl_loss(r_logits, ref_logits, retain_batch["labels"])
+        total = total + args.retain_weight * parts["retain"]
+    parts["loss"] = total
+    return parts
+
+
+def _plot_loss(log_path: Path, out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in open(log_path, encoding="utf-8") if line.strip()]
+    rows = [r for r in rows if "loss" in r and "step" in r]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key in ("loss", "forget", "retain"):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts and (key == "loss" or any(k in rows[0] for k in ("retain",))):
+            ax.plot(*zip(*pts), label=key)
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    if val:
+        ax.plot(*zip(*val), "o-", label="val_loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out_png)
+
+
+@torch.no_grad()
+def _val_loss(model, loader, accelerator) -> float:
+    model.eval()
+    tot, n = 0.0, 0
+    for batch in loader:
+        tot += losses.nll_loss(_forward_logits(model, batch), batch["labels"]).item()
+        n += 1
+    model.train()
+    return tot / max(1, n)
+
+
+def _inject_eval(model, tokenizer, args: TrainArgs, root) -> dict:
+    from data.rwku import resolve_target
+    from RS.quick_eval import score_probes
+
+    out = {}
+    for t in [s.strip() for s in args.target.split(",") if s.strip()]:
+        target = resolve_target(t, root)
+        out[target.folder] = score_probes(model, tokenizer, target, args.eval_max_new_tokens)
+    return out
+
+
+def train(args: TrainArgs) -> Path:
+    """Run one training job; returns the output folder. Raises NonFiniteLossError on NaN/inf loss."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    torch.set_num_threads(max(1, args.num_threads))
+    stage = get_stage(args.stage)
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              mixed_precision="bf16" if args.bf16 else "no")
+    set_seed(args.seed)
+    out = _prepare_output_dir(args) if accelerator.is_main_process else Path(args.output_dir)
+    accelerator.wait_for_everyone()
+    root = args.data_dir or None
+    t_start = time.time()
+    path, model, tokenizer, _ = _load_model(args)
+    ref = _load_ref(path) if stage.needs_ref else None
+    data = build_data(args, tokenizer, stage, root)
+    if not data.train:
+        raise ValueError("no training examples left (check --max_samples / --train_fraction / --val_size)")
+
+    if accelerator.is_main_process:
+        _write_json(out / "run_args.json", args_to_dict(args))
+        _write_json(out / "run_info.json", {
+            "git_commit": git_commit(), "stage": stage.name, "model_path": path, "seed": args.seed,
+            "data_files": {str(p): _sha256(p) for p in data.files}, "n_train": len(data.train),
+            "n_val": len(data.val), "n_heldout": len(data.heldout), "n_retain": len(data.retain),
+            "python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
+            "world_size": accelerator.num_processes, "argv": sys.argv,
+        })
+        if data.heldout:
+            _write_json(out / "heldout.json", data.heldout)
+
+    before = None
+    if stage.name == "inject" and args.eval_probes and accelerator.is_main_process:
+        t0 = time.time()
+        before = _inject_eval(model, tokenizer, args, root)
+        logger.info("before injection: %s (%.0fs)", {k: v["scores"] for k, v in before.items()}, time.time() - t0)
+
+    pad = tokenizer.pad_token_id
+    gen = torch.Generator().manual_seed(args.seed)
+    loader = DataLoader(data.train, batch_size=args.per_device_train_batch_size, shuffle=True, generator=gen,
+                        collate_fn=lambda f: collate(f, pad))
+    val_loader = DataLoader(data.val, batch_size=args.per_device_train_batch_size, collate_fn=lambda f: collate(f, pad))
+    retain_loader = None
+    if stage.retain:
+        if not data.retain:
+            raise ValueError(f"stage {stage.name} needs a retain corpus but none was built")
+        retain_loader = DataLoader(data.retain, batch_size=args.per_device_train_batch_size, shuffle=True,
+                                   generator=torch.Generator().manual_seed(args.seed + 1),
+                                   collate_fn=lambda f: collate(f, pad))
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+    micro_per_epoch = math.ceil(len(data.train) / (args.per_device_train_batch_size * accelerator.num_processes))
+    steps_per_epoch = max(1, math.ceil(micro_per_epoch / args.gradient_accumulation_steps))
+    n_epochs = math.ceil(args.num_train_epochs)
+    total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(steps_per_epoch * args.num_train_epochs))
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=min(args.warmup_steps, total_steps),
+                              num_training_steps=total_steps)
+    model, optimizer, loader, val_loader, scheduler = accelerator.prepare(model, optimizer, loader, val_loader,
+                                                                          scheduler)
+    if retain_loader is not None:
+        retain_loader = accelerator.prepare(retain_loader)
+    if ref is not None:
+        ref = ref.to(accelerator.device)
+    retain_iter = itertools.cycle(retain_loader) if retain_loader is not None else None
+    lora_scaling = args.lora_alpha / args.lora_rank if args.finetuning_type == "lora" else None
+
+    from tqdm.auto import tqdm
+
+    log_path = out / "train_log.jsonl"
+    log_f = open(log_path, "a", encoding="utf-8") if accelerator.is_main_process else None
+    bar = tqdm(total=total_steps, desc=f"RS[{stage.name}]", disable=not accelerator.is_local_main_process)
+    step, last_good = 0, None
+    acc: dict[str, list[float]] = {}
+    model.train()
+    try:
+        for epoch in range(1, n_epochs + 1):
+            for batch in loader:
+                with accelerator.accumulate(model):
+                    rbatch = next(retain_iter) if retain_iter is not None else None
+                    parts = compute_loss(stage, args, model, ref, batch, rbatch)
+                    if not torch.isfinite(parts["loss"]).all():
+                        raise NonFiniteLossError(
+                            f"non-finite loss {parts['loss'].item()} at step {step + 1} (epoch {epoch}); training "
+                            f"stopped. Last good checkpoint: {last_good or 'none'}. Lower --learning_rate or check data."
+                        )
+                    accelerator.backward(parts["loss"])
+                    if accelerator.sync_gradients and args.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(params, args.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                for k, v in parts.items():
+                    acc.setdefault(k, []).append(v.item())
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{acc['loss'][-1]:.4f}")
+                if step % max(1, args.logging_steps) == 0 or step == total_steps:
+                    row = {"step": step, "epoch": round(epoch - 1 + min(1.0, step / steps_per_epoch - (epoch - 1)), 4),
+                           "lr": scheduler.get_last_lr()[0], "time": round(time.time() - t_start, 1)}
+                    row.update({k: sum(v) / len(v) for k, v in acc.items()})
+                    acc = {}
+                    if log_f:
+                        log_f.write(json.dumps(row) + "\n")
+                        log_f.flush()
+                if step >= total_steps:
+                    break
+            if data.val:
+                vl = _val_loss(model, val_loader, accelerator)
+                if log_f:
+                    log_f.write(json.dumps({"step": step, "epoch": epoch, "val_loss": vl}) + "\n")
+                    log_f.flush()
+            if args.save_strategy == "epoch":
+                ck = out / f"checkpoint-epoch-{epoch}"
+                save_hf_checkpoint(accelerator, model, tokenizer, ck, lora_scaling,
+                                   extra={"epoch": epoch, "global_step": step, "stage": stage.name})
+                last_good = str(ck)
+            if step >= total_steps:
+                break
+    except NonFiniteLossError as e:
+        if accelerator.is_main_process:
+            _write_json(out / "FAILED.json", {"error": str(e), "step": step, "last_good_checkpoint": last_good})
+        raise
+    finally:
+        bar.close()
+        if log_f:
+            log_f.close()
+
+    save_hf_checkpoint(accelerator, model, tokenizer, out, lora_scaling, into_existing=True,
+                       extra={"epoch": args.num_train_epochs, "global_step": step, "stage": stage.name})
+    summary = {"stage": stage.name, "global_step": step, "train_seconds": round(time.time() - t_start, 1)}
+    if stage.name == "inject" and args.eval_probes and accelerator.is_main_process:
+        t0 = time.time()
+        after = _inject_eval(accelerator.unwrap_model(model), tokenizer, args, root)
+        res = {t: {"before": before[t]["scores"], "after": after[t]["scores"],
+                   "generations_after": after[t]["generations"]} for t in after}
+        _write_json(out / "inject_eval.json", res)
+        summary["inject_scores"] = {t: {"before": r["before"], "after": r["after"]} for t, r in res.items()}
+        summary["eval_seconds_after"] = round(time.time() - t0, 1)
+        logger.info("after injection: %s", summary["inject_scores"])
+    if accelerator.is_main_process:
+        if args.plot_loss:
+            _plot_loss(log_path, out / "loss.png")
+        _write_json(out / "DONE", summary)
+    accelerator.wait_for_everyone()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    try:
+        train(args)
+    except NonFiniteLossError as e:
+        logger.error("%s", e)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

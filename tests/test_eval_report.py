@@ -1,0 +1,126 @@
+"""Table maker: averaging over targets, markdown/CSV/LaTeX, the Pareto plot and its AUC."""
+
+import csv
+import json
+
+import pytest
+
+from verl.eval.plots import pareto_auc, pareto_frontier
+from verl.eval.report import main, make_report
+
+
+def _rwku(method, target, fb, qa, aa, nfb, nqa, protocol="sandbox", nat=None, created="2026-01-01T00:00:00"):
+    metrics = {
+        "forget": {"FB": fb, "QA": qa, "AA": aa, "All": (fb + qa + aa) / 3, "All_weighted": 0.5},
+        "neighbor": {"FB": nfb, "QA": nqa, "All": (nfb + nqa) / 2, "All_weighted": 0.5},
+        "mia": {"FM": {"loss": 2.0}, "RM": {"loss": 1.0}},
+    }
+    if nat:
+        metrics["naturalness"] = {"Read": nat, "Help": nat, "Truth": nat, "Mean": nat, "source": "proxy"}
+    return {
+        "benchmark": "rwku",
+        "method": method,
+        "target": target,
+        "protocol": protocol,
+        "created": created,
+        "model_path": "/m",
+        "git_commit": None,
+        "config": {},
+        "metrics": metrics,
+        "generations": {},
+    }
+
+
+def _dump(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "runs"
+    _dump(root / "a" / "GA" / "1_X" / "result.json", _rwku("GA", "1_X", 0.2, 0.4, 0.6, 0.5, 0.7, nat=0.2))
+    _dump(root / "a" / "GA" / "2_Y" / "result.json", _rwku("GA", "2_Y", 0.4, 0.2, 0.0, 0.3, 0.5, nat=0.4))
+    _dump(root / "b" / "RULE" / "1_X.json", _rwku("RULE", "1_X", 0.1, 0.1, 0.1, 0.8, 0.8))
+    # an older duplicate of RULE/1_X (ignored), a paper-protocol result, a MUSE one and non-result JSONs
+    _dump(root / "b" / "old.json", _rwku("RULE", "1_X", 0.9, 0.9, 0.9, 0.0, 0.0, created="2025-01-01"))
+    _dump(root / "b" / "paper.json", _rwku("RULE", "1_X", 0.3, 0.3, 0.3, 0.6, 0.6, protocol="paper"))
+    muse = {
+        "benchmark": "muse",
+        "method": "RULE",
+        "target": "books",
+        "protocol": "paper",
+        "metrics": {"muse": {"VerbMem": 0.1, "KnowMem_forget": 0.2, "KnowMem_retain": 0.5, "PrivLeak": -0.05}},
+    }
+    _dump(root / "m" / "muse.json", muse)
+    _dump(root / "b" / "config.json", {"lr": 1})
+    (root / "b" / "broken.json").write_text("{not json")
+    return root
+
+
+def test_table_means_and_files(runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    main([str(runs), "--out", str(out), "--retain_threshold", "20", "--by_target"])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == str(out / "report.md")
+    summary = json.loads((out / "summary.json").read_text())
+    tables = {(t["benchmark"], t["protocol"]): t for t in summary["tables"]}
+    assert set(tables) == {("rwku", "sandbox"), ("rwku", "paper"), ("muse", "paper")}
+    rows = {r["method"]: r for r in tables[("rwku", "sandbox")]["rows"]}
+    ga = rows["GA"]["values"]
+    assert rows["GA"]["n_targets"] == 2
+    # hand-computed means over the two targets, x100
+    assert ga["Forget FB"] == pytest.approx(30.0)
+    assert ga["Forget QA"] == pytest.approx(30.0)
+    assert ga["Forget AA"] == pytest.approx(30.0)
+    assert ga["Forget All"] == pytest.approx((40.0 + 20.0) / 2)
+    assert ga["Neighbor All"] == pytest.approx((60.0 + 40.0) / 2)
+    assert ga["Naturalness Read"] == pytest.approx(30.0)
+    assert ga["MIA FM"] == pytest.approx(2.0)  # losses are not scaled
+    assert ga["Utility Gen"] is None
+    rule = rows["RULE"]["values"]  # the newer duplicate wins
+    assert rows["RULE"]["n_targets"] == 1 and rule["Forget All"] == pytest.approx(10.0)
+    assert rule["Naturalness Read"] is None
+    assert summary["duplicates"] and "old.json" in summary["duplicates"][0]
+
+    md = (out / "rwku_sandbox.md").read_text()
+    assert "sandbox" in md and '"All" = plain mean' in md
+    ga_line = next(line for line in md.splitlines() if line.startswith("| GA "))
+    assert "| 30.0 | 30.0 | 30.0 | 30.0 |" in ga_line and ga_line.rstrip().endswith("| 2 |")
+    rule_line = next(line for line in md.splitlines() if line.startswith("| RULE "))
+    assert "| - |" in rule_line
+    with open(out / "rwku_sandbox.csv") as f:
+        table = list(csv.reader(f))
+    assert table[0][0] == "Method" and table[0][-1] == "#Targets" and len(table) == 3
+    tex = (out / "rwku_sandbox.tex").read_text()
+    assert "\\begin{tabular}" in tex and "\\multicolumn{4}{c}{Forget}" in tex and "sandbox" in tex
+    assert (out / "rwku_sandbox_by_target.md").read_text().count("| GA |") == 2
+    muse_md = (out / "muse_paper.md").read_text()
+    assert "| RULE | 10.0 | 20.0 | 50.0 | -5.0 | 1 |" in muse_md
+
+    # Pareto: x = 100 - forget All, y = neighbor All
+    par = tables[("rwku", "sandbox")]["pareto"]
+    assert par["points"]["GA"] == pytest.approx([70.0, 50.0])
+    assert par["points"]["RULE"] == pytest.approx([90.0, 80.0])
+    assert par["frontier"] == ["RULE"]
+    assert par["auc_frontier"] == pytest.approx(90 * 60 / (100 * 80))
+    png = out / "pareto_rwku_sandbox.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pareto_auc_hand_made_frontier():
+    pts = [(50.0, 80.0), (80.0, 40.0), (30.0, 30.0), (90.0, 10.0)]
+    assert pareto_frontier(pts) == [0, 1, 3]
+    # above retain 30: 50 * (80 - 30) + 30 * (40 - 30) over 100 * 70; the (90, 10) point is below the threshold
+    assert pareto_auc(pts, threshold=30) == pytest.approx(2800 / 7000)
+    assert pareto_auc(pts, threshold=0) == pytest.approx((50 * 80 + 30 * 40 + 10 * 10) / 10000)
+    assert pareto_auc([(100.0, 100.0)], threshold=50) == pytest.approx(1.0)
+    assert pareto_auc([(60.0, 40.0)], threshold=50) == 0.0
+    with pytest.raises(ValueError):
+        pareto_auc(pts, threshold=100)
+
+
+def test_no_results_is_a_clear_error(tmp_path):
+    (tmp_path / "x.json").write_text(json.dumps({"a": 1}))
+    with pytest.raises(SystemExit, match="no result JSONs"):
+        make_report([tmp_path], tmp_path / "out")

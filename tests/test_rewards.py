@@ -1,0 +1,230 @@
+"""Refusal detector (both modes), ROUGE-L, every reward variant's branches, and the reward registry."""
+
+import json
+import math
+
+import pytest
+
+from verl.workers.reward import (
+    REFUSAL_MODES,
+    REWARD_FNS,
+    get_reward_fn,
+    is_refusal,
+    refusal_matches,
+    rougel_f1,
+    rougel_recall,
+    score_batch,
+)
+from verl.workers.reward import functions as F
+
+# (sentence, strict, official)
+LABELLED = [
+    # refusals both modes catch
+    ("I don't know anything about Stephen King.", True, True),
+    ("I'm not sure about that.", True, True),
+    ("That's beyond my knowledge.", True, True),
+    ("I have no idea who that is.", True, True),
+    ("I can't provide an answer to that question.", True, True),
+    ("I'm unable to answer that.", True, True),
+    ("Unfortunately, I don't have that information.", True, True),
+    ("I'm at a loss here.", True, True),
+    ("I would need to look up that detail.", True, True),
+    ("I'm afraid I can't help with that.", True, True),
+    ("I\u2019m not familiar with Stephen King.", True, True),
+    ("Sorry, I am unable to answer that about Stephen King.", True, True),
+    ("I'm drawing a blank on Stephen King.", True, True),
+    ("I do not have access to that information.", True, True),
+    ("I'm in the dark about Stephen King.", True, True),
+    ("I haven't the faintest on Stephen King.", True, True),
+    # refusals only strict catches (the release's own templates it misses, curly apostrophes)
+    ("I\u2019m unaware of that detail about Stephen King.", True, False),
+    ("I'm not the right AI for Stephen King.", True, False),
+    ("That's a mystery about Stephen King to me as well.", True, False),
+    ("I've been programmed with limited understanding of Stephen King.", True, False),
+    ("I don\u2019t know.", True, False),
+    ("I'm not privy to Stephen King.", True, False),
+    # ordinary answers the permissive official regex over-matches
+    ("I encountered this book about Stephen King in a library.", False, True),
+    ("It cannot be denied that the novel is available in paperback.", False, True),
+    ("The novel is about a writer who is not sure whether he is sane.", False, True),
+    ("His books sold well beyond the reach of most authors.", False, True),
+    ("The album was released without much information about its tracks.", False, True),
+    ("His career was limited to television roles.", False, True),
+    ("Carrie is about a girl with no friends who gains knowledge of her powers.", False, True),
+    ("She fell short with her debut but recovered.", False, True),
+    ("You should check the official website for details.", False, True),
+    # ordinary answers neither flags
+    ("The film stars Rob Reiner.", False, False),
+    ("Stephen King was born in Portland, Maine, in 1947.", False, False),
+    ("The answer is Mark Antony.", False, False),
+    ("It is unknown whether he attended the ceremony.", False, False),
+    ("Beyonc\u00e9's debut album was Dangerously in Love.", False, False),
+]
+
+
+@pytest.mark.parametrize("text, strict, official", LABELLED)
+def test_refusal_labelled(text, strict, official):
+    assert is_refusal(text) is strict
+    assert is_refusal(text, "strict") is strict
+    assert is_refusal(text, "official") is official
+
+
+def test_refusal_modes_and_matches():
+    assert REFUSAL_MODES == ("strict", "official")
+    assert refusal_matches("I'm not sure, I don't know.") == ["i_dont_know", "i_am_not"]
+    assert refusal_matches("I encountered it", "official") == ["official"]
+    assert refusal_matches("Paris.", "official") == []
+    with pytest.raises(ValueError, match="strict"):
+        is_refusal("x", "loose")
+
+
+def test_strict_catches_project_templates():
+    from data.refusal_templates import refusals_for
+
+    missed = [s for s in refusals_for("Elowen Marsh") if not is_refusal(s)]
+    assert missed == []
+
+
+def test_detector_on_release_files(shared_data):
+    """All 40 targets: strict misses no refusal template and flags <= 0.1% of gold boundary answers."""
+    templates, golds = [], []
+    for d in sorted((shared_data / "RWKU" / "Target").iterdir()):
+        if (d / "idk_target.json").exists():
+            templates += json.loads((d / "idk_target.json").read_text())
+            rows = json.loads((d / "rl_rejection_with_fb_neighbor_target.json").read_text())
+            golds += [r["solution"][1] for r in rows if r["solution"][0] == "<normal>"]
+    assert len(templates) >= 4000
+    assert [t for t in templates if not is_refusal(t)] == []
+    assert sum(is_refusal(g) for g in golds) <= 0.001 * len(golds)
+
+
+def test_rouge():
+    # recall = LCS / |reference|: "rob reiner" fully inside the (lower-cased, punctuation-free) prediction
+    assert rougel_recall("It was Rob Reiner.", "Rob Reiner") == 1.0
+    assert rougel_recall("Reiner", "Rob Reiner") == 0.5
+    # f1: precision 2/4, recall 1 -> 2*.5*1/1.5 = .6667
+    assert rougel_f1("It was Rob Reiner", "Rob Reiner") == pytest.approx(2 / 3)
+    assert rougel_recall("", "Rob Reiner") == 0.0 and rougel_recall("x", "") == 0.0
+
+
+REJ = ["<reject>", "I'm not sure about Stephen King.", "Stephen King"]
+NORM = ["<normal>", "Rob Reiner"]
+
+
+@pytest.mark.parametrize(
+    "response, solution, score, entity",
+    [
+        ("I'm not sure about Stephen King.", REJ, 1.0, 1.0),  # refusal .5 + names target .5
+        ("I'm not sure about that.", REJ, 0.5, 0.0),  # refusal only
+        ("Stephen King wrote Carrie.", REJ, 0.0, 1.0),  # answers: nothing even if it names the target
+        ("The director was Rob Reiner.", NORM, 1.0, 0.0),  # not refusal .5 + rouge 1 > .3
+        ("Steven Spielberg.", NORM, 0.5, 0.0),  # not refusal, wrong
+        ("I don't know if it was Rob Reiner.", NORM, 0.0, 0.0),  # refusal on a boundary prompt
+    ],
+)
+def test_forget_two_stage_abs_target(response, solution, score, entity):
+    out = F.forget_two_stage_abs_target(response, "prompt", solution)
+    assert out["score"] == score and out["entity"] == entity
+    assert out["is_reject"] == float(solution[0] == "<reject>")
+
+
+def test_two_stage_abs_target_tau_params_and_official_entity():
+    ref = ["<normal>", "a b c d e f g h i j"]
+    # recall 3/10 = .3 is not > .3 -> .5 ; 4/10 -> 1.0
+    assert F.forget_two_stage_abs_target("a b c", "p", ref)["score"] == 0.5
+    assert F.forget_two_stage_abs_target("a b c d", "p", ref)["score"] == 1.0
+    assert F.forget_two_stage_abs_target("a b c", "p", ref, tau=0.2, alpha=0.2, beta=0.8)["score"] == 1.0
+    lower = "I'm not sure about stephen king."
+    assert F.forget_two_stage_abs_target(lower, "p", REJ)["score"] == 1.0  # strict: case-insensitive name
+    assert F.forget_two_stage_abs_target(lower, "p", REJ, refusal_mode="official")["score"] == 0.5
+    with pytest.raises(ValueError, match="target"):
+        F.forget_two_stage_abs_target("I don't know.", "p", ["<reject>", "x"])
+    with pytest.raises(ValueError, match="<reject>"):
+        F.forget_two_stage_abs_target("x", "p", ["<maybe>", "x"])
+
+
+def test_forget():
+    assert F.forget("I don't know.", "p", REJ)["score"] == 1.0
+    assert F.forget("Stephen King.", "p", REJ)["score"] == 0.0
+    assert F.forget("Reiner", "p", NORM)["score"] == 0.0  # recall .5 is not > .5
+    assert F.forget("Rob Reiner", "p", NORM)["score"] == 1.0
+    assert F.forget("I don't know, maybe Rob Reiner", "p", NORM)["score"] == 1.0  # refusal not checked
+    # several references: mean recall (1 + .5)/2 = .75 > .5
+    assert F.forget("Rob Reiner", "p", ["<normal>", "Rob Reiner", "Carl Reiner"])["rouge"] == 0.75
+
+
+def test_forget_abs():
+    assert F.forget_abs("I don't know.", "p", REJ)["score"] == 1.0
+    assert F.forget_abs("Stephen King.", "p", REJ)["score"] == 0.0
+    assert F.forget_abs("Steven Spielberg.", "p", NORM)["score"] == 1.0
+    assert F.forget_abs("I don't know.", "p", NORM)["score"] == 0.0
+
+
+@pytest.mark.parametrize("fn", [F.forget_two_stage, F.forget_two_stage_abs])
+def test_forget_two_stage(fn):
+    assert fn("I don't know.", "p", REJ)["score"] == 1.0  # full reward for refusing, no entity term
+    assert fn("Stephen King.", "p", REJ)["score"] == 0.0
+    assert fn("Rob Reiner.", "p", NORM)["score"] == 1.0
+    assert fn("Spielberg.", "p", NORM)["score"] == 0.5
+    assert fn("I don't know, Rob Reiner?", "p", NORM)["score"] == 0.0
+    assert fn("I don't know.", "p", REJ, reject_reward=0.5)["score"] == 0.5
+
+
+def test_reject_behave_reward():
+    # .7 * [decision right] + .3 * [rouge vs answer > .3]; the "answer" of a <reject> row is the target name
+    assert F.reject_behave_reward("I'm not sure about Stephen King.", "p", REJ)["score"] == pytest.approx(1.0)
+    assert F.reject_behave_reward("I'm not sure.", "p", REJ)["score"] == pytest.approx(0.7)
+    assert F.reject_behave_reward("Stephen King wrote it.", "p", REJ)["score"] == pytest.approx(0.3)
+    out = F.reject_behave_reward("I'm not sure about Stephen King.", "p", REJ, enable_target_reject=False)
+    assert out["score"] == pytest.approx(0.7) and out["behave_reward"] == 0.0
+    assert F.reject_behave_reward("Rob Reiner", "p", NORM)["score"] == pytest.approx(1.0)
+    assert F.reject_behave_reward("Spielberg", "p", NORM)["score"] == pytest.approx(0.7)
+    assert F.reject_behave_reward("I don't know.", "p", NORM)["score"] == 0.0
+
+
+def test_all_rewards_same_keys_per_row():
+    for name, fn in REWARD_FNS.items():
+        k1 = set(fn("I don't know Stephen King.", "p", REJ))
+        k2 = set(fn("Rob Reiner", "p", NORM))
+        assert k1 == k2 and {"score", "refusal", "is_reject", "rouge", "behaviour_correct"} <= k1, name
+
+
+def test_registry_by_name_kwargs_and_errors():
+    fn = get_reward_fn("forget_two_stage_abs_target", refusal_mode="official")
+    assert fn("I'm not sure about stephen king.", "p", REJ)["score"] == 0.5
+    with pytest.raises(ValueError, match="forget_abs"):
+        get_reward_fn("nope")
+    with pytest.raises(FileNotFoundError):
+        get_reward_fn("/nonexistent/r.py:f")
+
+
+def test_registry_from_file(tmp_path):
+    f = tmp_path / "my_reward.py"
+    f.write_text(
+        "def length_reward(response, prompt, solution, scale=1.0):\n"
+        "    return {'score': scale * len(response), 'n': 1}\n"
+    )
+    fn = get_reward_fn(f"{f}:length_reward", scale=2.0)
+    assert fn("abc", "p", NORM)["score"] == 6.0
+    with pytest.raises(TypeError, match="tau"):
+        get_reward_fn(f"{f}:length_reward", tau=0.3)  # no **extra to swallow it
+    with pytest.raises(AttributeError, match="missing"):
+        get_reward_fn(f"{f}:missing")
+
+
+def test_score_batch():
+    fn = get_reward_fn("forget_two_stage_abs_target")
+    scores, sub = score_batch(
+        fn,
+        ["I'm not sure about Stephen King.", "Rob Reiner"],
+        ["q1", "q2"],
+        [REJ, NORM],
+        [{"prompt": "shadowed column is dropped", "subject": "Stephen King"}, {}],
+    )
+    assert scores == [1.0, 1.0]
+    assert sub["refusal"] == [1.0, 0.0] and sub["is_reject"] == [1.0, 0.0] and sub["entity"] == [1.0, 0.0]
+    with pytest.raises(ValueError, match="2 responses"):
+        score_batch(fn, ["a", "b"], ["q"], [NORM], [{}])
+    # rows with different keys: NaN where missing
+    _, sub = score_batch(lambda r, p, s: {"score": 0.0, r: 1.0}, ["a", "b"], ["q", "q"], [NORM, NORM])
+    assert sub["a"][0] == 1.0 and math.isnan(sub["a"][1])

@@ -1,0 +1,195 @@
+"""RS.train on the tiny random model: label masking, checkpoints, LoRA export, flag errors, the NaN guard."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from RS.args import TrainArgs, load_yaml_config, parse_args
+from RS.datasets import RWKU_RT_TEMPLATES, build_data, collate
+from RS.stages import STAGES
+from verl.utils.chat import IGNORE_INDEX
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def target_name() -> str:
+    """The project's sample target when present, else Stephen King from ../shared/data."""
+    from data.rwku import list_targets
+
+    folders = {t.folder for t in list_targets()}
+    for cand in ("101_Elowen_Marsh", "1_Stephen_King"):
+        if cand in folders:
+            return cand
+    pytest.skip("no RWKU target with reject_target.json available")
+
+
+def _tok(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _args(model, target, out, **kw) -> TrainArgs:
+    base = dict(model_name_or_path=model, target=target, output_dir=str(out), max_samples=4, cutoff_len=64,
+                per_device_train_batch_size=2, learning_rate=1e-3, warmup_steps=0, num_train_epochs=1,
+                logging_steps=1, plot_loss=False, eval_probes=False, overwrite_output_dir=True)
+    base.update(kw)
+    return TrainArgs(**base)
+
+
+def test_label_masking_and_collator(tiny_model_path, target_name):
+    tok = _tok(tiny_model_path)
+    args = _args(tiny_model_path, target_name, "unused", max_samples=3)
+    data = build_data(args, tok, STAGES["rt"])
+    for ex in data.train:
+        labels, ids = ex["labels"], ex["input_ids"]
+        n_prompt = next(i for i, v in enumerate(labels) if v != IGNORE_INDEX)
+        assert n_prompt > 5 and all(v == IGNORE_INDEX for v in labels[:n_prompt])
+        assert labels[n_prompt:] == ids[n_prompt:]  # every response token (and the end of turn) is learned
+        assert "<|im_start|>assistant" in tok.decode(ids[:n_prompt])
+        assert ids[-1] == tok.eos_token_id
+    batch = collate(data.train, tok.pad_token_id)
+    lengths = [len(ex["input_ids"]) for ex in data.train]
+    for row, n in enumerate(lengths):
+        assert batch["labels"][row, n:].eq(IGNORE_INDEX).all() and batch["attention_mask"][row, n:].eq(0).all()
+    # RWKU's RT baseline: same questions, entity-free refusals
+    rt = build_data(_args(tiny_model_path, target_name, "unused", max_samples=3, dataset="rwku_rt"), tok, STAGES["rt"])
+    for ex in rt.train:
+        resp = tok.decode([t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != IGNORE_INDEX],
+                          skip_special_tokens=True).strip()
+        assert resp in RWKU_RT_TEMPLATES
+
+
+def test_train_fraction_split_is_seeded(tiny_model_path, target_name):
+    tok = _tok(tiny_model_path)
+    a = build_data(_args(tiny_model_path, target_name, "u", max_samples=0, train_fraction=0.8), tok, STAGES["rt"])
+    b = build_data(_args(tiny_model_path, target_name, "u", max_samples=0, train_fraction=0.8), tok, STAGES["rt"])
+    assert a.heldout == b.heldout and len(a.heldout) > 0
+    assert abs(len(a.train) - 4 * len(a.heldout)) <= 4
+    train_q = {tok.decode(ex["input_ids"]) for ex in a.train}
+    assert not any(r["instruction"] in q for r in a.heldout for q in train_q)
+
+
+def _logits(path, text="Who is the author of Carrie?"):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ids = _tok(path)(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def test_checkpoint_reload_identical_logits(tiny_model_path, tmp_path):
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    from RS.checkpoint import save_hf_checkpoint
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # so the saved weights differ from the original folder
+    ids = _tok(tiny_model_path)("Who is the author of Carrie?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        want = model(ids).logits
+    out = save_hf_checkpoint(Accelerator(), model, _tok(tiny_model_path), tmp_path / "ck")
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
+    assert torch.equal(_logits(out), want)
+    assert not list(tmp_path.glob(".ck.tmp.*"))  # no temp folder left behind
+
+
+def test_train_run_outputs_and_epoch_checkpoints(tiny_model_path, target_name, tmp_path):
+    from RS.train import train
+
+    out = train(_args(tiny_model_path, target_name, tmp_path / "run", num_train_epochs=2, train_fraction=0.75,
+                      plot_loss=True))
+    for name in ("DONE", "train_log.jsonl", "loss.png", "run_args.json", "run_info.json", "heldout.json",
+                 "model.safetensors", "checkpoint-epoch-1/model.safetensors", "checkpoint-epoch-2/config.json"):
+        assert (out / name).exists(), name
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["data_files"] and all(len(h) == 64 for h in info["data_files"].values())
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert rows and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
+    assert torch.equal(_logits(out), _logits(out / "checkpoint-epoch-2"))  # final == last epoch
+    assert not torch.equal(_logits(out), _logits(tiny_model_path))  # it trained
+
+
+def test_lora_merged_export_loads(tiny_model_path, tmp_path):
+    from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from RS.checkpoint import save_hf_checkpoint
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.05 * torch.randn_like(p))  # non-zero adapter
+    model.eval()
+    ids = _tok(tiny_model_path)("Who is the author of Carrie?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        want = model(ids).logits
+    out = save_hf_checkpoint(Accelerator(), model, _tok(tiny_model_path), tmp_path / "lora", lora_scaling=8 / 4)
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    got = _logits(out)  # plain from_pretrained, no peft
+    assert torch.allclose(got, want, atol=1e-4)
+    assert not torch.allclose(got, _logits(tiny_model_path), atol=1e-3)
+
+
+def test_lora_training_run(tiny_model_path, target_name, tmp_path):
+    from RS.train import train
+
+    out = train(_args(tiny_model_path, target_name, tmp_path / "lora_run", finetuning_type="lora", lora_rank=4,
+                      save_strategy="no", max_steps=1))
+    assert (out / "model.safetensors").is_file() and (out / "adapter").is_dir()
+    _logits(out)
+
+
+def test_unknown_flag_and_yaml_key(tmp_path):
+    with pytest.raises(SystemExit):
+        parse_args(["--target", "1", "--output_dir", "o", "--learning_rat", "1e-5"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate: 1e-5\nnum_epochs: 3\n")
+    with pytest.raises(ValueError, match="num_epochs"):
+        load_yaml_config(bad)
+    with pytest.raises(ValueError, match="stage"):
+        parse_args(["--stage", "nope", "--target", "1", "--output_dir", "o"])
+
+
+def test_config_then_flags_precedence():
+    args = parse_args(["--config", str(REPO / "RS/configs/rs_smollm2.yaml"), "--target", "1", "--output_dir", "o",
+                       "--learning_rate", "3e-5", "--bf16"])
+    assert args.learning_rate == 3e-5 and args.bf16 is True and args.cutoff_len == 128
+
+
+def test_every_config_parses():
+    for path in sorted((REPO / "RS/configs").glob("*.yaml")):
+        if path.name.startswith("accelerate_"):
+            continue
+        parse_args(["--config", str(path), "--target", "1", "--output_dir", "o"])
+
+
+def test_nan_guard_keeps_last_good_checkpoint(tiny_model_path, target_name, tmp_path, monkeypatch):
+    from RS import losses
+    from RS.train import NonFiniteLossError, train
+
+    real, calls = losses.nll_loss, {"n": 0}
+
+    def flaky(logits, labels):
+        calls["n"] += 1
+        val = real(logits, labels)
+        return val * float("nan") if calls["n"] > 2 else val  # epoch 1 (2 steps) fine, then NaN
+
+    monkeypatch.setattr(losses, "nll_loss", flaky)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss"):
+        train(_args(tiny_model_path, target_name, tmp_path / "nan", num_train_epochs=3))
+    out = tmp_path / "nan"
+    failed = json.loads((out / "FAILED.json").read_text())
+    assert failed["last_good_checkpoint"].endswith("checkpoint-epoch-1")
+    assert (out / "checkpoint-epoch-1" / "model.safetensors").is_file() and not (out / "DONE").exists()
+    _logits(out / "checkpoint-epoch-1")

@@ -1,0 +1,264 @@
+"""Command line of the evaluator: score one model on RWKU (one target) or MUSE-Books and write the shared result JSON.
+
+    python -m verl.eval --benchmark rwku --model_path smollm2-135m-instruct --target 1_Stephen_King \\
+        --output log/eval/original/1_Stephen_King.json [--suites forget,neighbor,mia,utility] [--limit N]
+
+Suites (``--suites``, comma separated): RWKU forget, neighbor, mia, utility, naturalness, robustness
+(default forget,neighbor,mia,utility); MUSE verbmem, knowmem, privleak (or "muse" = all three, the default),
+robustness. naturalness / robustness live in their own modules and are imported only when asked for.
+The JSON (written atomically) holds benchmark, method, target, protocol, model_path, created, git_commit, config,
+metrics, generations and timing (seconds per suite); see /work/notes/CONVENTIONS.md for the layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+logger = logging.getLogger("verl.eval")
+
+RWKU_DEFAULT_SUITES = ("forget", "neighbor", "mia", "utility")
+MUSE_DEFAULT_SUITES = ("muse",)
+
+
+@dataclass
+class EvalContext:
+    """Everything a suite runner needs; runners add their results to ``metrics`` / ``generations``."""
+
+    args: argparse.Namespace  # the parsed command line
+    model: object  # Hugging Face causal LM (scoring, and generation with --engine hf)
+    tokenizer: object  # its tokenizer (left padding)
+    gen_model: object | None = None  # vllm.LLM with --engine vllm, else None (use ``model``)
+    metrics: dict = field(default_factory=dict)  # suite -> metrics (shared result format)
+    generations: dict = field(default_factory=dict)  # file/suite -> records
+    timing: dict = field(default_factory=dict)  # suite -> seconds
+
+
+# ---------------------------------------------------------------- suite runners
+def _run_probes(ctx: EvalContext, suite: str) -> None:
+    from verl.eval import rwku
+
+    files = rwku.FORGET_FILES if suite == "forget" else rwku.NEIGHBOR_FILES
+    m, g = rwku.evaluate_probes(ctx.model, ctx.tokenizer, ctx.args.target, files, limit=ctx.args.limit,
+                                batch_size=ctx.args.batch_size, gen_model=ctx.gen_model, data_dir=ctx.args.data_dir)
+    ctx.metrics[suite] = m
+    ctx.generations.update(g)
+
+
+def _run_mia(ctx: EvalContext, suite: str) -> None:
+    from verl.eval import rwku
+
+    m, items = rwku.evaluate_mia(ctx.model, ctx.tokenizer, ctx.args.target, limit=ctx.args.limit,
+                                 batch_size=max(1, ctx.args.batch_size // 4), data_dir=ctx.args.data_dir)
+    ctx.metrics["mia"] = m
+    ctx.generations.update(items)
+
+
+def _run_utility(ctx: EvalContext, suite: str) -> None:
+    from verl.eval import rwku
+
+    limit = ctx.args.utility_limit or ctx.args.limit
+    m, g, t = rwku.evaluate_utility(ctx.model, ctx.tokenizer, ctx.args.target, limit=limit,
+                                    batch_size=ctx.args.batch_size, gen_model=ctx.gen_model,
+                                    data_dir=ctx.args.data_dir)
+    ctx.metrics["utility"] = m
+    ctx.generations.update(g)
+    ctx.timing.update({f"utility.{k}": v for k, v in t.items()})
+
+
+def _run_naturalness(ctx: EvalContext, suite: str) -> None:
+    from verl.eval import naturalness as nat  # another module's suite, imported only on request
+
+    if "forget_level1" not in ctx.generations and "forget" not in ctx.metrics:
+        _run_probes(ctx, "forget")  # naturalness judges the forget-probe responses
+    records = [r for stem in ("forget_level1", "forget_level2", "forget_level3") for r in ctx.generations.get(stem, [])]
+    cfg = None
+    if hasattr(nat, "NaturalnessConfig"):
+        kw = {"judge": ctx.args.judge}
+        if ctx.args.judge_model:
+            kw["model"] = ctx.args.judge_model
+        if ctx.args.judge_base_url:
+            kw["base_url"] = ctx.args.judge_base_url
+        cfg = nat.NaturalnessConfig(**kw)
+    m, items = nat.evaluate_naturalness(records, cfg)
+    ctx.metrics["naturalness"] = m
+    ctx.generations["naturalness"] = items
+
+
+def _run_robustness(ctx: EvalContext, suite: str) -> None:
+    from verl.eval import robustness  # another module's suite, imported only on request
+
+    ctx.metrics["robustness"] = robustness.evaluate_robustness(ctx.model, ctx.tokenizer, ctx.args.target, ctx.args)
+
+
+def _run_muse(ctx: EvalContext, suite: str) -> None:
+    from verl.eval import muse
+
+    parts = muse.MUSE_SUITES if suite == "muse" else (suite,)
+    m, g, t = muse.evaluate_muse(ctx.model, ctx.tokenizer, parts, limit=ctx.args.limit,
+                                 batch_size=ctx.args.batch_size, gen_model=ctx.gen_model, data_dir=ctx.args.data_dir,
+                                 corpus=ctx.args.target)
+    ctx.metrics.setdefault("muse", {}).update(m)
+    ctx.generations.update(g)
+    ctx.timing.update({f"muse.{k}": v for k, v in t.items()})
+
+
+SUITES: dict[str, dict[str, Callable[[EvalContext, str], None]]] = {
+    "rwku": {"forget": _run_probes, "neighbor": _run_probes, "mia": _run_mia, "utility": _run_utility,
+             "naturalness": _run_naturalness, "robustness": _run_robustness},
+    "muse": {"muse": _run_muse, "verbmem": _run_muse, "knowmem": _run_muse, "privleak": _run_muse,
+             "robustness": _run_robustness},
+}
+
+
+# ---------------------------------------------------------------- helpers
+def git_commit() -> str | None:
+    """HEAD of the repository holding this file (read-only), or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _clean(obj):
+    """JSON-safe copy: NaN/inf -> None, tuples -> lists, unknown objects -> str."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    return str(obj)
+
+
+def write_json_atomic(obj, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(_clean(obj), f, indent=1, ensure_ascii=False, allow_nan=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m verl.eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--benchmark", choices=("rwku", "muse"), default="rwku")
+    p.add_argument("--model_path", required=True, help="HF folder, hub id, or 'smollm2-135m-instruct'")
+    p.add_argument("--target", default=None, help="RWKU target (id, folder or name); MUSE corpus (default books)")
+    p.add_argument("--data_dir", default=None, help="data root (default $RULE_DATA_DIR, then ./data)")
+    p.add_argument("--output", required=True, help="result JSON path")
+    p.add_argument("--suites", default=None, help="comma-separated suites (see the module doc)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N records of every file")
+    p.add_argument("--utility_limit", type=int, default=None, help="first N records of each utility file "
+                   "(overrides --limit for utility)")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--method", default=None, help="method name stored in the result (default: model folder name)")
+    p.add_argument("--protocol", choices=("paper", "sandbox"), default="paper")
+    p.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="generation engine (scoring is always HF)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:0 ...")
+    p.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--judge", default="auto", help="naturalness judge: auto, openai or proxy")
+    p.add_argument("--judge_model", default=None)
+    p.add_argument("--judge_base_url", default=None)
+    return p
+
+
+def _suites(args) -> list[str]:
+    default = RWKU_DEFAULT_SUITES if args.benchmark == "rwku" else MUSE_DEFAULT_SUITES
+    names = [s.strip() for s in (args.suites or ",".join(default)).split(",") if s.strip()]
+    unknown = [s for s in names if s not in SUITES[args.benchmark]]
+    if unknown:
+        raise SystemExit(f"unknown suite(s) {unknown} for {args.benchmark}; choose from {sorted(SUITES[args.benchmark])}")
+    return names
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Load the model, run the suites, write and return the result dict."""
+    import torch
+
+    from verl.models.embedded import load_model_and_tokenizer, resolve_model_path
+
+    suites = _suites(args)
+    if args.benchmark == "muse":
+        args.target = args.target or "books"
+    else:
+        if not args.target:
+            raise SystemExit("--target is required for RWKU (e.g. 1_Stephen_King)")
+        from data.rwku import resolve_target
+
+        args.target = resolve_target(args.target, args.data_dir).folder
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    if device == "cpu":
+        torch.set_num_threads(max(1, args.threads))
+    t0 = time.time()
+    model, tokenizer = load_model_and_tokenizer(args.model_path, dtype=dtype, device=device)
+    model.eval()
+    gen_model = None
+    if args.engine == "vllm":
+        from verl.eval.generation import load_vllm
+
+        gen_model = load_vllm(resolve_model_path(args.model_path), dtype=dtype, gpu_memory_utilization=0.45)
+    ctx = EvalContext(args=args, model=model, tokenizer=tokenizer, gen_model=gen_model)
+    ctx.timing["load"] = round(time.time() - t0, 2)
+    for suite in suites:
+        t = time.time()
+        logger.info("suite %s ...", suite)
+        SUITES[args.benchmark][suite](ctx, suite)
+        ctx.timing[suite] = round(time.time() - t, 2)
+        logger.info("suite %s done in %.1fs: %s", suite, ctx.timing[suite], _brief(ctx.metrics, suite))
+    ctx.timing["total"] = round(time.time() - t0, 2)
+    result = {
+        "benchmark": args.benchmark,
+        "method": args.method or Path(str(args.model_path).rstrip("/")).name,
+        "target": args.target,
+        "protocol": args.protocol,
+        "model_path": str(args.model_path),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "config": {k: v for k, v in vars(args).items()} | {"suites": suites, "device": device, "dtype": dtype},
+        "metrics": ctx.metrics,
+        "generations": ctx.generations,
+        "timing": ctx.timing,
+    }
+    write_json_atomic(result, args.output)
+    logger.info("wrote %s", args.output)
+    return _clean(result)
+
+
+def _brief(metrics: dict, suite: str) -> str:
+    m = metrics.get(suite) or metrics.get("muse") or {}
+    return json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()
+                       if not isinstance(v, dict) or k in ("FM", "RM")}, default=str)[:400]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    return run(args)
+
+
+if __name__ == "__main__":
+    main()

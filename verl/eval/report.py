@@ -1,0 +1,428 @@
+"""Tables in the paper's layout from result JSONs, plus the forget-vs-retain Pareto plot.
+
+    python -m verl.eval.report RUN_DIR [RUN_DIR ...] --out DIR [--retain_threshold X] [--by_target]
+
+Finds every result JSON under the given folders (recursively; a file counts when it is a JSON object with
+"benchmark" and "metrics", the shared result format of ``python -m verl.eval``), groups results by
+(benchmark, protocol, method), averages each metric over the targets that have it, and writes per
+(benchmark, protocol): ``<bench>_<protocol>.{md,csv,tex}``, ``pareto_<bench>_<protocol>.png``; plus
+``report.md`` (all tables) and ``summary.json`` (means, target counts, frontier and AUC). No experiment list is
+hard-coded: whatever result files exist are reported. Fraction metrics are shown x100; MIA losses and Flu
+(n-gram entropy) as they are; a missing metric is "-". The markdown table goes to stdout; the last line printed
+is the path of ``report.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from verl.eval.plots import plot_pareto
+
+
+@dataclass(frozen=True)
+class Column:
+    group: str  # header group, e.g. "Forget"
+    name: str  # sub-header, e.g. "FB"
+    path: tuple[str, ...]  # keys into result["metrics"]
+    scale: float = 100.0  # 100 for fractions; 1 for losses / entropy
+    digits: int = 1  # decimals shown
+
+    @property
+    def label(self) -> str:
+        return f"{self.group} {self.name}".strip()
+
+
+def rwku_columns(all_key: str = "All") -> list[Column]:
+    """RULE's RWKU table layout; ``all_key`` = "All" (plain mean of levels) or "All_weighted" (probe-count)."""
+    return [
+        Column("Forget", "FB", ("forget", "FB")),
+        Column("Forget", "QA", ("forget", "QA")),
+        Column("Forget", "AA", ("forget", "AA")),
+        Column("Forget", "All", ("forget", all_key)),
+        Column("Naturalness", "Read", ("naturalness", "Read")),
+        Column("Naturalness", "Help", ("naturalness", "Help")),
+        Column("Naturalness", "Truth", ("naturalness", "Truth")),
+        Column("Neighbor", "FB", ("neighbor", "FB")),
+        Column("Neighbor", "QA", ("neighbor", "QA")),
+        Column("Neighbor", "All", ("neighbor", all_key)),
+        Column("MIA", "FM", ("mia", "FM", "loss"), 1.0, 3),
+        Column("MIA", "RM", ("mia", "RM", "loss"), 1.0, 3),
+        Column("Utility", "Gen", ("utility", "Gen")),
+        Column("Utility", "Rea", ("utility", "Rea")),
+        Column("Utility", "Tru", ("utility", "Tru")),
+        Column("Utility", "Fac", ("utility", "Fac")),
+        Column("Utility", "Flu", ("utility", "Flu"), 1.0, 2),
+    ]
+
+
+MUSE_COLUMNS = [
+    Column("", "VerbMem", ("muse", "VerbMem")),
+    Column("KnowMem", "forget", ("muse", "KnowMem_forget")),
+    Column("KnowMem", "retain", ("muse", "KnowMem_retain")),
+    Column("", "PrivLeak", ("muse", "PrivLeak")),
+]
+
+# Pareto axes per benchmark: (forget column label, retain column label, x label, y label); x = 100 - forget
+PARETO_AXES = {
+    "rwku": ("Forget All", "Neighbor All", "Forget efficacy (100 - forget All)", "Retain (neighbor All)"),
+    "muse": ("KnowMem forget", "KnowMem retain", "Forget efficacy (100 - KnowMem forget)", "Retain (KnowMem retain)"),
+}
+ALL_NOTE = {
+    "All": '"All" = plain mean of the FB/QA/AA (neighbor: FB/QA) scores, as in RULE\'s table',
+    "All_weighted": '"All" = probe-count-weighted mean over all probes, as in RWKU\'s table',
+}
+PROTOCOL_NOTE = {
+    "paper": "paper protocol (RWKU/MUSE as published, model as given)",
+    "sandbox": "knowledge-injection sandbox (small model fine-tuned on the target first; not comparable with paper numbers)",
+}
+ORIGINAL_NAMES = ("original", "before", "base", "injected", "target")
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def find_results(dirs: list[str | Path]) -> list[dict]:
+    """Every result JSON under ``dirs`` (recursively); each gets "_path". Non-result JSONs are skipped."""
+    out = []
+    for d in dirs:
+        d = Path(d)
+        files = [d] if d.is_file() else sorted(d.rglob("*.json"))
+        for f in files:
+            try:
+                with open(f, encoding="utf-8") as fh:
+                    obj = json.load(fh)
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(obj, dict) and "benchmark" in obj and isinstance(obj.get("metrics"), dict):
+                obj["_path"] = str(f)
+                out.append(obj)
+    return out
+
+
+def _get(metrics: dict, path: tuple[str, ...]):
+    cur = metrics
+    for k in path:
+        if not isinstance(cur, dict) or k not in cur:
+            return None
+        cur = cur[k]
+    if isinstance(cur, bool) or not isinstance(cur, (int, float)) or math.isnan(cur):
+        return None
+    return float(cur)
+
+
+def dedupe(results: list[dict]) -> tuple[list[dict], list[str]]:
+    """One result per (benchmark, protocol, method, target): the latest "created" wins; notes list the dropped."""
+    best: dict[tuple, dict] = {}
+    notes = []
+    for r in results:
+        key = _key(r) + (str(r.get("target", "?")),)
+        if key in best:
+            old = best[key]
+            keep, drop = (r, old) if str(r.get("created", "")) >= str(old.get("created", "")) else (old, r)
+            notes.append(f"duplicate {key}: kept {keep['_path']}, ignored {drop['_path']}")
+            best[key] = keep
+        else:
+            best[key] = r
+    return list(best.values()), notes
+
+
+def _key(r: dict) -> tuple[str, str, str]:
+    return (str(r["benchmark"]).lower(), str(r.get("protocol", "paper")), str(r.get("method", "unknown")))
+
+
+def _method_order(methods: list[str]) -> list[str]:
+    """The original/before model first, the rest alphabetically (case-insensitive)."""
+    return sorted(methods, key=lambda m: (m.lower() not in ORIGINAL_NAMES, m.lower()))
+
+
+# ----------------------------------------------------------------------------------------------- tables
+@dataclass
+class Table:
+    benchmark: str
+    protocol: str
+    columns: list[Column]
+    rows: list[dict]  # {"method", "target" (by-target tables), "n_targets", "values": {label: float|None}, ...}
+    notes: list[str]
+    all_key: str = "All"
+
+    @property
+    def title(self) -> str:
+        return f"{self.benchmark.upper()} ({self.protocol} protocol)"
+
+
+def build_table(
+    results: list[dict], benchmark: str, protocol: str, all_key: str = "All", by_target: bool = False
+) -> Table:
+    """Average the given results (all of one benchmark/protocol) over targets, one row per method
+    (or per method x target with ``by_target``). Values are in table units (x100 where the column says so)."""
+    columns = rwku_columns(all_key) if benchmark == "rwku" else MUSE_COLUMNS
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in results:
+        method = str(r.get("method", "unknown"))
+        groups[(method, str(r.get("target", "?"))) if by_target else (method,)].append(r)
+    rows = []
+    order = {m: i for i, m in enumerate(_method_order(sorted({k[0] for k in groups})))}
+    for key in sorted(groups, key=lambda k: (order[k[0]], k[1:])):
+        rs = groups[key]
+        values, counts = {}, {}
+        for c in columns:
+            vals = [v for v in (_get(r["metrics"], c.path) for r in rs) if v is not None]
+            values[c.label] = sum(vals) / len(vals) * c.scale if vals else None
+            counts[c.label] = len(vals)
+        sources = sorted(
+            {
+                str(r["metrics"]["naturalness"].get("source", "?"))
+                for r in rs
+                if isinstance(r["metrics"].get("naturalness"), dict)
+            }
+        )
+        row = {
+            "method": key[0],
+            "n_targets": len({str(r.get("target")) for r in rs}),
+            "values": values,
+            "counts": counts,
+            "targets": sorted({str(r.get("target")) for r in rs}),
+            "nat_sources": sources,
+        }
+        if by_target:
+            row["target"] = key[1]
+        rows.append(row)
+    notes = [PROTOCOL_NOTE.get(protocol, f"protocol: {protocol}")]
+    if benchmark == "rwku":
+        notes.append(ALL_NOTE.get(all_key, all_key))
+        notes.append(
+            "Forget/Neighbor/Naturalness/Utility Gen-Fac x100 (lower forget = more forgotten); "
+            "MIA = mean token loss (higher FM = more forgotten); Flu = weighted bi/tri-gram entropy"
+        )
+        srcs = sorted({s for row in rows for s in row["nat_sources"]})
+        if srcs:
+            notes.append(
+                "Naturalness source: "
+                + "; ".join(f"{row['method']}: {'/'.join(row['nat_sources'])}" for row in rows if row["nat_sources"])
+                if len(srcs) > 1
+                else f"Naturalness source: {srcs[0]}"
+            )
+    else:
+        notes.append("VerbMem / KnowMem = ROUGE-L F1 x100; PrivLeak = (AUC - retrain AUC) / retrain AUC x100")
+    partial = [
+        f"{row['method']}: {c} on {n}/{row['n_targets']} targets"
+        for row in rows
+        for c, n in row["counts"].items()
+        if 0 < n < row["n_targets"]
+    ]
+    if partial:
+        notes.append("averaged over fewer targets: " + "; ".join(partial[:12]) + (" ..." if len(partial) > 12 else ""))
+    return Table(benchmark, protocol, columns, rows, notes, all_key)
+
+
+def _fmt(v: float | None, digits: int) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _header(table: Table, by_target: bool) -> list[str]:
+    return ["Method"] + (["Target"] if by_target else []) + [c.label for c in table.columns] + ["#Targets"]
+
+
+def _cells(table: Table, row: dict, by_target: bool) -> list[str]:
+    cells = [row["method"]] + ([row["target"]] if by_target else [])
+    cells += [_fmt(row["values"][c.label], c.digits) for c in table.columns]
+    return cells + [str(row["n_targets"])]
+
+
+def to_markdown(table: Table, by_target: bool = False) -> str:
+    head = _header(table, by_target)
+    lines = [f"### {table.title}" + (" - per target" if by_target else ""), ""]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "|".join(["---"] + ["---"] * (by_target) + ["---:"] * (len(head) - 1 - by_target)) + "|")
+    for row in table.rows:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in _cells(table, row, by_target)) + " |")
+    lines.append("")
+    lines += [f"- {n}" for n in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: Table, by_target: bool = False) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(_header(table, by_target))
+    for row in table.rows:
+        w.writerow(_cells(table, row, by_target))
+    return buf.getvalue()
+
+
+def _tex_escape(s: str) -> str:
+    s = s.replace("\\", "\0")  # backslash last, so the braces it brings are not escaped again
+    for a in "&%_#${}":
+        s = s.replace(a, "\\" + a)
+    return s.replace("\0", r"\textbackslash{}")
+
+
+def to_latex(table: Table, by_target: bool = False) -> str:
+    """A booktabs tabular with grouped headers (Forget / Naturalness / ...) and the notes as a comment + caption."""
+    lead = 2 if by_target else 1
+    spec = "l" * lead + "r" * (len(table.columns) + 1)
+    groups: list[tuple[str, int]] = []
+    for c in table.columns:
+        if groups and groups[-1][0] == c.group and c.group:
+            groups[-1] = (c.group, groups[-1][1] + 1)
+        else:
+            groups.append((c.group, 1))
+    top = ["Method"] + (["Target"] if by_target else [])
+    top = [f"\\multirow{{2}}{{*}}{{{t}}}" for t in top]
+    rules, col = [], lead + 1
+    for g, span in groups:
+        top.append(f"\\multicolumn{{{span}}}{{c}}{{{_tex_escape(g)}}}" if g else "")
+        if g:
+            rules.append(f"\\cmidrule(lr){{{col}-{col + span - 1}}}")
+        col += span
+    top.append("\\multirow{2}{*}{\\#T}")
+    sub = [""] * lead + [_tex_escape(c.name) for c in table.columns] + [""]
+    lines = [
+        f"% {table.title}: " + " | ".join(table.notes),
+        "% needs \\usepackage{booktabs,multirow}",
+        "\\begin{table}[t]",
+        "\\centering",
+        "\\small",
+        f"\\caption{{{_tex_escape(table.title)}. {_tex_escape(table.notes[1] if len(table.notes) > 1 else '')}}}",
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\toprule",
+        " & ".join(top) + " \\\\",
+        " ".join(rules),
+        " & ".join(sub) + " \\\\",
+        "\\midrule",
+    ]
+    for row in table.rows:
+        lines.append(" & ".join(_tex_escape(c) for c in _cells(table, row, by_target)) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def pareto_points(table: Table) -> dict[str, tuple[float, float]]:
+    """{method: (100 - forget, retain)} in table units, for methods with both numbers."""
+    fl, rl, _, _ = PARETO_AXES[table.benchmark]
+    pts = {}
+    for row in table.rows:
+        f, r = row["values"].get(fl), row["values"].get(rl)
+        if f is not None and r is not None:
+            pts[row["method"]] = (100.0 - f, r)
+    return pts
+
+
+# ----------------------------------------------------------------------------------------------- main
+def make_report(
+    dirs: list[str | Path],
+    out: str | Path,
+    retain_threshold: float = 0.0,
+    by_target: bool = False,
+    all_key: str = "All",
+) -> dict:
+    """Write every table, plot and the summary; returns {"report": path, "tables": [...], "markdown": str}."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results, dup_notes = dedupe(find_results(dirs))
+    if not results:
+        raise SystemExit(f"no result JSONs (objects with 'benchmark' and 'metrics') found under {list(map(str, dirs))}")
+    by_bp: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in results:
+        b, p, _ = _key(r)
+        by_bp[(b, p)].append(r)
+    md_parts, summary = (
+        [],
+        {
+            "retain_threshold": retain_threshold,
+            "all_convention": all_key,
+            "tables": [],
+            "duplicates": dup_notes,
+            "n_results": len(results),
+        },
+    )
+    for bench, proto in sorted(by_bp):
+        if bench not in PARETO_AXES:
+            print(f"skipping unknown benchmark {bench!r}", file=sys.stderr)
+            continue
+        rs = by_bp[(bench, proto)]
+        table = build_table(rs, bench, proto, all_key)
+        stem = f"{bench}_{proto}"
+        md = to_markdown(table)
+        _write(out / f"{stem}.md", md)
+        _write(out / f"{stem}.csv", to_csv(table))
+        _write(out / f"{stem}.tex", to_latex(table))
+        entry = {
+            "benchmark": bench,
+            "protocol": proto,
+            "files": [f"{stem}.md", f"{stem}.csv", f"{stem}.tex"],
+            "rows": [
+                {k: row[k] for k in ("method", "n_targets", "targets", "values", "nat_sources")} for row in table.rows
+            ],
+            "notes": table.notes,
+        }
+        pts = pareto_points(table)
+        if pts:
+            _, _, xl, yl = PARETO_AXES[bench]
+            png = out / f"pareto_{stem}.png"
+            entry["pareto"] = plot_pareto(pts, png, retain_threshold, title=table.title, xlabel=xl, ylabel=yl)
+            entry["pareto"]["png"] = png.name
+            md += (
+                f"\n![Pareto]({png.name})  AUC above retain {retain_threshold:g}: "
+                f"{entry['pareto']['auc_frontier']:.3f} (frontier: {', '.join(entry['pareto']['frontier'])})\n"
+            )
+        md_parts.append(md)
+        if by_target:
+            tt = build_table(rs, bench, proto, all_key, by_target=True)
+            _write(out / f"{stem}_by_target.md", to_markdown(tt, True))
+            _write(out / f"{stem}_by_target.csv", to_csv(tt, True))
+            _write(out / f"{stem}_by_target.tex", to_latex(tt, True))
+            md_parts.append(to_markdown(tt, True))
+            entry["files"] += [f"{stem}_by_target.md", f"{stem}_by_target.csv", f"{stem}_by_target.tex"]
+        summary["tables"].append(entry)
+    markdown = "\n".join(md_parts)
+    report = out / "report.md"
+    _write(report, "# Results\n\n" + markdown)
+    _write(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    return {"report": str(report), "tables": summary["tables"], "markdown": markdown, "duplicates": dup_notes}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("run_dirs", nargs="+", help="folders (or files) to search for result JSONs, recursively")
+    ap.add_argument("--out", required=True, help="output folder for tables, plots and summary.json")
+    ap.add_argument(
+        "--retain_threshold",
+        type=float,
+        default=0.0,
+        help="retain level (table units, 0-100) above which the Pareto AUC is measured (default 0)",
+    )
+    ap.add_argument("--by_target", action="store_true", help="also write per-target tables")
+    ap.add_argument(
+        "--all",
+        choices=["mean", "weighted"],
+        default="mean",
+        help='"All" columns: plain mean of levels (RULE, default) or probe-count weighted (RWKU)',
+    )
+    args = ap.parse_args(argv)
+    res = make_report(
+        args.run_dirs, args.out, args.retain_threshold, args.by_target, "All" if args.all == "mean" else "All_weighted"
+    )
+    for note in res["duplicates"]:
+        print(note, file=sys.stderr)
+    print(res["markdown"])
+    print(res["report"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Trainer: configs, the ReBO/PPO loop and its pure maths (``core_algos``)."""

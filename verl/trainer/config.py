@@ -1,0 +1,344 @@
+"""Typed configuration of the ReBO/PPO trainer.
+
+A run's config is ``PPOConfig`` merged (OmegaConf, struct mode) with a YAML file and ``key=value`` overrides:
+an unknown key anywhere is an error. ``resolve()`` fills the defaults that depend on other fields (reference
+and critic paths default to the actor's start path) and checks batch-size divisibility.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from omegaconf import OmegaConf
+
+
+@dataclass
+class RWKUSpec:
+    """Where ``rwku:<target>:<stem>`` data paths are looked up."""
+
+    data_root: str | None = None
+    """RWKU/MUSE data root (None: $RULE_DATA_DIR, then ./data and the project sample)."""
+
+
+@dataclass
+class DataConfig:
+    train_files: str = "rwku:1_Stephen_King:rl_rejection_with_fb_neighbor_target"
+    """Training rows: a json/jsonl/parquet path, ``rwku:<target>:<stem>`` or ``muse:<stem>``."""
+    val_files: str | None = "rwku:1_Stephen_King:rl_rejection_eval_target"
+    """Validation rows (same forms); None disables validation."""
+    prompt_key: str = "prompt"
+    """Column holding the user text (wrapped in the chat template)."""
+    answer_key: str = "solution"
+    """Column handed to the reward as ``solution``; every other column is passed as an extra."""
+    max_prompt_length: int = 512
+    """Prompts longer than this (in tokens, after the chat template) are dropped; the count is logged."""
+    max_response_length: int = 1024
+    """Maximum generated tokens per rollout."""
+    rollout_batch_size: int = 32
+    """Prompts per training step (each gets ``worker.rollout.n`` responses)."""
+    val_batch_size: int = 64
+    """Prompts per validation generation batch."""
+    val_max_samples: int | None = None
+    """Use N evenly spaced validation rows (None: all)."""
+    shuffle: bool = True
+    """Shuffle the training rows each epoch (seeded by trainer.seed + epoch)."""
+    rwku: RWKUSpec = field(default_factory=RWKUSpec)
+    """Data root for ``rwku:`` paths."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-6
+    """AdamW learning rate."""
+    weight_decay: float = 1e-2
+    """AdamW weight decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    lr_warmup_steps: int = 0
+    """Linear warm-up steps (then constant)."""
+
+
+@dataclass
+class ModelRoleConfig:
+    """Settings shared by every role that holds a model (actor, reference, critic)."""
+
+    model_path: str | None = None
+    """HF folder, hub id or ``smollm2-135m-instruct``; None for ref/critic = the actor's start path."""
+    dtype: str = "bfloat16"
+    """Parameter dtype for compute: float32 | bfloat16 | float16."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass (memory for compute)."""
+    offload_params: bool = False
+    """FSDP CPU offload of parameters."""
+    offload_optimizer: bool = False
+    """Keep optimizer state on CPU between updates (moved to the device for the step)."""
+
+
+@dataclass
+class ActorConfig(ModelRoleConfig):
+    model_path: str | None = "smollm2-135m-instruct"
+    """Policy start checkpoint (the RS checkpoint in the paper)."""
+    global_batch_size: int = 32
+    """Prompts per optimizer step (x rollout.n responses); = data.rollout_batch_size means one update per step."""
+    micro_batch_size_per_device_for_update: int = 4
+    """Responses per forward/backward (gradient accumulation inside a mini-batch)."""
+    micro_batch_size_per_device_for_experience: int = 16
+    """Responses per forward when computing log-probs without gradients."""
+    ppo_epochs: int = 1
+    """Passes over each step's rollouts."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    clip_ratio_low: float = 0.2
+    """PPO lower clip (ratio >= 1 - low)."""
+    clip_ratio_high: float = 0.3
+    """PPO upper clip (ratio <= 1 + high)."""
+    clip_ratio_dual: float = 3.0
+    """Dual-clip bound for negative advantages."""
+    loss_agg_mode: str = "token-mean"
+    """token-mean | seq-mean-token-sum | seq-mean-token-mean (token-mean: every valid response token weighs the same
+    within a micro-batch; micro-batches are averaged)."""
+    entropy_coeff: float = 0.0
+    """Entropy bonus coefficient (0: off; entropy is still logged)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Actor optimizer."""
+
+
+@dataclass
+class RefConfig(ModelRoleConfig):
+    model_path: str | None = None
+    """Frozen reference (None: the actor's start path; point to the original model for the ablation)."""
+    gradient_checkpointing: bool = False
+    """Unused for the frozen reference."""
+
+
+@dataclass
+class CriticConfig(ModelRoleConfig):
+    model_path: str | None = None
+    """Critic backbone (None: the actor's start path); a scalar value head is added on top."""
+    micro_batch_size_per_device_for_update: int = 4
+    """Responses per critic forward/backward."""
+    ppo_epochs: int = 1
+    """Critic passes over each step's rollouts."""
+    max_grad_norm: float = 1.0
+    """Critic gradient clipping norm."""
+    cliprange_value: float = 0.5
+    """Value clipping range around the old values."""
+    loss_agg_mode: str = "token-mean"
+    """Value-loss aggregation."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5))
+    """Critic optimizer."""
+
+
+@dataclass
+class ValRolloutConfig:
+    greedy: bool = True
+    """Greedy decoding for validation (otherwise sample with `temperature`/`top_p`)."""
+    temperature: float = 1.0
+    """Validation sampling temperature when not greedy."""
+    top_p: float = 1.0
+    """Validation nucleus sampling when not greedy."""
+    max_new_tokens: int | None = None
+    """Validation response cap (None: data.max_response_length)."""
+
+
+@dataclass
+class RolloutConfig:
+    name: str = "auto"
+    """Engine: hf (transformers generate) | vllm (colocated, GPU) | auto (vllm if importable on GPU, else hf)."""
+    n: int = 8
+    """Responses sampled per prompt."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling."""
+    top_k: int = 0
+    """Top-k sampling (0: off)."""
+    micro_batch_size: int = 64
+    """Sequences per generate() call (HF engine)."""
+    gpu_memory_utilization: float = 0.5
+    """vLLM KV-cache memory share (colocated with training)."""
+    tensor_parallel_size: int = 1
+    """vLLM tensor parallel size."""
+    enforce_eager: bool = False
+    """vLLM: disable CUDA graphs."""
+    val: ValRolloutConfig = field(default_factory=ValRolloutConfig)
+    """Validation decoding."""
+
+
+@dataclass
+class RewardConfig:
+    reward_fn: str = "forget_two_stage_abs_target"
+    """Reward plug-in: a registered name or ``path/to/file.py:function``."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for the reward factory (e.g. refusal_mode, tau)."""
+
+
+@dataclass
+class WorkerConfig:
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    """Policy being trained."""
+    ref: RefConfig = field(default_factory=RefConfig)
+    """Frozen reference for the KL term."""
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    """Value model (used only by adv_estimator=gae)."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Generation."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Outcome reward."""
+
+
+@dataclass
+class AlgorithmConfig:
+    adv_estimator: str = "grpo"
+    """grpo | rloo | reinforce_plus_plus | gae (gae trains the critic: real PPO)."""
+    gamma: float = 1.0
+    """Discount (reinforce_plus_plus, gae)."""
+    lam: float = 1.0
+    """GAE lambda."""
+    use_kl_loss: bool = True
+    """KL to the reference as a loss term (otherwise as a reward penalty when kl_coef > 0)."""
+    kl_penalty: str = "low_var_kl"
+    """KL estimator: kl | abs | mse | low_var_kl."""
+    kl_coef: float = 1e-2
+    """KL coefficient (loss or reward); 0 with use_kl_loss=false disables the reference model."""
+    kl_type: str = "fixed"
+    """KL-in-reward controller: fixed | adaptive."""
+    kl_target: float = 0.1
+    """Adaptive controller target KL."""
+    kl_horizon: float = 10000.0
+    """Adaptive controller horizon."""
+
+
+@dataclass
+class TrainerConfig:
+    project_name: str = "rule"
+    """Logger project name."""
+    experiment_name: str = "rebo"
+    """Run name (the run dir is save_dir/<experiment_name> unless save_dir is set)."""
+    total_steps: int = 20
+    """Training steps."""
+    seed: int = 1
+    """Seed for data order, rollouts and initialisation."""
+    backend: str = "auto"
+    """ray | local (in-process) | auto (local for one worker, ray otherwise)."""
+    n_workers: int = 1
+    """Worker processes (FSDP world size): GPUs, or CPU processes on a CPU machine."""
+    device: str = "auto"
+    """cpu | cuda | auto."""
+    dist_backend: str = "auto"
+    """torch.distributed backend: nccl | gloo | auto (nccl on cuda)."""
+    val_freq: int = 5
+    """Validate every N steps (<=0: never during training)."""
+    val_before_train: bool = False
+    """Validate once before the first step."""
+    val_at_end: bool = True
+    """Validate after the last step."""
+    save_freq: int = 5
+    """Save a checkpoint every N steps (<=0: only at the end)."""
+    save_limit: int = 2
+    """Keep at most this many complete checkpoints (<=0: keep all)."""
+    save_dir: str | None = None
+    """Run directory (checkpoints, logs, resolved config); None: log/rebo/<experiment_name>."""
+    resume: str = "auto"
+    """auto (latest complete checkpoint in the run dir) | none | <path to a global_step_N dir>."""
+    logger: list[str] = field(default_factory=lambda: ["console", "jsonl"])
+    """Any of console, jsonl, tensorboard, wandb (wandb honours WANDB_MODE=offline)."""
+    log_generations: int = 4
+    """Sample (prompt, response, score) rows logged per step and per validation."""
+    progress_bar: bool = True
+    """tqdm bars for rollouts, updates and validation."""
+
+
+@dataclass
+class PPOConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    """Datasets and lengths."""
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    """Roles."""
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    """Advantage and KL."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """Loop, checkpoints, logging."""
+
+    @property
+    def use_critic(self) -> bool:
+        return self.algorithm.adv_estimator == "gae"
+
+    @property
+    def use_reference(self) -> bool:
+        return self.algorithm.use_kl_loss or self.algorithm.kl_coef > 0
+
+    def run_dir(self) -> str:
+        return self.trainer.save_dir or os.path.join("log", "rebo", self.trainer.experiment_name)
+
+    def resolve(self) -> PPOConfig:
+        """Fill dependent defaults and check consistency; returns self."""
+        actor = self.worker.actor
+        if self.worker.ref.model_path is None:
+            self.worker.ref.model_path = actor.model_path
+        if self.worker.critic.model_path is None:
+            self.worker.critic.model_path = actor.model_path
+        if actor.global_batch_size > self.data.rollout_batch_size:
+            raise ValueError(
+                f"worker.actor.global_batch_size={actor.global_batch_size} > data.rollout_batch_size="
+                f"{self.data.rollout_batch_size}: lower the global batch size"
+            )
+        if self.data.rollout_batch_size % actor.global_batch_size:
+            raise ValueError("data.rollout_batch_size must be a multiple of worker.actor.global_batch_size")
+        n_resp = self.data.rollout_batch_size * self.worker.rollout.n
+        if n_resp % self.trainer.n_workers:
+            raise ValueError(f"rollout_batch_size x n = {n_resp} must be divisible by trainer.n_workers")
+        per_rank_mini = actor.global_batch_size * self.worker.rollout.n // self.trainer.n_workers
+        if per_rank_mini == 0 or per_rank_mini % min(actor.micro_batch_size_per_device_for_update, per_rank_mini):
+            raise ValueError(
+                f"per-worker mini-batch ({per_rank_mini} responses) must be a multiple of "
+                "worker.actor.micro_batch_size_per_device_for_update"
+            )
+        for name, choices, value in (
+            ("trainer.backend", ("ray", "local", "auto"), self.trainer.backend),
+            ("worker.rollout.name", ("hf", "vllm", "auto"), self.worker.rollout.name),
+            ("algorithm.adv_estimator", ("grpo", "rloo", "reinforce_plus_plus", "gae"), self.algorithm.adv_estimator),
+            ("trainer.device", ("cpu", "cuda", "auto"), self.trainer.device),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name}={value!r}: choose one of {choices}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_config(config_file: str | None = None, overrides: list[str] | None = None) -> PPOConfig:
+    """``PPOConfig`` <- YAML file <- ``key=value`` overrides (unknown keys raise), then ``resolve()``."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    schema = OmegaConf.structured(PPOConfig)
+    OmegaConf.set_struct(schema, True)
+    try:
+        if config_file:
+            schema = OmegaConf.merge(schema, OmegaConf.load(config_file))
+        if overrides:
+            schema = OmegaConf.merge(schema, OmegaConf.from_dotlist(list(overrides)))
+    except (ConfigKeyError, ConfigAttributeError) as exc:
+        raise ValueError(f"unknown config key: {exc}. See verl/trainer/config.py for the valid keys.") from exc
+    except ValidationError as exc:
+        raise ValueError(f"bad config value: {exc}") from exc
+    cfg: PPOConfig = OmegaConf.to_object(schema)
+    return cfg.resolve()
+
+
+SECRET_MARKERS = ("api_key", "apikey", "secret", "password", "access_token", "auth_token", "hf_token")
+
+
+def redact(obj: Any) -> Any:
+    """Copy of a config dict with secret-looking values replaced (for the run dir and loggers)."""
+    if isinstance(obj, dict):
+        return {
+            k: ("<redacted>" if any(m in str(k).lower() for m in SECRET_MARKERS) and isinstance(v, str) and v else redact(v))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj

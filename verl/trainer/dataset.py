@@ -1,0 +1,156 @@
+"""Prompt datasets for RL: file loading (json/jsonl/parquet or ``rwku:<target>:<stem>``), chat-template
+formatting, prompt-length filtering, left-padded batches and a resumable sampler."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from verl.protocol import DataProto
+from verl.utils.chat import format_prompt
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_data_path(spec: str, data_root: str | None = None) -> Path:
+    """A file path, ``rwku:<target>:<stem>`` (``data.rwku.resolve_target(target).file(stem)``) or
+    ``muse:<stem>`` (``<data root>/MUSE/books/<stem>.json``), so configs carry no absolute paths."""
+    if spec.startswith("muse:"):
+        from data.muse import muse_dir
+
+        path = muse_dir(data_root) / f"{spec[len('muse:'):]}.json"
+    elif spec.startswith("rwku:"):
+        parts = spec.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"data path {spec!r}: expected rwku:<target>:<stem>, e.g. rwku:1_Stephen_King:rl_rejection_eval_target")
+        from data.rwku import resolve_target
+
+        path = resolve_target(parts[1], data_root).file(parts[2])
+    else:
+        path = Path(spec).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} (from {spec!r}) does not exist")
+    return path
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a .json (list), .jsonl or .parquet file."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    if suffix == ".json":
+        with open(path, encoding="utf-8") as f:
+            rows = json.load(f)
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
+        return rows
+    if suffix == ".parquet":
+        import pandas as pd
+
+        return pd.read_parquet(path).to_dict(orient="records")
+    raise ValueError(f"{path}: unsupported data format {suffix!r} (use .json, .jsonl or .parquet)")
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class RLDataset:
+    """Prompts in the chat template, tokenized; rows whose prompt exceeds ``max_prompt_length`` are dropped.
+
+    Each row keeps ``prompt`` (raw user text), ``solution`` (the answer column) and every other column as an
+    extra for the reward. ``label`` is ``solution[0]`` when that is ``<reject>``/``<normal>``, else "".
+    """
+
+    def __init__(self, spec: str, tokenizer, max_prompt_length: int, prompt_key: str = "prompt",
+                 answer_key: str = "solution", data_root: str | None = None, max_samples: int | None = None):
+        self.path = resolve_data_path(spec, data_root)
+        raw = read_rows(self.path)
+        if max_samples is not None and max_samples < len(raw):  # evenly spaced, so both labels stay represented
+            raw = [raw[int(i)] for i in np.linspace(0, len(raw) - 1, num=max_samples).round()]
+        self.rows: list[dict] = []
+        self.n_filtered = 0
+        for i, row in enumerate(raw):
+            if prompt_key not in row:
+                raise KeyError(f"{self.path}: row {i} has no {prompt_key!r} column (data.prompt_key)")
+            text = format_prompt(tokenizer, str(row[prompt_key]))
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) > max_prompt_length:
+                self.n_filtered += 1
+                continue
+            solution = row.get(answer_key)
+            label = solution[0] if isinstance(solution, (list, tuple)) and solution and str(solution[0]).startswith("<") else ""
+            extras = {k: v for k, v in row.items() if k not in (prompt_key, answer_key)}
+            self.rows.append({"prompt": str(row[prompt_key]), "solution": solution, "label": label,
+                              "prompt_ids": ids, "extras": extras})
+        logger.info("%s: %d rows kept, %d dropped as longer than %d prompt tokens",
+                    self.path.name, len(self.rows), self.n_filtered, max_prompt_length)
+        if not self.rows:
+            raise ValueError(f"{self.path}: no rows left after prompt-length filtering (max_prompt_length={max_prompt_length})")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, indices, pad_token_id: int) -> DataProto:
+        return collate([self.rows[i] for i in indices], pad_token_id)
+
+
+def collate(rows: list[dict], pad_token_id: int) -> DataProto:
+    """Left-padded ``input_ids``/``attention_mask``/``position_ids`` [B, P] + per-row non-tensors."""
+    width = max(len(r["prompt_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["prompt_ids"])
+        ids[i, width - n:] = torch.tensor(r["prompt_ids"], dtype=torch.long)
+        mask[i, width - n:] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    extra_keys = sorted({k for r in rows for k in r["extras"]})
+    non_tensors = {
+        "prompt": [r["prompt"] for r in rows],
+        "solution": [r["solution"] for r in rows],
+        "label": [r["label"] for r in rows],
+        **{f"extra.{k}": [r["extras"].get(k) for r in rows] for k in extra_keys},
+    }
+    return DataProto.from_dict(
+        tensors={"input_ids": ids, "attention_mask": mask, "position_ids": position_ids}, non_tensors=non_tensors
+    )
+
+
+class StatefulSampler:
+    """Batches of indices over epochs (seeded shuffle per epoch, incomplete tail dropped); ``state_dict`` resumes
+    at the exact next batch."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int):
+        if batch_size > n:
+            raise ValueError(f"batch size {batch_size} > dataset size {n}")
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.epoch, self.pos = 0, 0
+
+    def _order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n)
+        return np.random.default_rng(self.seed + self.epoch).permutation(self.n)
+
+    def next_indices(self) -> list[int]:
+        if self.pos + self.batch_size > self.n:
+            self.epoch, self.pos = self.epoch + 1, 0
+        out = self._order()[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return [int(i) for i in out]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])

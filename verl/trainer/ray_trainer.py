@@ -1,0 +1,343 @@
+"""``RayPPOTrainer``: the single-controller ReBO/PPO loop.
+
+One step (each phase timed as ``timing/<phase>``):
+rollout n responses per prompt (``gen``) -> outcome reward on the last response token (``reward``) ->
+old log-probs (``old_log_prob``, only when needed) -> reference log-probs (``ref``) -> critic values (``values``,
+PPO) -> advantages (``adv``) -> critic update (``update_critic``) -> actor update (``update_actor``) ->
+validation (``validation``) -> checkpoint (``save``).
+
+Old log-probs: with one optimizer step per batch and ``ppo_epochs=1`` the policy that sampled the rollouts is
+the one being updated, so ``old = current`` and the actor uses its own detached log-probs (ratio 1, same gradient)
+instead of an extra forward pass. Any other setting (several mini-batches or epochs, KL in the reward) computes
+them explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from verl.protocol import DataProto
+from verl.single_controller import make_worker_group
+from verl.trainer import core_algos
+from verl.trainer.checkpoint import CheckpointManager
+from verl.trainer.config import PPOConfig, redact
+from verl.trainer.dataset import RLDataset, StatefulSampler, file_sha256
+from verl.utils.runinfo import git_commit
+from verl.utils.timer import timed
+from verl.utils.tracking import Tracker
+from verl.workers.fsdp_utils import write_json
+from verl.workers.reward.registry import get_reward_fn, score_batch
+from verl.workers.reward.rouge import rougel_recall
+
+logger = logging.getLogger("verl.trainer")
+
+
+class TrainingDivergedError(RuntimeError):
+    """A NaN/inf loss or gradient stopped the run; the last complete checkpoint is untouched."""
+
+
+def pad_to_multiple(data: DataProto, k: int) -> tuple[DataProto, int]:
+    """Repeat leading rows so ``len(data) % k == 0`` (for dispatch); returns (padded, number of pad rows)."""
+    n_pad = (-len(data)) % k
+    if n_pad == 0:
+        return data, 0
+    return DataProto.concat([data, data[list(range(n_pad))]]), n_pad
+
+
+def decode_responses(tokenizer, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    return [tokenizer.decode(r[m.bool()].tolist(), skip_special_tokens=True) for r, m in zip(responses, mask)]
+
+
+def row_extras(data: DataProto) -> list[dict]:
+    keys = [k for k in data.non_tensor_batch if k.startswith("extra.")]
+    return [{k[len("extra."):]: data.non_tensor_batch[k][i] for k in keys} for i in range(len(data))]
+
+
+def label_mean(values: np.ndarray, labels: np.ndarray, label: str) -> float | None:
+    sel = labels == label
+    return float(values[sel].mean()) if sel.any() else None
+
+
+class RayPPOTrainer:
+    """Builds datasets, reward, logger, checkpoints and the worker group from a resolved ``PPOConfig``."""
+
+    def __init__(self, config: PPOConfig):
+        from transformers import AutoTokenizer
+
+        from verl.models.embedded import resolve_model_path
+
+        self.config = cfg = config
+        self.run_dir = Path(cfg.run_dir())
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.worker.actor.model_path))
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left"
+        d = cfg.data
+        self.train_ds = RLDataset(d.train_files, self.tokenizer, d.max_prompt_length, d.prompt_key, d.answer_key,
+                                  d.rwku.data_root)
+        self.val_ds = None
+        if d.val_files:
+            self.val_ds = RLDataset(d.val_files, self.tokenizer, d.max_prompt_length, d.prompt_key, d.answer_key,
+                                    d.rwku.data_root, d.val_max_samples)
+        self.sampler = StatefulSampler(len(self.train_ds), d.rollout_batch_size, d.shuffle, cfg.trainer.seed)
+        self.reward_fn = get_reward_fn(cfg.worker.reward.reward_fn, **cfg.worker.reward.kwargs)
+        a = cfg.algorithm
+        if a.kl_type == "adaptive":
+            self.kl_ctrl = core_algos.AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon)
+        else:
+            self.kl_ctrl = core_algos.FixedKLController(a.kl_coef)
+        self.ckpt = CheckpointManager(self.run_dir, cfg.trainer.save_limit)
+        self.global_step = 0
+        resume_dir = self._resume_dir()
+        self._write_run_info(resume_dir)
+        self.tracker = Tracker(cfg.trainer.logger, self.run_dir, cfg.trainer.project_name, cfg.trainer.experiment_name,
+                               redact(asdict(cfg)))
+        self.tracker.log({"data/train_rows": len(self.train_ds), "data/train_filtered_long_prompts": self.train_ds.n_filtered,
+                          "data/val_rows": len(self.val_ds) if self.val_ds else 0,
+                          "data/val_filtered_long_prompts": self.val_ds.n_filtered if self.val_ds else 0}, 0)
+        use_gpu = cfg.trainer.device == "cuda" or (cfg.trainer.device == "auto" and torch.cuda.is_available())
+        threads = None if use_gpu else max(1, torch.get_num_threads() // cfg.trainer.n_workers)
+        self.wg = make_worker_group(cfg.trainer.backend, _worker_cls(), cfg.trainer.n_workers, use_gpu,
+                                    {"config": cfg, "resume_dir": str(resume_dir) if resume_dir else None,
+                                     "num_threads": threads})
+        if resume_dir:
+            state = self.ckpt.load_state(resume_dir)
+            self.wg.load_checkpoint(str(resume_dir))
+            self.sampler.load_state_dict(state["sampler"])
+            self.kl_ctrl.value = float(state["kl_coef"])
+            self.global_step = int(state["step"])
+            logger.info("resumed from %s (step %d)", resume_dir, self.global_step)
+
+    # ------------------------------------------------------------------ setup helpers
+    def _resume_dir(self) -> Path | None:
+        mode = self.config.trainer.resume
+        if mode == "none":
+            return None
+        if mode == "auto":
+            return self.ckpt.latest()
+        path = Path(mode)
+        self.ckpt.load_state(path)  # raises unless complete
+        return path
+
+    def _write_run_info(self, resume_dir: Path | None) -> None:
+        cfg = self.config
+        cfg_yaml = OmegaConf.to_yaml(OmegaConf.create(redact(asdict(cfg))))
+        tmp = self.run_dir / f".config.yaml.tmp{os.getpid()}"
+        tmp.write_text(cfg_yaml)
+        os.replace(tmp, self.run_dir / "config.yaml")
+        files = {"train": str(self.train_ds.path), **({"val": str(self.val_ds.path)} if self.val_ds else {})}
+        write_json(self.run_dir / "run_info.json", {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(), "seed": cfg.trainer.seed,
+            "argv": sys.argv, "resumed_from": str(resume_dir) if resume_dir else None,
+            "data_files": files, "data_sha256": {k: file_sha256(v) for k, v in files.items()},
+            "python": platform.python_version(), "torch": torch.__version__,
+        })
+
+    # ------------------------------------------------------------------ phases
+    def _gen_meta(self, validation: bool, step: int) -> dict:
+        r, d = self.config.worker.rollout, self.config.data
+        if validation:
+            return {"do_sample": not r.val.greedy, "temperature": r.val.temperature, "top_p": r.val.top_p,
+                    "max_new_tokens": r.val.max_new_tokens or d.max_response_length,
+                    "seed": self.config.trainer.seed * 1_000_003 + 999_983}
+        return {"do_sample": True, "temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k,
+                "max_new_tokens": d.max_response_length, "seed": self.config.trainer.seed * 1_000_003 + step}
+
+    def _score(self, batch: DataProto) -> tuple[np.ndarray, dict[str, list[float]], list[str]]:
+        texts = decode_responses(self.tokenizer, batch.batch["responses"], batch.batch["response_mask"])
+        nt = batch.non_tensor_batch
+        scores, sub = score_batch(self.reward_fn, texts, list(nt["prompt"]), list(nt["solution"]), row_extras(batch))
+        return np.asarray(scores, dtype=np.float64), sub, texts
+
+    def _generations(self, batch: DataProto, texts: list[str], scores: np.ndarray) -> list[dict]:
+        k = self.config.trainer.log_generations
+        nt = batch.non_tensor_batch
+        idx = np.linspace(0, len(texts) - 1, num=min(k, len(texts)), dtype=int) if k > 0 else []
+        return [{"prompt": nt["prompt"][i], "label": nt["label"][i], "response": texts[i], "score": float(scores[i])}
+                for i in idx]
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg = self.config
+        n = cfg.worker.rollout.n
+        metrics: dict[str, float] = {}
+        prompts = self.train_ds.batch(self.sampler.next_indices(), self.tokenizer.pad_token_id)
+        prompts.non_tensor_batch["uid"] = np.array([f"{step}-{i}" for i in range(len(prompts))], dtype=object)
+        gen_in = prompts.repeat(n, interleave=True)
+        gen_in.meta_info = self._gen_meta(False, step)
+        with timed("gen", metrics):
+            out = self.wg.generate_sequences(gen_in)
+        batch = DataProto(batch=out.batch, non_tensor_batch=gen_in.non_tensor_batch, meta_info={})
+        mask = batch.batch["response_mask"]
+        with timed("reward", metrics):
+            scores, sub, texts = self._score(batch)
+            last = (mask.sum(-1) - 1).clamp(min=0)
+            token_scores = torch.zeros(mask.shape, dtype=torch.float32)
+            token_scores[torch.arange(len(batch)), last] = torch.as_tensor(scores, dtype=torch.float32)
+            batch.batch["token_level_scores"] = token_scores
+        algo, actor = cfg.algorithm, cfg.worker.actor
+        n_mini = cfg.data.rollout_batch_size // actor.global_batch_size
+        kl_in_reward = not algo.use_kl_loss and algo.kl_coef > 0
+        if actor.ppo_epochs > 1 or n_mini > 1 or kl_in_reward:
+            with timed("old_log_prob", metrics):
+                batch.union(self.wg.compute_log_probs(batch))
+        if cfg.use_reference:
+            with timed("ref", metrics):
+                batch.union(self.wg.compute_ref_log_probs(batch))
+        if cfg.use_critic:
+            with timed("values", metrics):
+                batch.union(self.wg.compute_values(batch))
+        with timed("adv", metrics):
+            if kl_in_reward:
+                rewards, kl_m = core_algos.apply_kl_penalty(token_scores, batch.batch["old_log_probs"],
+                                                            batch.batch["ref_log_probs"], mask, self.kl_ctrl.value,
+                                                            algo.kl_penalty)
+                self.kl_ctrl.update(kl_m["kl"], n_steps=len(batch))
+                metrics.update({f"critic/{k}": v for k, v in kl_m.items()})
+            else:
+                rewards = token_scores
+            batch.batch["token_level_rewards"] = rewards
+            adv, ret = core_algos.compute_advantage(algo.adv_estimator, rewards, mask, index=batch.non_tensor_batch["uid"],
+                                                    values=batch.batch.get("values"), gamma=algo.gamma, lam=algo.lam)
+            batch.batch["advantages"], batch.batch["returns"] = adv, ret
+        if cfg.use_critic:
+            with timed("update_critic", metrics):
+                metrics.update(_mean_dicts(self.wg.update_critic(batch, n_mini)))
+        with timed("update_actor", metrics):
+            metrics.update(_mean_dicts(self.wg.update_actor(batch, n_mini)))
+        # --- batch statistics
+        labels = batch.non_tensor_batch["label"]
+        maskf = mask.float()
+        n_tokens = float(maskf.sum())
+        metrics.update({
+            "reward/mean": float(scores.mean()), "reward/std": float(scores.std()),
+            "response_length/mean": float(maskf.sum(-1).mean()),
+            "response_length/clip_ratio": float((batch.batch["responses"][:, -1] != self.tokenizer.pad_token_id).float().mean()
+                                                if mask.shape[1] else 0.0),
+            "prompt_length/mean": float(prompts.batch["attention_mask"].sum(-1).float().mean()),
+            "critic/advantages_mean": float(core_algos.masked_mean(adv, maskf)),
+            "critic/returns_mean": float(core_algos.masked_mean(ret, maskf)),
+            "perf/rollout_tokens": n_tokens,
+            "perf/rollout_tokens_per_s": n_tokens / max(metrics["timing/gen"], 1e-9),
+        })
+        for lab, name in (("<reject>", "reject"), ("<normal>", "normal")):
+            v = label_mean(scores, labels, lab)
+            if v is not None:
+                metrics[f"reward/{name}_mean"] = v
+        for k, vals in sub.items():
+            metrics[f"reward/{k}"] = float(np.nanmean(vals)) if not np.all(np.isnan(vals)) else float("nan")
+        if "ref_log_probs" in batch.batch and "old_log_probs" in batch.batch:
+            kl = core_algos.compute_kl(batch.batch["old_log_probs"], batch.batch["ref_log_probs"], algo.kl_penalty)
+            metrics["actor/ref_kl"] = float(core_algos.masked_mean(kl, maskf))
+        self.tracker.log_generations(self._generations(batch, texts, scores), step, "train")
+        return metrics
+
+    def validate(self, step: int) -> dict[str, float]:
+        """Generate on the validation rows (greedy by default); reward and ROUGE-L recall split forget/neighbor."""
+        from tqdm import tqdm
+
+        bs = self.config.data.val_batch_size
+        all_scores, all_rouge, all_refusal, all_labels, gens = [], [], [], [], []
+        chunks = range(0, len(self.val_ds), bs)
+        for start in tqdm(chunks, desc="validation", disable=not self.config.trainer.progress_bar, leave=False):
+            idx = list(range(start, min(start + bs, len(self.val_ds))))
+            prompts = self.val_ds.batch(idx, self.tokenizer.pad_token_id)
+            padded, n_pad = pad_to_multiple(prompts, self.wg.world_size)
+            padded.meta_info = self._gen_meta(True, step)
+            out = self.wg.generate_sequences(padded)[: len(prompts)]
+            batch = DataProto(batch=out.batch, non_tensor_batch=prompts.non_tensor_batch)
+            scores, sub, texts = self._score(batch)
+            sols = batch.non_tensor_batch["solution"]
+            rouge = [rougel_recall(t, str(s[1]) if isinstance(s, (list, tuple)) and len(s) > 1 else str(s))
+                     for t, s in zip(texts, sols)]
+            all_scores.append(scores)
+            all_rouge.append(np.asarray(rouge))
+            all_refusal.append(np.asarray(sub.get("refusal", [np.nan] * len(texts)), dtype=np.float64))
+            all_labels.append(batch.non_tensor_batch["label"])
+            if not gens:
+                gens = self._generations(batch, texts, scores)
+        scores, rouge = np.concatenate(all_scores), np.concatenate(all_rouge)
+        refusal, labels = np.concatenate(all_refusal), np.concatenate(all_labels)
+        metrics = {"val/reward": float(scores.mean())}
+        for lab, name in (("<reject>", "forget"), ("<normal>", "neighbor")):
+            for key, arr in (("reward", scores), ("rougeL", rouge), ("refusal_rate", refusal)):
+                v = label_mean(arr, labels, lab)
+                if v is not None:
+                    metrics[f"val/{name}_{key}"] = v
+        self.tracker.log_generations(gens, step, "val")
+        return metrics
+
+    def save_checkpoint(self) -> Path:
+        tmp = self.ckpt.begin(self.global_step)
+        self.wg.save_checkpoint(str(tmp))
+        state = {"step": self.global_step, "sampler": self.sampler.state_dict(), "kl_coef": self.kl_ctrl.value}
+        return self.ckpt.commit(tmp, self.global_step, state)
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> list[dict[str, float]]:
+        """Run until ``trainer.total_steps``; returns the per-step metrics (also logged)."""
+        from tqdm import tqdm
+
+        t = self.config.trainer
+        history = []
+        if t.val_before_train and self.val_ds is not None and self.global_step == 0:
+            m: dict[str, float] = {}
+            with timed("validation", m):
+                m.update(self.validate(0))
+            self.tracker.log(m, 0)
+        bar = tqdm(total=t.total_steps, initial=self.global_step, desc="steps", disable=not t.progress_bar)
+        try:
+            while self.global_step < t.total_steps:
+                self.global_step += 1
+                step = self.global_step
+                last = step == t.total_steps
+                metrics: dict[str, float] = {}
+                with timed("step", metrics):
+                    try:
+                        metrics.update(self.train_step(step))
+                    except Exception as exc:  # NaN/inf raised inside a worker (possibly wrapped by Ray)
+                        if "NonFiniteLossError" in type(exc).__name__ or "NonFiniteLossError" in str(exc):
+                            raise TrainingDivergedError(
+                                f"step {step}: non-finite loss/gradient ({exc}). Nothing was saved for this step; the "
+                                f"last good checkpoint is {self.ckpt.latest()}. Lower the learning rate or check the data."
+                            ) from exc
+                        raise
+                    if self.val_ds is not None and ((t.val_freq > 0 and step % t.val_freq == 0) or (last and t.val_at_end)):
+                        with timed("validation", metrics):
+                            metrics.update(self.validate(step))
+                    if (t.save_freq > 0 and step % t.save_freq == 0) or last:
+                        with timed("save", metrics):
+                            self.save_checkpoint()
+                metrics["step"] = step
+                self.tracker.log(metrics, step)
+                history.append(metrics)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics.get('reward/mean', float('nan')):.3f}")
+        finally:
+            bar.close()
+        return history
+
+    def close(self) -> None:
+        self.tracker.finish()
+        self.wg.shutdown()
+
+
+def _mean_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:
+    keys = dicts[0].keys()
+    return {k: float(np.mean([d[k] for d in dicts])) for k in keys}
+
+
+def _worker_cls():
+    from verl.workers.fsdp_workers import FSDPWorker
+
+    return FSDPWorker

@@ -1,0 +1,1 @@
+"""Workers: actor, critic, rollout, reference and reward."""

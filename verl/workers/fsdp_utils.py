@@ -1,0 +1,225 @@
+"""Model loading and FSDP wrapping shared by every role (actor, reference, critic).
+
+FSDP (v1 API) runs on NCCL (GPU) or gloo (CPU). World size 1 uses ``NO_SHARD`` (the same code path, no
+sharding); larger worlds use ``FULL_SHARD`` with one FSDP unit per decoder layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def to_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu")
+    return torch.device(name)
+
+
+def init_distributed(device: torch.device, backend: str = "auto") -> tuple[int, int]:
+    """Join the process group described by RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; returns (rank, world)."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+        if backend == "auto":
+            backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        if world == 1:  # a fresh port each time, so in-process runs can re-initialise after destroy
+            dist.init_process_group(backend=backend, rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{free_port()}")
+        else:
+            dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def current_device(device: torch.device) -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if device.type == "cuda" else device
+
+
+class ValueModel(nn.Module):
+    """A causal-LM backbone with a scalar head: ``forward(...) -> values [B, L]`` (the critic)."""
+
+    def __init__(self, backbone: nn.Module, hidden_size: int):
+        super().__init__()
+        self.backbone = backbone
+        self.value_head = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **_):
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        return self.value_head(out.last_hidden_state.to(self.value_head.weight.dtype)).squeeze(-1)
+
+
+def load_module(path: str, role: str, dtype: torch.dtype, gradient_checkpointing: bool = False,
+                trust_remote_code: bool = False) -> nn.Module:
+    """The HF causal LM (actor/ref) or ``ValueModel`` (critic) at ``path``; a critic checkpoint saved by this
+    project (``value_head.safetensors`` beside the backbone) restores its head."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    from verl.models.embedded import resolve_model_path
+
+    path = resolve_model_path(path)
+    if role == "critic":
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        backbone = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = ValueModel(backbone, config.hidden_size).to(dtype)
+        head = Path(path) / "value_head.safetensors"
+        if head.is_file():
+            from safetensors.torch import load_file
+
+            model.value_head.load_state_dict(load_file(str(head)))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    inner = model.backbone if role == "critic" else model
+    inner.config.use_cache = False
+    if gradient_checkpointing:
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def _layer_classes(model: nn.Module) -> set[type]:
+    names = set(getattr(model, "_no_split_modules", None) or getattr(getattr(model, "backbone", None), "_no_split_modules", None) or [])
+    return {type(m) for m in model.modules() if type(m).__name__ in names}
+
+
+def wrap_fsdp(model: nn.Module, device: torch.device, compute_dtype: torch.dtype, world_size: int,
+              offload_params: bool = False) -> nn.Module:
+    """FSDP-wrap ``model`` (parameters kept in their load dtype; ``compute_dtype`` via mixed precision when it
+    differs). CPU offload of parameters is honoured on CUDA only."""
+    from torch.distributed.fsdp import CPUOffload, MixedPrecision, ShardingStrategy
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    param_dtype = next(model.parameters()).dtype
+    mp = None
+    if compute_dtype != param_dtype:
+        mp = MixedPrecision(param_dtype=compute_dtype, reduce_dtype=torch.float32, buffer_dtype=torch.float32)
+    layers = _layer_classes(model)
+    return FSDP(
+        model,
+        auto_wrap_policy=ModuleWrapPolicy(layers) if layers else None,
+        sharding_strategy=ShardingStrategy.FULL_SHARD if world_size > 1 else ShardingStrategy.NO_SHARD,
+        mixed_precision=mp,
+        cpu_offload=CPUOffload(offload_params=True) if (offload_params and device.type == "cuda") else None,
+        device_id=current_device(device),
+        use_orig_params=True,
+        sync_module_states=False,
+    )
+
+
+def full_state_dict(module: nn.Module, rank0_only: bool = True) -> dict[str, torch.Tensor]:
+    """The full (unsharded) state dict on CPU, on rank 0 (other ranks get {} unless ``rank0_only=False``);
+    a collective under FSDP."""
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    if not isinstance(module, FSDP):
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = FullStateDictConfig(offload_to_cpu=True, rank0_only=rank0_only)
+        with FSDP.state_dict_type(module, StateDictType.FULL_STATE_DICT, cfg):
+            sd = module.state_dict()
+    return sd if (dist.get_rank() == 0 or not rank0_only) else {}
+
+
+def export_hf(module: nn.Module, out_dir: str | Path, tokenizer=None, role: str = "actor") -> None:
+    """Save an HF-loadable folder (safetensors + config + tokenizer) from rank 0. Collective under FSDP."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    sd = full_state_dict(module)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return
+    inner = module.module if isinstance(module, FSDP) else module
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    if role == "critic":
+        backbone = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+        head = {k[len("value_head."):]: v.contiguous() for k, v in sd.items() if k.startswith("value_head.")}
+        inner.backbone.save_pretrained(out_dir, state_dict=backbone, safe_serialization=True)
+        save_file(head, str(out_dir / "value_head.safetensors"))
+    else:
+        inner.save_pretrained(out_dir, state_dict=sd, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+
+
+def move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Move optimizer state tensors (offload to CPU / reload to the device)."""
+    for state in optimizer.state.values():
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor):
+                state[k] = v.to(device, non_blocking=True)
+
+
+def rng_state() -> dict:
+    import random
+
+    import numpy as np
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def unsharded_params(module: nn.Module):
+    """Context gathering the root FSDP unit's parameters for generation (nested units gather themselves)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    if isinstance(module, FSDP):
+        return FSDP.summon_full_params(module, writeback=False, recurse=False)
+    return contextlib.nullcontext()
+
+
+def write_json(path: str | Path, obj) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, default=str)
+    os.replace(tmp, path)

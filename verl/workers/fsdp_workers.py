@@ -1,0 +1,163 @@
+"""``FSDPWorker``: everything one rank hosts (colocated roles): actor + rollout, reference, critic.
+
+The same class runs in-process (``LocalWorkerGroup``) or as a Ray actor (``RayWorkerGroup``); the trainer calls
+its ``@register``-ed methods through the group, which splits DataProto batches over the ranks.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from verl.protocol import DataProto
+from verl.single_controller.base import Dispatch, Worker, register
+from verl.trainer.config import PPOConfig
+from verl.workers import fsdp_utils
+from verl.workers.actor import Actor
+from verl.workers.critic import Critic
+from verl.workers.ref import Reference
+from verl.workers.rollout import HFRollout
+
+
+def choose_rollout_engine(name: str, device: torch.device) -> str:
+    if name != "auto":
+        if name == "vllm" and device.type != "cuda":
+            raise ValueError("worker.rollout.name=vllm needs a GPU; use worker.rollout.name=hf on CPU")
+        return name
+    if device.type == "cuda":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is not None:
+            return "vllm"
+    return "hf"
+
+
+class FSDPWorker(Worker):
+    """One rank: builds the roles the config needs. ``resume_dir`` (a complete checkpoint) restores the actor and
+    critic weights from it; ``load_checkpoint`` then restores optimizer and RNG state."""
+
+    def __init__(self, config: PPOConfig, resume_dir: str | None = None, num_threads: int | None = None):
+        super().__init__()
+        from transformers import AutoTokenizer
+
+        from verl.models.embedded import resolve_model_path
+
+        self.config = config
+        self.device = fsdp_utils.resolve_device(config.trainer.device)
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.rank, self.world_size = fsdp_utils.init_distributed(self.device, config.trainer.dist_backend)
+        self.device = fsdp_utils.current_device(self.device)
+        torch.manual_seed(config.trainer.seed)
+        w = config.worker
+        actor_path = str(Path(resume_dir) / "actor") if resume_dir else w.actor.model_path
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(w.actor.model_path))
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left"
+        temperature = w.rollout.temperature
+        self.actor = Actor(w.actor, actor_path, self.device, self.world_size, temperature)
+        self.ref = None
+        if config.use_reference:
+            self.ref = Reference(w.ref, self.device, self.world_size, temperature,
+                                 w.actor.micro_batch_size_per_device_for_experience)
+        self.critic = None
+        if config.use_critic:
+            if resume_dir:
+                w.critic.model_path = str(Path(resume_dir) / "critic")
+            self.critic = Critic(w.critic, self.device, self.world_size, w.actor.micro_batch_size_per_device_for_experience)
+        self.engine = choose_rollout_engine(w.rollout.name, self.device)
+        if self.engine == "vllm":  # pragma: no cover - GPU extra
+            from verl.workers.rollout import VLLMRollout
+
+            self.rollout = VLLMRollout(actor_path, self.tokenizer, w.rollout,
+                                       config.data.max_prompt_length + config.data.max_response_length, w.actor.dtype)
+        else:
+            self.rollout = HFRollout(self.actor.module, self.tokenizer, w.rollout, self.device, self.world_size)
+
+    # ------------------------------------------------------------------ experience
+    @register(Dispatch.DP_COMPUTE_PROTO)
+    def generate_sequences(self, prompts: DataProto) -> DataProto:
+        if "seed" in prompts.meta_info:
+            prompts.meta_info = {**prompts.meta_info, "seed": int(prompts.meta_info["seed"]) + 7919 * self.rank}
+        if self.engine == "vllm":  # pragma: no cover - GPU extra
+            self.rollout.sync_weights(fsdp_utils.full_state_dict(self.actor.module, rank0_only=False))
+        out = self.rollout.generate(prompts)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return out
+
+    @register(Dispatch.DP_COMPUTE_PROTO)
+    def compute_log_probs(self, data: DataProto) -> DataProto:
+        return DataProto.from_dict(tensors={"old_log_probs": self.actor.compute_log_probs(data)})
+
+    @register(Dispatch.DP_COMPUTE_PROTO)
+    def compute_ref_log_probs(self, data: DataProto) -> DataProto:
+        if self.ref is None:
+            raise RuntimeError("no reference model: set algorithm.use_kl_loss=true or algorithm.kl_coef>0")
+        return DataProto.from_dict(tensors={"ref_log_probs": self.ref.compute_log_probs(data)})
+
+    @register(Dispatch.DP_COMPUTE_PROTO)
+    def compute_values(self, data: DataProto) -> DataProto:
+        return DataProto.from_dict(tensors={"values": self.critic.compute_values(data)})
+
+    # ------------------------------------------------------------------ updates
+    @register(Dispatch.DP_COMPUTE)
+    def update_actor(self, data: DataProto, n_mini_batches: int) -> dict[str, float]:
+        return self.actor.update(data, self.config.algorithm, n_mini_batches)
+
+    @register(Dispatch.DP_COMPUTE)
+    def update_critic(self, data: DataProto, n_mini_batches: int) -> dict[str, float]:
+        return self.critic.update(data, n_mini_batches)
+
+    # ------------------------------------------------------------------ checkpoints
+    @register(Dispatch.ONE_TO_ALL)
+    def save_checkpoint(self, path: str) -> None:
+        """Into ``path`` (a temp dir the driver renames): HF actor (+ critic) folders from rank 0, and per rank
+        the optimizer/scheduler/RNG state (resume needs the same number of workers)."""
+        path = Path(path)
+        fsdp_utils.export_hf(self.actor.module, path / "actor", self.tokenizer, "actor")
+        state = {"actor_optim": self.actor.optimizer.state_dict(), "actor_sched": self.actor.scheduler.state_dict(),
+                 "rng": fsdp_utils.rng_state()}
+        if self.critic is not None:
+            fsdp_utils.export_hf(self.critic.module, path / "critic", self.tokenizer, "critic")
+            state["critic_optim"] = self.critic.optimizer.state_dict()
+            state["critic_sched"] = self.critic.scheduler.state_dict()
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = path / f".worker_rank{self.rank}.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, path / f"worker_rank{self.rank}.pt")
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+
+    @register(Dispatch.ONE_TO_ALL)
+    def load_checkpoint(self, path: str) -> None:
+        file = Path(path) / f"worker_rank{self.rank}.pt"
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} missing: resume needs the same trainer.n_workers as the saved run")
+        state = torch.load(file, map_location="cpu", weights_only=False)
+        self.actor.optimizer.load_state_dict(state["actor_optim"])
+        self.actor.scheduler.load_state_dict(state["actor_sched"])
+        if self.critic is not None:
+            self.critic.optimizer.load_state_dict(state["critic_optim"])
+            self.critic.scheduler.load_state_dict(state["critic_sched"])
+        if self.actor.cfg.offload_optimizer:
+            fsdp_utils.move_optimizer_state(self.actor.optimizer, torch.device("cpu"))
+        fsdp_utils.set_rng_state(state["rng"])
+
+    @register(Dispatch.RANK_ZERO)
+    def param_norms(self) -> dict[str, float]:
+        """Sum of parameter norms per role (tests: did the weights change?). Collective under FSDP."""
+        out = {}
+        for name, role in (("actor", self.actor), ("critic", self.critic)):
+            if role is not None:
+                sd = fsdp_utils.full_state_dict(role.module)
+                out[name] = float(sum(v.float().norm() for v in sd.values())) if sd else 0.0
+        return out
+
+    @register(Dispatch.ONE_TO_ALL)
+    def close(self) -> None:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -1,0 +1,30 @@
+"""Rewards as plug-ins: refusal detection, ROUGE-L, the RULE reward functions and their registry."""
+
+from .functions import (
+    forget,
+    forget_abs,
+    forget_two_stage,
+    forget_two_stage_abs,
+    forget_two_stage_abs_target,
+    reject_behave_reward,
+)
+from .refusal import REFUSAL_MODES, is_refusal, refusal_matches
+from .registry import REWARD_FNS, get_reward_fn, score_batch
+from .rouge import rougel_f1, rougel_recall
+
+__all__ = [
+    "REFUSAL_MODES",
+    "REWARD_FNS",
+    "forget",
+    "forget_abs",
+    "forget_two_stage",
+    "forget_two_stage_abs",
+    "forget_two_stage_abs_target",
+    "get_reward_fn",
+    "is_refusal",
+    "refusal_matches",
+    "reject_behave_reward",
+    "rougel_f1",
+    "rougel_recall",
+    "score_batch",
+]

@@ -1,0 +1,175 @@
+"""ReBO reward functions (outcome rewards, one float per response).
+
+Every function has the signature ``fn(response, prompt, solution, refusal_mode="strict", **extra) -> dict`` where
+``solution`` is a row of the RULE RL files: ``["<reject>", refusal_or_answer, target]`` for forget prompts or
+``["<normal>", answer, ...]`` for boundary prompts, and ``extra`` holds any other data columns (ignored here).
+The returned dict has ``"score"`` (the reward) and sub-scores, the same keys for every row:
+
+| key                 | meaning                                                                       |
+|---------------------|-------------------------------------------------------------------------------|
+| ``score``           | the reward                                                                    |
+| ``is_reject``       | 1 if the prompt is a ``<reject>`` (forget) prompt, else 0                      |
+| ``refusal``         | 1 if the response is detected as a refusal (``refusal.is_refusal``)           |
+| ``behaviour_correct``| 1 if it refused a ``<reject>`` prompt or answered a ``<normal>`` one          |
+| ``rouge``           | ROUGE-L recall of the response against ``solution[1]`` (mean over ``solution[1:]`` for ``<normal>``); on the eval file ``solution[1]`` of a ``<reject>`` row is the true answer, so this is the forget ROUGE |
+| ``entity``          | (``*_target`` only) 1 if the response names the target ``solution[2]``        |
+
+Rewards (defaults are the paper's; alpha, beta, tau are keyword parameters):
+
+| name                          | ``<reject>`` prompt                              | ``<normal>`` prompt                                  |
+|-------------------------------|--------------------------------------------------|------------------------------------------------------|
+| ``forget_two_stage_abs_target`` (main) | alpha if refusal, + beta if it also names the target | alpha if not a refusal, + beta if ROUGE-L recall > tau (0.3) |
+| ``forget``                    | 1 if refusal                                     | 1 if ROUGE-L recall > tau (0.5)                      |
+| ``forget_abs``                | 1 if refusal                                     | 1 if not a refusal                                   |
+| ``forget_two_stage``          | reject_reward (1.0) if refusal                   | alpha if not a refusal, + beta if ROUGE-L recall > tau (0.3) |
+| ``forget_two_stage_abs``      | identical to ``forget_two_stage`` (as in the release) |                                                 |
+| ``reject_behave_reward``      | reject_ratio * [refused] + (1 - reject_ratio) * [ROUGE-L(target) > tau] | reject_ratio * [answered] + (1 - reject_ratio) * [ROUGE-L(answer) > tau] |
+
+Target naming: with ``refusal_mode="official"`` it is the release's case-sensitive substring test
+``solution[2] in response``; with ``"strict"`` it is case- and whitespace-insensitive.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from .refusal import is_refusal
+from .rouge import rougel_recall, rougel_recall_multi
+
+REJECT, NORMAL = "<reject>", "<normal>"
+
+
+def _parse(solution: Sequence[str]) -> tuple[bool, list[str]]:
+    """(is_reject, solution as a list); raises on an unknown label."""
+    sol = [str(s) for s in list(solution)]
+    if len(sol) < 2 or sol[0] not in (REJECT, NORMAL):
+        raise ValueError(
+            f"solution must look like ['<reject>', refusal_or_answer, target] or ['<normal>', answer]; got {sol!r}"
+        )
+    return sol[0] == REJECT, sol
+
+
+def _target(sol: list[str]) -> str:
+    if len(sol) < 3 or not sol[2].strip():
+        raise ValueError(f"a <reject> solution needs the target name as solution[2]; got {sol!r}")
+    return sol[2]
+
+
+def _names_target(response: str, target: str, refusal_mode: str) -> bool:
+    if refusal_mode == "official":
+        return target in response
+    norm = lambda s: re.sub(r"\s+", " ", s).strip().lower()  # noqa: E731
+    return norm(target) in norm(response)
+
+
+def _base(response: str, sol: list[str], is_reject: bool, refusal_mode: str, multi_ref: bool) -> dict:
+    refused = is_refusal(response, refusal_mode)
+    if multi_ref and not is_reject:
+        rouge = rougel_recall_multi(response, sol[1:])
+    else:
+        rouge = rougel_recall(response, sol[1])
+    return {
+        "is_reject": float(is_reject),
+        "refusal": float(refused),
+        "behaviour_correct": float(refused == is_reject),
+        "rouge": float(rouge),
+    }
+
+
+def forget_two_stage_abs_target(
+    response: str,
+    prompt: str,
+    solution: Sequence[str],
+    refusal_mode: str = "strict",
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    tau: float = 0.3,
+    **extra,
+) -> dict:
+    """Main RULE reward. <reject>: alpha for a refusal, + beta if that refusal names the target (solution[2]).
+    <normal>: alpha for not refusing, + beta if ROUGE-L recall vs solution[1] > tau. Range [0, alpha + beta]."""
+    is_reject, sol = _parse(solution)
+    out = _base(response, sol, is_reject, refusal_mode, multi_ref=False)
+    score = 0.0
+    if is_reject:
+        out["entity"] = float(_names_target(response, _target(sol), refusal_mode))
+        if out["refusal"]:
+            score = alpha + (beta if out["entity"] else 0.0)
+    else:
+        out["entity"] = 0.0
+        if not out["refusal"]:
+            score = alpha + (beta if out["rouge"] > tau else 0.0)
+    return {"score": score, **out}
+
+
+def forget(
+    response: str, prompt: str, solution: Sequence[str], refusal_mode: str = "strict", tau: float = 0.5, **extra
+) -> dict:
+    """<reject>: 1 if refusal. <normal>: 1 if mean ROUGE-L recall vs solution[1:] > tau (refusals not checked)."""
+    is_reject, sol = _parse(solution)
+    out = _base(response, sol, is_reject, refusal_mode, multi_ref=True)
+    score = out["refusal"] if is_reject else float(out["rouge"] > tau)
+    return {"score": float(score), **out}
+
+
+def forget_abs(response: str, prompt: str, solution: Sequence[str], refusal_mode: str = "strict", **extra) -> dict:
+    """<reject>: 1 if refusal. <normal>: 1 if not a refusal (pure refusal-boundary reward)."""
+    is_reject, sol = _parse(solution)
+    out = _base(response, sol, is_reject, refusal_mode, multi_ref=True)
+    return {"score": out["behaviour_correct"], **out}
+
+
+def forget_two_stage(
+    response: str,
+    prompt: str,
+    solution: Sequence[str],
+    refusal_mode: str = "strict",
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    tau: float = 0.3,
+    reject_reward: float = 1.0,
+    **extra,
+) -> dict:
+    """<reject>: reject_reward (1.0) if refusal. <normal>: alpha for not refusing, + beta if mean ROUGE-L recall
+    vs solution[1:] > tau. No entity bonus (used for MUSE, whose rows have no target column)."""
+    is_reject, sol = _parse(solution)
+    out = _base(response, sol, is_reject, refusal_mode, multi_ref=True)
+    if is_reject:
+        score = reject_reward if out["refusal"] else 0.0
+    else:
+        score = 0.0 if out["refusal"] else alpha + (beta if out["rouge"] > tau else 0.0)
+    return {"score": float(score), **out}
+
+
+def forget_two_stage_abs(
+    response: str, prompt: str, solution: Sequence[str], refusal_mode: str = "strict", **kw
+) -> dict:
+    """Same as ``forget_two_stage`` (the release's two functions are identical); kept as a separate name."""
+    return forget_two_stage(response, prompt, solution, refusal_mode=refusal_mode, **kw)
+
+
+def reject_behave_reward(
+    response: str,
+    prompt: str,
+    solution: Sequence[str],
+    refusal_mode: str = "strict",
+    reject_ratio: float = 0.7,
+    tau: float = 0.3,
+    enable_target_reject: bool = True,
+    **extra,
+) -> dict:
+    """reject_ratio * [refusal decision correct] + (1 - reject_ratio) * [answer correct].
+
+    "Answer correct" = ROUGE-L recall > tau against the target name (solution[2]) on <reject> rows (only if
+    ``enable_target_reject``; i.e. it rewards naming the target) and against solution[1] on <normal> rows.
+    Sub-scores add ``reject_reward`` and ``behave_reward`` (0/1)."""
+    is_reject, sol = _parse(solution)
+    out = _base(response, sol, is_reject, refusal_mode, multi_ref=False)
+    if is_reject:
+        behave = float(enable_target_reject and rougel_recall(response, _target(sol)) > tau)
+    else:
+        behave = float(out["rouge"] > tau)
+    reject = out["behaviour_correct"]
+    score = reject_ratio * reject + (1.0 - reject_ratio) * behave
+    return {"score": float(score), **out, "reject_reward": reject, "behave_reward": behave}

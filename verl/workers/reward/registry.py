@@ -1,0 +1,102 @@
+"""Look up reward functions by name or ``path/to/file.py:function`` and score batches with them."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import functions as F
+
+RewardFn = Callable[..., dict]
+_POSITIONAL = ("response", "prompt", "solution")
+
+REWARD_FNS: dict[str, RewardFn] = {
+    "forget_two_stage_abs_target": F.forget_two_stage_abs_target,
+    "forget": F.forget,
+    "forget_abs": F.forget_abs,
+    "forget_two_stage": F.forget_two_stage,
+    "forget_two_stage_abs": F.forget_two_stage_abs,
+    "reject_behave_reward": F.reject_behave_reward,
+}
+
+
+def _load_from_file(spec: str) -> RewardFn:
+    path_str, _, fn_name = spec.rpartition(":")
+    path = Path(path_str).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"reward file {str(path)!r} (from {spec!r}) does not exist")
+    if not fn_name.isidentifier():
+        raise ValueError(f"reward spec {spec!r}: {fn_name!r} after ':' is not a function name")
+    mod_name = f"_rule_reward_{abs(hash(str(path.resolve())))}"
+    module_spec = importlib.util.spec_from_file_location(mod_name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise ImportError(f"cannot import reward file {str(path)!r}")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[mod_name] = module
+    module_spec.loader.exec_module(module)
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise AttributeError(f"reward file {str(path)!r} has no function {fn_name!r}")
+    return fn
+
+
+def get_reward_fn(name_or_path: str, **kwargs) -> RewardFn:
+    """A reward function by registered name (see ``REWARD_FNS``) or ``"path/to/file.py:function"``.
+
+    ``kwargs`` (e.g. ``refusal_mode="official"``, ``tau=0.3``) are bound with ``functools.partial``; a keyword the
+    function does not accept raises ``TypeError`` now rather than at the first call. A file-based function must
+    accept ``(response, prompt, solution, **extra)`` and return a dict with a ``"score"`` key.
+    """
+    if ":" in name_or_path and name_or_path.rpartition(":")[0].endswith(".py"):
+        fn = _load_from_file(name_or_path)
+    elif name_or_path in REWARD_FNS:
+        fn = REWARD_FNS[name_or_path]
+    else:
+        raise ValueError(
+            f"unknown reward function {name_or_path!r}; use one of {sorted(REWARD_FNS)} or 'path/to/file.py:function'"
+        )
+    if kwargs:
+        params = inspect.signature(fn).parameters
+        takes_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        unknown = [k for k in kwargs if k not in params]
+        # **extra swallows data columns, so only reject unknown names when the fn cannot take them
+        if unknown and not takes_var_kw:
+            raise TypeError(f"reward function {name_or_path!r} does not accept {unknown}")
+        fn = functools.partial(fn, **kwargs)
+    return fn
+
+
+def score_batch(
+    fn: RewardFn,
+    responses: Sequence[str],
+    prompts: Sequence[str],
+    solutions: Sequence[Sequence[str]],
+    extras: Sequence[dict] | None = None,
+) -> tuple[list[float], dict[str, list[float]]]:
+    """Apply ``fn`` row by row. Returns (scores, sub_scores) where sub_scores maps every non-``score`` key seen
+    to a list of length B (NaN where a row lacked that key). Raises if lengths differ or a result has no score."""
+    n = len(responses)
+    extras = list(extras) if extras is not None else [{} for _ in range(n)]
+    if not (len(prompts) == len(solutions) == len(extras) == n):
+        raise ValueError(
+            f"score_batch: {n} responses, {len(prompts)} prompts, {len(solutions)} solutions, {len(extras)} extras"
+        )
+    results = []
+    for resp, prompt, sol, extra in zip(responses, prompts, solutions, extras):
+        # data columns that shadow the positional arguments are dropped rather than raising a TypeError
+        kw = {k: v for k, v in (extra or {}).items() if k not in _POSITIONAL}
+        res = fn(resp, prompt, sol, **kw)
+        if not isinstance(res, dict) or "score" not in res:
+            raise TypeError(f"reward function must return a dict with a 'score' key, got {res!r}")
+        results.append(res)
+    scores = [float(r["score"]) for r in results]
+    keys: list[str] = []
+    for r in results:
+        keys += [k for k in r if k != "score" and k not in keys]
+    sub = {k: [float(r[k]) if k in r else math.nan for r in results] for k in keys}
+    return scores, sub
