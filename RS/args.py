@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -174,4 +174,4 @@ def args_to_dict(args: TrainArgs) -> dict:
     return dataclasses.asdict(args)
 
 
-__all__ = ["TrainArgs", "parse_args", "build_parser", "load_yaml_config", "validate_args", "args_to_dict", "field"]
+__all__ = ["TrainArgs", "parse_args", "build_parser", "load_yaml_config", "validate_args", "args_to_dict"]

@@ -36,7 +36,15 @@ def rouge_l_recall(output: str, answer: str) -> float:
 
 @torch.no_grad()
 def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 30, batch_size: int = 16) -> list[str]:
-    """Greedy continuations (left padding), cut at the first newline."""
+    """Greedy continuations (left padding), cut at the first newline (stopping there when the project's generation
+    helper ``verl.eval.generation.generate`` is available)."""
+    try:
+        from verl.eval.generation import generate
+    except ImportError:
+        generate = None
+    if generate is not None:
+        return [o.strip() for o in generate(model, tokenizer, prompts, max_new_tokens, stop_strings=("\n",),
+                                            batch_size=batch_size)]
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -92,10 +92,11 @@ def _load_model(args: TrainArgs):
     return path, model, tokenizer, ref
 
 
-def _load_ref(path: str):
+def _load_ref(path: str, bf16: bool = False):
+    """The frozen original model (NPO/DPO reference, KLR). Not sharded: each process holds a full copy."""
     from transformers import AutoModelForCausalLM
 
-    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 else torch.float32)
     ref.eval()
     ref.requires_grad_(False)
     return ref
@@ -212,7 +213,7 @@ def train(args: TrainArgs) -> Path:
     root = args.data_dir or None
     t_start = time.time()
     path, model, tokenizer, _ = _load_model(args)
-    ref = _load_ref(path) if stage.needs_ref else None
+    ref = _load_ref(path, args.bf16) if stage.needs_ref else None
     data = build_data(args, tokenizer, stage, root)
     if not data.train:
         raise ValueError("no training examples left (check --max_samples / --train_fraction / --val_size)")
@@ -254,8 +255,10 @@ def train(args: TrainArgs) -> Path:
     steps_per_epoch = max(1, math.ceil(micro_per_epoch / args.gradient_accumulation_steps))
     n_epochs = math.ceil(args.num_train_epochs)
     total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(steps_per_epoch * args.num_train_epochs))
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=min(args.warmup_steps, total_steps),
-                              num_training_steps=total_steps)
+    # accelerate's prepared scheduler advances num_processes times per optimizer step (its documented convention)
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
+                              num_warmup_steps=min(args.warmup_steps, total_steps) * accelerator.num_processes,
+                              num_training_steps=total_steps * accelerator.num_processes)
     model, optimizer, loader, val_loader, scheduler = accelerator.prepare(model, optimizer, loader, val_loader,
                                                                           scheduler)
     if retain_loader is not None:
@@ -286,7 +289,7 @@ def train(args: TrainArgs) -> Path:
                         )
                     accelerator.backward(parts["loss"])
                     if accelerator.sync_gradients and args.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(params, args.max_grad_norm)
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
@@ -298,7 +301,7 @@ def train(args: TrainArgs) -> Path:
                 bar.update(1)
                 bar.set_postfix(loss=f"{acc['loss'][-1]:.4f}")
                 if step % max(1, args.logging_steps) == 0 or step == total_steps:
-                    row = {"step": step, "epoch": round(epoch - 1 + min(1.0, step / steps_per_epoch - (epoch - 1)), 4),
+                    row = {"step": step, "epoch": round(step / steps_per_epoch, 4),
                            "lr": scheduler.get_last_lr()[0], "time": round(time.time() - t_start, 1)}
                     row.update({k: sum(v) / len(v) for k, v in acc.items()})
                     acc = {}

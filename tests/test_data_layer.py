@@ -230,7 +230,7 @@ def test_every_sample_file_validates(no_data_env):
     assert [r["solution"][0] for r in ev].count("<reject>") == sum(len(data[s]) for s in PROBE_FILES[:3])
 
 
-def test_sample_builder_is_deterministic(tmp_path, monkeypatch):
+def test_sample_builder_is_deterministic():
     """The committed JSON equals what build_sample.py produces now (nobody hand-edited the output)."""
     import importlib.util
 

@@ -158,6 +158,8 @@ class TemplateGenerator:
         text = re.sub(r"\s+", " ", re.sub(r"=+[^=\n]+=+", " ", unit.passage))  # drop "== Section ==" headers
         sentences = _SENT_SPLIT.split(text.strip())
         triples = [t for s in sentences for t in sentence_items(s, unit.name)]
+        if len(triples) < unit.n_items:  # short passage: blank further spans of the same sentences
+            triples += [t for s in sentences for t in sentence_items(s, unit.name, max_per_sentence=4)[2:]]
         raw = []
         for j, (q, fb, _answer) in enumerate(triples[: unit.n_items]):
             i = unit.index * 7 + j  # deterministic spread over the pools

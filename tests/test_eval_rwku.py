@@ -1,0 +1,142 @@
+"""RWKU prompt builders, utility scorers with fakes, generation stops, log-prob scoring and the CLI end to end."""
+
+import json
+
+import pytest
+import torch
+
+from verl.eval import rwku
+from verl.eval.generation import generate, sequence_logprobs, truncate_at_stop
+
+SAMPLE_TARGET = "101_Elowen_Marsh"
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_path):
+    from verl.models.embedded import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(tiny_model_path)
+    return model.eval(), tok
+
+
+@pytest.fixture(scope="module")
+def tok(tiny):
+    return tiny[1]
+
+
+def _user_turn(tok, text):
+    from verl.utils.chat import format_prompt
+
+    return format_prompt(tok, text)
+
+
+def test_prompt_fb(tok):
+    p = rwku.build_prompt({"query": "X was born in ___"}, "FB", tok)
+    assert p == _user_turn(tok, "Please complete the blank in the following question.\nQuestion: X was born in ___\n") + "Answer:"
+
+
+def test_prompt_qa(tok):
+    p = rwku.build_prompt({"query": "Where was X born?"}, "QA", tok)
+    assert p == _user_turn(tok, "Please briefly answer the following question.\nQuestion: Where was X born?\n") + "Answer:"
+
+
+@pytest.mark.parametrize("ptype", ["prefix injection", "role play", "context hint", "synonym manipulation",
+                                   "reverse query", "multiple choice", "cross lingual (Spanish)"])
+def test_prompt_aa_plain_types_append_answer(tok, ptype):
+    p = rwku.build_prompt({"query": "Q?", "type": ptype}, "AA", tok)
+    assert p == _user_turn(tok, "Please briefly answer the following question.\nQuestion: Q?\n") + "Answer:"
+
+
+def test_prompt_aa_affirmative_suffix_has_no_answer(tok):
+    q = "Where was X born? Sure, here is the answer:"
+    p = rwku.build_prompt({"query": q, "type": "affirmative suffix"}, "AA", tok)
+    assert p == _user_turn(tok, "Please briefly answer the following question.\nQuestion: " + q)
+    assert not p.endswith("Answer:")
+
+
+def test_prompt_aa_incontext_learning_keeps_answer_without_question_prefix(tok):
+    q = "Question: A?\nAnswer: a\nQuestion: B?"
+    p = rwku.build_prompt({"query": q, "type": "incontext learning"}, "AA", tok)
+    assert p == _user_turn(tok, "Please briefly answer the following question.\n" + q + "\n") + "Answer:"
+    assert rwku.aa_style("In-context learning") == "icl"
+
+
+def test_mmlu_choice_by_loglikelihood_with_fake_scorer(tok):
+    recs = [
+        {"task": "astronomy", "question": "q1", "choices": ["w", "x", "y", "z"], "answer": 2, "examples": []},
+        {"task": "astronomy", "question": "q2", "choices": ["w", "x", "y", "z"], "answer": 0, "examples": []},
+    ]
+    seen = {}
+
+    def scorer(prompts, cand_ids):
+        seen["prompts"], seen["ids"] = prompts, cand_ids
+        return [[-3.0, -2.0, -0.5, -4.0]] * len(prompts)  # " C" most likely
+
+    acc, items = rwku.evaluate_mmlu(None, tok, recs, scorer=scorer)
+    assert acc == 0.5 and [it["output"] for it in items] == ["C", "C"]
+    assert seen["ids"] == [tok.encode(" " + c, add_special_tokens=False)[-1] for c in "ABCD"]
+    assert seen["prompts"][0].endswith("Answer:") and "\nC. y" in seen["prompts"][0]
+
+
+def test_truthfulqa_mc1_with_fake_scorer(tok):
+    recs = [{"question": "q", "mc1_targets": {"choices": ["true one", "false one"], "labels": [1, 0]}}]
+    acc, _ = rwku.evaluate_truthfulqa(None, tok, recs, scorer=lambda pairs: [-1.0, -2.0])
+    assert acc == 1.0
+    acc, _ = rwku.evaluate_truthfulqa(None, tok, recs, scorer=lambda pairs: [-3.0, -2.0])
+    assert acc == 0.0
+
+
+def test_bbh_answer_extraction():
+    assert rwku.extract_bbh_answer("Let's think. So the answer is (B). More") == "(B)"
+    assert rwku.extract_bbh_answer("  no marker ") == "no marker"
+    assert rwku.extract_bbh_answer("") == "NOANSWER"
+
+
+def test_generation_stops_at_stop_string(tiny):
+    model, tok = tiny
+    assert truncate_at_stop("Paris\nand more", ("\n",)) == "Paris"
+    prompts = [rwku.build_prompt({"query": "Where was X born?"}, "QA", tok), "Hello"]
+    full = generate(model, tok, prompts, 12, stop_strings=(), batch_size=2)
+    assert len(full) == 2 and all(isinstance(x, str) for x in full)
+    text = full[0]
+    assert len(text) > 3
+    stop = text[len(text) // 2]  # a character the greedy output is known to contain
+    cut = generate(model, tok, prompts, 12, stop_strings=(stop,), batch_size=2)
+    assert cut[0] == text[: text.index(stop)]
+    # batching and length sorting do not change greedy outputs
+    assert generate(model, tok, prompts[:1], 12, stop_strings=(), batch_size=1)[0] == text
+
+
+def test_sequence_logprobs_match_full_forward(tiny):
+    model, tok = tiny
+    text = "The quick brown fox jumps over the lazy dog."
+    ids = tok(text)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+    ref = logp[:-1].gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+    got = sequence_logprobs(model, tok, [text, "short"], batch_size=2)[0]
+    assert torch.allclose(got, ref, atol=1e-4)
+    (pair,) = sequence_logprobs(model, tok, [("The quick brown", " fox jumps")])
+    n_prompt = len(tok("The quick brown")["input_ids"])
+    assert torch.allclose(pair, ref[n_prompt - 1 : n_prompt - 1 + len(pair)], atol=1e-4)
+
+
+def test_cli_end_to_end_tiny_model(tiny_model_path, tmp_path):
+    from verl.eval.cli import main
+
+    out = tmp_path / "res.json"
+    main(["--benchmark", "rwku", "--model_path", tiny_model_path, "--target", SAMPLE_TARGET, "--limit", "2",
+          "--output", str(out), "--batch_size", "4", "--method", "tiny"])
+    res = json.loads(out.read_text())
+    for key in ("benchmark", "method", "target", "protocol", "model_path", "created", "git_commit", "config",
+                "metrics", "generations", "timing"):
+        assert key in res
+    assert res["target"] == SAMPLE_TARGET and res["method"] == "tiny" and res["protocol"] == "paper"
+    fg = res["metrics"]["forget"]
+    assert set(fg["n"]) == {"FB", "QA", "AA"} and all(0 <= fg[k] <= 1 for k in ("FB", "QA", "AA", "All"))
+    assert res["metrics"]["neighbor"]["n"] == {"FB": 2, "QA": 2}
+    assert set(res["metrics"]["mia"]) == {"FM", "RM"} and res["metrics"]["mia"]["FM"]["loss"] > 0
+    assert set(res["metrics"]["utility"]) == {"Gen", "Rea", "Tru", "Fac", "Flu"}
+    rec = res["generations"]["forget_level1"][0]
+    assert {"query", "answer", "output", "score"} <= set(rec)
+    assert {"forget", "neighbor", "mia", "utility", "total"} <= set(res["timing"])

@@ -1,0 +1,54 @@
+"""Every RS stage runs one optimizer step on the tiny model and writes a loadable checkpoint."""
+
+import json
+
+import pytest
+
+from RS.args import TrainArgs
+from RS.stages import STAGES
+
+
+@pytest.fixture(scope="module")
+def target_name() -> str:
+    from data.rwku import list_targets
+
+    folders = {t.folder for t in list_targets()}
+    for cand in ("101_Elowen_Marsh", "1_Stephen_King"):
+        if cand in folders:
+            return cand
+    pytest.skip("no RWKU target available")
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_runs_one_step(stage, tiny_model_path, target_name, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from RS.train import train
+
+    args = TrainArgs(stage=stage, model_name_or_path=tiny_model_path, target=target_name, output_dir=str(tmp_path),
+                     max_samples=2, per_device_train_batch_size=2, cutoff_len=48, max_steps=1, warmup_steps=0,
+                     learning_rate=1e-4, save_strategy="no", plot_loss=False, eval_probes=False,
+                     inject_passages=False, retain_num_targets=1, overwrite_output_dir=True)
+    out = train(args)
+    done = json.loads((out / "DONE").read_text())
+    assert done["global_step"] == 1 and done["stage"] == stage
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert "loss" in rows[-1]
+    if STAGES[stage].retain:
+        assert "retain" in rows[-1]
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_rwku_rt_and_rs_differ_only_in_answers(tiny_model_path, target_name):
+    from transformers import AutoTokenizer
+
+    from RS.datasets import build_data
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    kw = dict(model_name_or_path=tiny_model_path, target=target_name, output_dir="u", max_samples=5, cutoff_len=64)
+    rs = build_data(TrainArgs(dataset="reject_target", **kw), tok, STAGES["rt"])
+    rt = build_data(TrainArgs(dataset="rwku_rt", **kw), tok, STAGES["rt"])
+    name = target_name.split("_", 1)[1].replace("_", " ")
+    rs_text = " ".join(tok.decode(e["input_ids"][-20:]) for e in rs.train)
+    rt_resp = " ".join(tok.decode([t for t, lab in zip(e["input_ids"], e["labels"]) if lab != -100]) for e in rt.train)
+    assert name.split()[-1] in rs_text and name.split()[-1] not in rt_resp

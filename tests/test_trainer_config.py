@@ -1,0 +1,94 @@
+"""Trainer configuration, data loading and checkpoint bookkeeping (no model needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from verl.trainer.checkpoint import CheckpointManager
+from verl.trainer.config import load_config, redact
+from verl.trainer.dataset import RLDataset, StatefulSampler, resolve_data_path
+from verl.trainer.main import parse_args
+
+
+def test_unknown_key_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown config key"):
+        load_config(None, ["trainer.total_stepz=3"])
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("worker:\n  actor:\n    lrr: 1.0\n")
+    with pytest.raises(ValueError, match="unknown config key"):
+        load_config(str(cfg_file))
+
+
+def test_examples_load_and_defaults_resolve():
+    cfg = load_config("examples/grpo_rj_rl.yaml")
+    assert cfg.worker.rollout.n == 8 and cfg.data.rollout_batch_size == 32 and cfg.worker.actor.optim.lr == 2e-6
+    assert cfg.worker.ref.model_path == cfg.worker.actor.model_path  # reference = the RS start checkpoint
+    assert cfg.algorithm.kl_penalty == "low_var_kl" and cfg.worker.reward.reward_fn == "forget_two_stage_abs_target"
+    assert load_config("examples/ppo_rj_rl.yaml").use_critic
+    assert load_config("examples/rpp_rj_rl.yaml").algorithm.adv_estimator == "reinforce_plus_plus"
+    assert load_config("examples/grpo_rj_rl_muse.yaml").worker.reward.reward_fn == "forget_two_stage_abs"
+    cpu = load_config("examples/grpo_rj_rl_cpu.yaml", ["worker.ref.model_path=/orig"])
+    assert cpu.trainer.backend == "local" and cpu.worker.ref.model_path == "/orig"
+    with pytest.raises(ValueError, match="divisible"):
+        load_config("examples/grpo_rj_rl_cpu.yaml", ["trainer.n_workers=3"])
+    assert parse_args(["config=x.yaml", "a.b=1"]) == ("x.yaml", ["a.b=1"])
+
+
+def test_redact_keeps_ordinary_keys():
+    out = redact({"prompt_key": "prompt", "wandb_api_key": "s3cret", "nested": [{"hf_token": "t"}]})
+    assert out == {"prompt_key": "prompt", "wandb_api_key": "<redacted>", "nested": [{"hf_token": "<redacted>"}]}
+
+
+def test_dataset_filters_long_prompts_and_keeps_extras(tiny_model_path, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    rows = [{"prompt": "Who wrote Carrie?", "solution": ["<reject>", "I'm not sure.", "Stephen King"], "mode": "qa"},
+            {"prompt": "word " * 300, "solution": ["<normal>", "x"], "mode": "fb"},
+            {"prompt": "Who directed Jaws?", "solution": ["<normal>", "Steven Spielberg"], "mode": "qa"}]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    ds = RLDataset(str(path), tok, max_prompt_length=64)
+    assert len(ds) == 2 and ds.n_filtered == 1
+    batch = ds.batch([0, 1], tok.pad_token_id)
+    assert batch.batch["input_ids"].shape[0] == 2
+    assert batch.batch["attention_mask"][:, -1].all()  # left padding
+    assert list(batch.non_tensor_batch["label"]) == ["<reject>", "<normal>"]
+    assert list(batch.non_tensor_batch["extra.mode"]) == ["qa", "qa"]
+    with pytest.raises(ValueError, match="no rows left"):
+        RLDataset(str(path), tok, max_prompt_length=2)
+
+
+def test_rwku_data_spec(shared_data):
+    path = resolve_data_path("rwku:1_Stephen_King:rl_rejection_eval_target")
+    assert path.name == "rl_rejection_eval_target.json" and path.is_file()
+    with pytest.raises(ValueError, match="rwku:<target>:<stem>"):
+        resolve_data_path("rwku:1_Stephen_King")
+
+
+def test_sampler_resumes_exactly():
+    a = StatefulSampler(10, 4, shuffle=True, seed=3)
+    seq = [a.next_indices() for _ in range(5)]
+    b = StatefulSampler(10, 4, shuffle=True, seed=3)
+    b.next_indices()
+    b.next_indices()
+    c = StatefulSampler(10, 4, shuffle=True, seed=3)
+    c.load_state_dict(b.state_dict())
+    assert [c.next_indices() for _ in range(3)] == seq[2:]
+
+
+def test_checkpoint_manager_ignores_incomplete(tmp_path):
+    mgr = CheckpointManager(tmp_path, save_limit=2)
+    for step in (1, 2, 3):
+        mgr.commit(mgr.begin(step), step, {"step": step})
+    assert [s for s, _ in mgr.complete()] == [2, 3]  # save limit
+    (mgr.root / "global_step_4").mkdir()  # killed before the marker
+    (mgr.root / ".tmp-global_step_5").mkdir()
+    assert mgr.latest().name == "global_step_3"
+    assert mgr.load_state(mgr.latest())["step"] == 3
+    with pytest.raises(FileNotFoundError):
+        mgr.load_state(mgr.root / "global_step_4")
+    mgr.begin(6)
+    assert not (mgr.root / "global_step_4").exists() and not (mgr.root / ".tmp-global_step_5").exists()
