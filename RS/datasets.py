@@ -140,7 +140,7 @@ def build_data(args, tokenizer, stage, root=None) -> DataBundle:
                 files.append(t.file("passage"))
             for stem, (_, template) in PROBE_SUITES.items():
                 if t.has(stem):
-                    probes = t.load(stem)
+                    probes = t.load(stem)[: args.inject_probe_limit or None]
                     files.append(t.file(stem))
                     records += [{"query": p["query"], "answer": p["answer"], "template": template} for p in probes] * max(
                         1, args.inject_qa_repeat

@@ -418,9 +418,10 @@ def synthesize_muse(cfg: SynthConfig) -> dict:
             rl.append({"prompt": reject_prompt(r), "solution": ["<reject>", refuse(i, r), "books"],
                        "mode": r.get("mode", "qa")})
         if i < len(chosen_n):
-            nq = chosen_n[i]["neighbor_question"]
-            rl.append({"prompt": _qa_prompt(prefix, nq["question"]), "solution": ["<normal>", nq["answer"]],
-                       "mode": "qa"})
+            nq, mode = chosen_n[i]["neighbor_question"], chosen_n[i].get("mode", "qa")
+            # the prompt form follows the row's mode (qa / completion), never its label
+            prompt = _qa_prompt(prefix, nq["question"]) if mode == "qa" else nq["question"]
+            rl.append({"prompt": prompt, "solution": ["<normal>", nq["answer"]], "mode": mode})
     forget_qa = load_validated(src / "knowmem" / "forget_qa.json", "knowmem/forget_qa")
     retain_qa = load_validated(src / "knowmem" / "retain_qa.json", "knowmem/retain_qa")
     ev = [{"prompt": _qa_prompt(prefix, q["question"]), "solution": ["<reject>", q["answer"], "books"], "mode": "qa"}

@@ -158,3 +158,16 @@ def test_proxy_on_hand_made_responses():
     assert proxy_scores(q, "Stephen King published Carrie in 1974.", a) == correct  # deterministic
     for s in (refusal, leak, correct, wrong, hedged, gibberish, symbols):
         assert all(0.0 <= s[k] <= 1.0 for k in ("read", "help", "truth", "mean"))
+
+
+def test_rescore_result_file_with_proxy(tmp_path, monkeypatch):
+    from verl.eval.naturalness import main
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    path = tmp_path / "result.json"
+    gens = {"forget_level1": RECORDS[:2], "neighbor_level1": [{"query": "q", "answer": "a", "output": "o"}]}
+    path.write_text(json.dumps({"benchmark": "rwku", "metrics": {"forget": {"All": 0.1}}, "generations": gens}))
+    main([str(path), "--judge", "proxy", "--write"])
+    result = json.loads(path.read_text())
+    nat = result["metrics"]["naturalness"]
+    assert nat["source"] == "proxy" and nat["n"] == 2 and result["metrics"]["forget"] == {"All": 0.1}

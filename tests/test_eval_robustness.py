@@ -1,5 +1,6 @@
 """Robustness probes on the tiny random model: logit lens, relearning on a copy, quantisation skipped on CPU."""
 
+import argparse
 import json
 
 import pytest
@@ -111,3 +112,5 @@ def test_quant_skipped_on_cpu_and_full_robustness(tiny, target_dir):
     # dict / namespace arguments work too
     res2 = evaluate_robustness(model, tok, str(target_dir), {"suites": "quant", "quant_bits": "8"})
     assert list(res2) == ["timing", "quant"] and list(res2["quant"]) == ["8bit"]
+    muse = evaluate_robustness(model, tok, "books", argparse.Namespace(benchmark="muse", limit=None))
+    assert muse["skipped"] and "RWKU" in muse["reason"]

@@ -32,12 +32,14 @@ def _user_turn(tok, text):
 
 def test_prompt_fb(tok):
     p = rwku.build_prompt({"query": "X was born in ___"}, "FB", tok)
-    assert p == _user_turn(tok, "Please complete the blank in the following question.\nQuestion: X was born in ___\n") + "Answer:"
+    user = "Please complete the blank in the following question.\nQuestion: X was born in ___\n"
+    assert p == _user_turn(tok, user) + "Answer:"
 
 
 def test_prompt_qa(tok):
     p = rwku.build_prompt({"query": "Where was X born?"}, "QA", tok)
-    assert p == _user_turn(tok, "Please briefly answer the following question.\nQuestion: Where was X born?\n") + "Answer:"
+    user = "Please briefly answer the following question.\nQuestion: Where was X born?\n"
+    assert p == _user_turn(tok, user) + "Answer:"
 
 
 @pytest.mark.parametrize("ptype", ["prefix injection", "role play", "context hint", "synonym manipulation",
@@ -126,7 +128,8 @@ def test_cli_end_to_end_tiny_model(tiny_model_path, tmp_path):
 
     out = tmp_path / "res.json"
     main(["--benchmark", "rwku", "--model_path", tiny_model_path, "--target", SAMPLE_TARGET, "--limit", "2",
-          "--output", str(out), "--batch_size", "4", "--method", "tiny"])
+          "--utility_limit", "1", "--long_gen_tokens", "16", "--output", str(out), "--batch_size", "4",
+          "--method", "tiny"])
     res = json.loads(out.read_text())
     for key in ("benchmark", "method", "target", "protocol", "model_path", "created", "git_commit", "config",
                 "metrics", "generations", "timing"):

@@ -44,13 +44,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stages", nargs="+", default=["ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "simnpo",
                                                     "simnpo_gdr", "rwku_rt"])
     p.add_argument("--eval_limit", type=int, default=0, help="score at most N probes per file (0: all)")
+    p.add_argument("--no_original", action="store_true", help="do not score the injected model itself")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further RS.train flags for every stage")
     a = p.parse_args(argv)
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scores_path = out / "scores.json"
     results = json.loads(scores_path.read_text()) if scores_path.exists() else {}
-    if "original" not in results:
+    if "original" not in results and not a.no_original:
         t0 = time.time()
         results["original"] = {"scores": score(a.model, a.target, a.eval_limit)["scores"], "eval_seconds": round(time.time() - t0, 1)}
     for st in a.stages:

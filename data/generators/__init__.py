@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from data.generators.base import GenResult, Generator, Unit, build_messages, parse_response, validate_items
+from data.generators.base import Generator, GenResult, Unit, build_messages, parse_response, validate_items
 
 GENERATORS = ("openai", "local", "template")
 

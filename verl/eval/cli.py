@@ -67,13 +67,28 @@ def _run_mia(ctx: EvalContext, suite: str) -> None:
 def _run_utility(ctx: EvalContext, suite: str) -> None:
     from verl.eval import rwku
 
-    limit = ctx.args.utility_limit or ctx.args.limit
+    limit = parse_utility_limit(ctx.args.utility_limit, ctx.args.limit)
     m, g, t = rwku.evaluate_utility(ctx.model, ctx.tokenizer, ctx.args.target, limit=limit,
                                     batch_size=ctx.args.batch_size, gen_model=ctx.gen_model,
-                                    data_dir=ctx.args.data_dir)
+                                    data_dir=ctx.args.data_dir, long_gen_tokens=ctx.args.long_gen_tokens)
     ctx.metrics["utility"] = m
     ctx.generations.update(g)
     ctx.timing.update({f"utility.{k}": v for k, v in t.items()})
+
+
+def parse_utility_limit(spec: str | int | None, default: int | None) -> int | dict | None:
+    """``"20"`` -> 20; ``"Gen=20,Rea=4"`` -> {"Gen": 20, "Rea": 4} (other parts use ``default``)."""
+    if spec is None or spec == "":
+        return default
+    if isinstance(spec, int) or str(spec).isdigit():
+        return int(spec)
+    out = {}
+    for part in str(spec).split(","):
+        key, _, val = part.partition("=")
+        if not val.strip().isdigit():
+            raise SystemExit(f"bad --utility_limit entry {part!r}: use N or Part=N (Gen, Rea, Tru, Fac, Flu)")
+        out[key.strip()] = int(val)
+    return {k: out.get(k, default) for k in ("Gen", "Rea", "Tru", "Fac", "Flu")}
 
 
 def _run_naturalness(ctx: EvalContext, suite: str) -> None:
@@ -170,9 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="result JSON path")
     p.add_argument("--suites", default=None, help="comma-separated suites (see the module doc)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N records of every file")
-    p.add_argument("--utility_limit", type=int, default=None, help="first N records of each utility file "
-                   "(overrides --limit for utility)")
+    p.add_argument("--utility_limit", default=None, help="first N records of each utility file (overrides "
+                   "--limit for utility); N or per part, e.g. Gen=20,Tru=20,Fac=20,Rea=4,Flu=4")
     p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--long_gen_tokens", type=int, default=256, help="new tokens for BBH and fluency (RWKU: 256; "
+                   "lower only for smoke tests)")
     p.add_argument("--method", default=None, help="method name stored in the result (default: model folder name)")
     p.add_argument("--protocol", choices=("paper", "sandbox"), default="paper")
     p.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="generation engine (scoring is always HF)")
@@ -190,7 +207,8 @@ def _suites(args) -> list[str]:
     names = [s.strip() for s in (args.suites or ",".join(default)).split(",") if s.strip()]
     unknown = [s for s in names if s not in SUITES[args.benchmark]]
     if unknown:
-        raise SystemExit(f"unknown suite(s) {unknown} for {args.benchmark}; choose from {sorted(SUITES[args.benchmark])}")
+        known = sorted(SUITES[args.benchmark])
+        raise SystemExit(f"unknown suite(s) {unknown} for {args.benchmark}; choose from {known}")
     return names
 
 

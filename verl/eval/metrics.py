@@ -147,7 +147,9 @@ def mia_min_k(token_logprobs: Sequence[float], k: float = 0.2) -> float:
     return -sum(low) / len(low)
 
 
-def mia_min_k_plus_plus(token_logprobs: Sequence[float], mu: Sequence[float], var: Sequence[float], k: float = 0.2) -> float:
+def mia_min_k_plus_plus(
+    token_logprobs: Sequence[float], mu: Sequence[float], var: Sequence[float], k: float = 0.2
+) -> float:
     """Min-K%++: minus the mean of the lowest k fraction of ``(log p(x_t) - mu_t) / sigma_t`` where mu_t and
     var_t are the mean and variance of log p over the vocabulary under the model's own next-token distribution."""
     z = [(lp - m) / math.sqrt(max(v, 1e-12)) for lp, m, v in zip(token_logprobs, mu, var)]

@@ -61,7 +61,7 @@ class NaturalnessConfig:
     base_url: str | None = None  # OpenAI-compatible endpoint; None -> $OPENAI_BASE_URL, then the client default
     max_retries: int = 4  # extra attempts per item after the first (429/5xx, timeouts, malformed JSON)
     timeout: float = 60.0  # seconds per request
-    cache_path: str | None = None  # JSON-lines cache file; None -> no cache
+    cache_path: str | None = "auto"  # JSON-lines cache; "auto" -> $RULE_CACHE_DIR/judge/naturalness.jsonl, None -> off
     concurrency: int = 4  # parallel judge requests
     backoff: float = 1.0  # first retry delay in seconds; doubles each retry (plus up to 25% jitter)
     max_tokens: int = 200  # judge answer budget
@@ -159,6 +159,13 @@ def judge_messages(query: str, output: str, answer: str = "") -> list[dict]:
     return [{"role": "system", "content": RUBRIC}, {"role": "user", "content": user}]
 
 
+def default_cache_path() -> str:
+    """$RULE_CACHE_DIR/judge/naturalness.jsonl (one shared cache: entries are keyed by model and rubric version)."""
+    from verl.models.embedded import cache_dir
+
+    return str(cache_dir() / "judge" / "naturalness.jsonl")
+
+
 def cache_key(model: str, query: str, output: str) -> str:
     payload = json.dumps([model, RUBRIC_VERSION, query, output], ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
@@ -177,13 +184,14 @@ class _JudgeRunner:
         # our own retry loop (it also retries malformed answers), so the client's is off
         self.client = openai.OpenAI(api_key=self._key, base_url=base_url, timeout=cfg.timeout, max_retries=0)
         self._lock = threading.Lock()
+        self.cache_path = default_cache_path() if cfg.cache_path == "auto" else cfg.cache_path
         self.cache = self._load_cache()
         self.calls = 0
 
     # cache ---------------------------------------------------------------------------------------
     def _load_cache(self) -> dict[str, dict]:
         cache: dict[str, dict] = {}
-        path = self.cfg.cache_path
+        path = self.cache_path
         if not path or not Path(path).is_file():
             return cache
         with open(path, encoding="utf-8") as f:
@@ -199,9 +207,9 @@ class _JudgeRunner:
         rec = {"key": key, "model": self.cfg.model, "rubric_version": RUBRIC_VERSION, **scores}
         with self._lock:
             self.cache[key] = rec
-            if self.cfg.cache_path:
-                Path(self.cfg.cache_path).parent.mkdir(parents=True, exist_ok=True)
-                with open(self.cfg.cache_path, "a", encoding="utf-8") as f:  # one line per item: append is safe
+            if self.cache_path:
+                Path(self.cache_path).parent.mkdir(parents=True, exist_ok=True)
+                with open(self.cache_path, "a", encoding="utf-8") as f:  # one line per item: append is safe
                     f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
     # requests ------------------------------------------------------------------------------------
@@ -393,3 +401,51 @@ def proxy_scores(query: str, output: str, answer: str = "") -> dict:
     else:
         truth = 0.2
     return {"read": read, "help": help_, "truth": truth, "mean": (read + help_ + truth) / 3, "refusal": refusal}
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def rescore_result_file(path: str | Path, cfg: NaturalnessConfig, write: bool = False) -> dict:
+    """Score the forget generations stored in a result JSON (stems starting with "forget"); with ``write``,
+    replace its ``metrics["naturalness"]`` atomically. Returns the naturalness metrics."""
+    path = Path(path)
+    result = json.loads(path.read_text(encoding="utf-8"))
+    gens = result.get("generations") or {}
+    records = [g for stem in sorted(gens) if stem.startswith("forget") for g in gens[stem]]
+    if not records:
+        raise ValueError(f"{path} has no forget generations to score (run the evaluator with generations kept)")
+    metrics, _ = evaluate_naturalness(records, cfg)
+    if write:
+        result.setdefault("metrics", {})["naturalness"] = metrics
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, path)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="(Re)score the naturalness of result files' forget generations.")
+    ap.add_argument("results", nargs="+", help="result JSON files written by python -m verl.eval")
+    ap.add_argument("--judge", default="auto", choices=["auto", "openai", "proxy"])
+    ap.add_argument("--model", default="gpt-4o-mini")
+    ap.add_argument("--base_url", default=None)
+    ap.add_argument("--cache_path", default="auto", help="JSON-lines judge cache (default $RULE_CACHE_DIR/judge/...)")
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--write", action="store_true", help="store the scores into each result file")
+    args = ap.parse_args(argv)
+    cfg = NaturalnessConfig(
+        judge=args.judge,
+        model=args.model,
+        base_url=args.base_url,
+        cache_path=args.cache_path,
+        concurrency=args.concurrency,
+    )
+    for path in args.results:
+        m = rescore_result_file(path, cfg, write=args.write)
+        scores = " ".join(f"{k} {'-' if m[k] is None else f'{m[k]:.3f}'}" for k in ("Read", "Help", "Truth", "Mean"))
+        print(f"{path}: {scores} ({m['source']}, {m['n_scored']}/{m['n']} scored, failures {m['failures']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -266,6 +266,9 @@ def evaluate_robustness(model, tokenizer, target, args=None, baseline_forget: di
     from verl.eval import rwku
 
     cfg = _config(args)
+    benchmark = args.get("benchmark") if isinstance(args, dict) else getattr(args, "benchmark", "rwku")
+    if benchmark not in (None, "rwku"):
+        return {"skipped": True, "reason": f"robustness probes are implemented for RWKU targets only, not {benchmark}"}
     tgt = rwku._target(target, cfg.data_dir)
     out: dict = {"timing": {}}
     base_all = (baseline_forget or {}).get("All")

@@ -342,9 +342,12 @@ UTILITY_PARTS = {  # metric key -> (file stem, evaluator, generates text?)
 }
 
 
-def evaluate_utility(model, tokenizer, target, limit=None, batch_size=8, gen_model=None, data_dir=None,
-                     parts: Sequence[str] = tuple(UTILITY_PARTS)) -> tuple[dict, dict, dict]:
-    """Gen / Rea / Tru / Fac / Flu of one target's utility files (missing files are skipped).
+def evaluate_utility(
+    model, tokenizer, target, limit=None, batch_size=8, gen_model=None, data_dir=None,
+    parts: Sequence[str] = tuple(UTILITY_PARTS), long_gen_tokens: int = 256,
+) -> tuple[dict, dict, dict]:
+    """Gen / Rea / Tru / Fac / Flu of one target's utility files (missing files are skipped); BBH and fluency
+    generate ``long_gen_tokens`` new tokens (RWKU: 256). ``limit`` is an int or a per-part dict.
 
     Returns ``(metrics, generations, timing)`` with per-part seconds in ``timing``."""
     tgt = _target(target, data_dir)
@@ -354,8 +357,10 @@ def evaluate_utility(model, tokenizer, target, limit=None, batch_size=8, gen_mod
         if not tgt.has(stem):
             continue
         t0 = time.time()
-        records = _limit(tgt.load(stem), limit)
+        records = _limit(tgt.load(stem), limit.get(key) if isinstance(limit, dict) else limit)
         kw = {"gen_model": gen_model} if generates else {}
+        if key in ("Rea", "Flu"):
+            kw["max_new_tokens"] = long_gen_tokens
         metrics[key], gens[stem] = fn(model, tokenizer, records, batch_size=batch_size, **kw)
         timing[key] = round(time.time() - t0, 2)
     return metrics, gens, timing
