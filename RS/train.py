@@ -234,7 +234,9 @@ def train(args: TrainArgs) -> Path:
     if stage.name == "inject" and args.eval_probes and accelerator.is_main_process:
         t0 = time.time()
         before = _inject_eval(model, tokenizer, args, root)
-        logger.info("before injection: %s (%.0fs)", {k: v["scores"] for k, v in before.items()}, time.time() - t0)
+        _write_json(out / "inject_eval_before.json", {t: {"scores": v["scores"], "seconds": round(time.time() - t0, 1),
+                                                          "generations": v["generations"]} for t, v in before.items()})
+        print(f"before injection: { {k: v['scores'] for k, v in before.items()} } ({time.time() - t0:.0f}s)", flush=True)
 
     pad = tokenizer.pad_token_id
     gen = torch.Generator().manual_seed(args.seed)
@@ -342,7 +344,7 @@ def train(args: TrainArgs) -> Path:
         _write_json(out / "inject_eval.json", res)
         summary["inject_scores"] = {t: {"before": r["before"], "after": r["after"]} for t, r in res.items()}
         summary["eval_seconds_after"] = round(time.time() - t0, 1)
-        logger.info("after injection: %s", summary["inject_scores"])
+        print(f"after injection: {summary['inject_scores']}", flush=True)
     if accelerator.is_main_process:
         if args.plot_loss:
             _plot_loss(log_path, out / "loss.png")

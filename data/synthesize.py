@@ -43,6 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from itertools import zip_longest
 from pathlib import Path
 
 from data.generators import Generator, Unit, make_generator
@@ -387,6 +388,9 @@ def synthesize_muse(cfg: SynthConfig) -> dict:
     # the release has records whose neighbor_question lost its keys (30 of 1,662): skipped and counted
     recs = [r for r in all_recs if isinstance(r["neighbor_question"].get("question"), str)
             and isinstance(r["neighbor_question"].get("answer"), str)]
+    # alternate the qa and completion rows so any prefix (budget or --n_questions) keeps both modes
+    by_mode = [[r for r in recs if r.get("mode", "qa") == m] for m in ("qa", "completion")]
+    recs = [r for pair in zip_longest(*by_mode) for r in pair if r is not None]
     name = cfg.name or "Harry Potter"
     count = make_token_counter(cfg.tokenizer)
     if cfg.budget == "paper":

@@ -143,3 +143,18 @@ def test_cli_end_to_end_tiny_model(tiny_model_path, tmp_path):
     rec = res["generations"]["forget_level1"][0]
     assert {"query", "answer", "output", "score"} <= set(rec)
     assert {"forget", "neighbor", "mia", "utility", "total"} <= set(res["timing"])
+
+
+def test_muse_knowmem_prompt_format():
+    from verl.eval.muse import KNOWMEM_STOPS, knowmem_prompt
+
+    icl = [{"question": "Q1?", "answer": "A1"}, {"question": "Q2?", "answer": "A2"}]
+    assert knowmem_prompt("Q?", icl) == "Question: Q1?\nAnswer: A1\n\nQuestion: Q2?\nAnswer: A2\n\nQuestion: Q?\nAnswer: "
+    assert truncate_at_stop("Harry\n\nQuestion: x", KNOWMEM_STOPS) == "Harry"
+
+
+def test_utility_limit_parsing():
+    from verl.eval.cli import parse_utility_limit
+
+    assert parse_utility_limit(None, 5) == 5 and parse_utility_limit("7", None) == 7
+    assert parse_utility_limit("Gen=20,Rea=4", 3) == {"Gen": 20, "Rea": 4, "Tru": 3, "Fac": 3, "Flu": 3}

@@ -167,6 +167,7 @@ def write_json_atomic(obj, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(_clean(obj), f, indent=1, ensure_ascii=False, allow_nan=False)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

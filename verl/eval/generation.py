@@ -71,7 +71,8 @@ def generate(
     if not prompts:
         return []
     if engine == "vllm" or _is_vllm(model):
-        return _generate_vllm(model, prompts, max_new_tokens, stop_strings, greedy)
+        ids = [_encode(tokenizer, p, add_special_tokens) for p in prompts]  # same tokens as the HF path
+        return _generate_vllm(model, ids, max_new_tokens, stop_strings, greedy)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [_encode(tokenizer, p, add_special_tokens) for p in prompts]
@@ -98,13 +99,14 @@ def generate(
     return outputs
 
 
-def _generate_vllm(llm, prompts, max_new_tokens, stop_strings, greedy) -> list[str]:
+def _generate_vllm(llm, prompt_ids: list[list[int]], max_new_tokens, stop_strings, greedy) -> list[str]:
     from vllm import SamplingParams  # optional dependency, only imported on request
 
     params = SamplingParams(
         temperature=0.0 if greedy else 1.0, max_tokens=max_new_tokens, stop=[s for s in stop_strings if s] or None
     )
-    results = llm.generate(prompts, params, use_tqdm=True)
+    # pre-tokenised prompts: vLLM would otherwise add a second BOS in front of chat-templated text
+    results = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=True)
     return [truncate_at_stop(r.outputs[0].text, stop_strings) for r in results]
 
 

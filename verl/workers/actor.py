@@ -131,7 +131,7 @@ class Actor:
                         metrics["actor/kl_loss"] = kl_loss.item()
                     if not torch.isfinite(loss):
                         self.optimizer.zero_grad(set_to_none=True)
-                        raise NonFiniteLossError(f"actor loss is {float(loss)} (pg_loss={float(pg_loss)}); stopping")
+                        raise NonFiniteLossError(f"actor loss is {loss.item()} (pg_loss={pg_loss.item()}); stopping")
                     (loss / n_micro).backward()
                     metrics["actor/loss"] = loss.item()
                     for k, v in metrics.items():

@@ -53,7 +53,7 @@ class Critic:
                     loss, m = core_algos.compute_value_loss(vpreds, b["returns"], b["values"], b["response_mask"],
                                                             cfg.cliprange_value, cfg.loss_agg_mode)
                     if not torch.isfinite(loss):
-                        raise NonFiniteLossError(f"critic value loss is {float(loss)}; stopping")
+                        raise NonFiniteLossError(f"critic value loss is {loss.item()}; stopping")
                     (loss / n_micro).backward()
                     for k, v in {"critic/vf_loss": loss.item(), **{f"critic/{k}": v for k, v in m.items()}}.items():
                         sums[k] = sums.get(k, 0.0) + v

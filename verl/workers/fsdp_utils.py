@@ -149,7 +149,9 @@ def full_state_dict(module: nn.Module, rank0_only: bool = True) -> dict[str, tor
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cfg = FullStateDictConfig(offload_to_cpu=True, rank0_only=rank0_only)
+        on_cpu = next(module.parameters()).device.type == "cpu"
+        # gloo/CPU: every rank gathers (rank0_only on CPU segfaults in FSDP's clone hook with tied embeddings)
+        cfg = FullStateDictConfig(offload_to_cpu=not on_cpu, rank0_only=rank0_only and not on_cpu)
         with FSDP.state_dict_type(module, StateDictType.FULL_STATE_DICT, cfg):
             sd = module.state_dict()
     return sd if (dist.get_rank() == 0 or not rank0_only) else {}
