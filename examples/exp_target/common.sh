@@ -52,3 +52,118 @@ rule_settings() {
   EXP=${EXP:-${model_tag}_${BUDGET}$([ "$INJECT" = 1 ] && echo _sandbox)}
   PROTOCOL=$([ "$INJECT" = 1 ] && echo sandbox || echo paper)
 }
+
+# ---- budgets ----------------------------------------------------------------------------------------------------
+# smoke: minutes on a 2-core CPU (embedded model); paper: DESIGN.md §5-6 hyperparameters (8B models, GPUs).
+rule_budget() {
+  if [ "$BUDGET" = smoke ]; then
+    RS_ARGS=(--config RS/configs/rs_smollm2.yaml)
+    INJECT_ARGS=(--config RS/configs/inject_smollm2.yaml)
+    REBO_ARGS=(trainer.total_steps="${REBO_STEPS:-4}" data.rollout_batch_size=8 worker.actor.global_batch_size=8
+               worker.rollout.n=4 data.max_response_length=32 trainer.val_freq=0 trainer.val_before_train=false
+               trainer.val_at_end=false trainer.save_freq=2 data.val_files=null)
+    BASELINE_CFG=smollm2
+    SUITES=${SUITES:-forget,neighbor,mia}
+    EVAL_ARGS=(--batch_size 16)
+  else
+    RS_ARGS=(--config RS/configs/rs_llama3_8b.yaml)
+    INJECT_ARGS=(--config RS/configs/inject_smollm2.yaml --inject_probe_limit 0 --inject_passages true)
+    REBO_ARGS=()
+    BASELINE_CFG=llama3_8b
+    SUITES=${SUITES:-forget,neighbor,mia,utility}
+    EVAL_ARGS=(--batch_size 32)
+  fi
+}
+
+rebo_config() {  # method -> example config
+  case "$1" in
+    rule_grpo) [ "$BUDGET" = smoke ] && echo examples/grpo_rj_rl_cpu.yaml || echo examples/grpo_rj_rl.yaml;;
+    rule_ppo) echo examples/ppo_rj_rl.yaml;;
+    rule_rpp) echo examples/rpp_rj_rl.yaml;;
+  esac
+}
+
+# The actor of the newest complete ReBO checkpoint under a run dir.
+rebo_actor() { ls -d "$1"/checkpoints/global_step_*/actor 2>/dev/null | sort -V | tail -n 1; }
+
+# ---- one target ---------------------------------------------------------------------------------------------------
+rule_target() {
+  local target=$1 folder tdir original rs_model
+  folder=$(python -c "from data.rwku import resolve_target; print(resolve_target('$target').folder)") \
+    || die "unknown target $target"
+  tdir=$LOG_DIR/rwku/$EXP/$folder
+  mkdir -p "$tdir/results"
+  log "== target $folder ($PROTOCOL protocol, $BUDGET budget) -> $tdir"
+
+  original=$MODEL
+  if [ "$INJECT" = 1 ]; then
+    run_step "inject $folder" "$tdir/inject" python -m RS.train --stage inject "${INJECT_ARGS[@]}" \
+      --model_name_or_path "$MODEL" --target "$folder" --output_dir "$tdir/inject" --overwrite_output_dir
+    original=$tdir/inject
+  fi
+  run_step "RS $folder" "$tdir/rs" python -m RS.train --stage rt --dataset reject_target "${RS_ARGS[@]}" \
+    --model_name_or_path "$original" --target "$folder" --output_dir "$tdir/rs" --overwrite_output_dir
+  rs_model=$tdir/rs
+  # the paper starts ReBO from the epoch-2 RS checkpoint
+  [ -d "$tdir/rs/checkpoint-epoch-2" ] && rs_model=$tdir/rs/checkpoint-epoch-2
+
+  declare -A models=([original]=$original [rs]=$rs_model)
+  local method
+  for method in $METHODS; do
+    case "$method" in
+      rs|original) ;;
+      rule_grpo|rule_ppo|rule_rpp)
+        # no done-marker skip inside: the trainer itself resumes from the latest complete checkpoint
+        run_step "ReBO $method $folder" "$tdir/$method" python -m verl.trainer.main config="$(rebo_config "$method")" \
+          data.train_files="rwku:$folder:rl_rejection_with_fb_neighbor_target" \
+          worker.actor.model_path="$rs_model" trainer.save_dir="$tdir/$method" \
+          trainer.experiment_name="${method}_$folder" "${REBO_ARGS[@]}"
+        models[$method]=$(rebo_actor "$tdir/$method")
+        [ -n "${models[$method]}" ] || die "ReBO $method finished without a checkpoint in $tdir/$method";;
+      ga|ga_gdr|ga_klr|npo|npo_gdr|npo_klr|simnpo|simnpo_gdr|rt|idkdpo)
+        local stage=$method extra=()
+        [ "$method" = rt ] && { stage=rt; extra=(--dataset rwku_rt); }
+        local cfg=RS/configs/${method}_$BASELINE_CFG.yaml
+        [ "$method" = rt ] && cfg=RS/configs/rwku_rt_$BASELINE_CFG.yaml
+        [ -f "$cfg" ] || cfg=RS/configs/${method}_smollm2.yaml
+        run_step "$method $folder" "$tdir/$method" python -m RS.train --stage "$stage" --config "$cfg" "${extra[@]}" \
+          --model_name_or_path "$original" --target "$folder" --output_dir "$tdir/$method" --overwrite_output_dir
+        models[$method]=$tdir/$method;;
+      *) die "unknown method '$method' (see --help)";;
+    esac
+  done
+
+  local name label
+  for name in original rs $METHODS; do
+    [ -n "${models[$name]:-}" ] || continue
+    [ -f "$tdir/results/$name.json" ] && { log "skip eval $name (done)"; continue; }
+    case "$name" in original) label=Original;; rs) label=RS;; rule_grpo) label="RULE (GRPO)";;
+      rule_ppo) label="RULE (PPO)";; rule_rpp) label="RULE (Reinforce++)";; *) label=$(echo "$name" | tr a-z A-Z);; esac
+    local t0=$SECONDS
+    log "eval $label ($name)"
+    python -m verl.eval --benchmark rwku --model_path "${models[$name]}" --target "$folder" --method "$label" \
+      --protocol "$PROTOCOL" --suites "$SUITES" --output "$tdir/results/$name.json" "${EVAL_ARGS[@]}" \
+      > "$tdir/results/$name.log" 2>&1 || die "evaluation of $name failed (see $tdir/results/$name.log)"
+    echo "eval_$name $((SECONDS - t0))" >> "$STAGE_TIMES"
+  done
+}
+
+# ---- the whole pipeline -----------------------------------------------------------------------------------------
+rule_pipeline() {
+  local bench=$1; shift
+  case "${1:-}" in -h|--help) usage; return 0;; esac
+  rule_settings
+  rule_budget
+  if [ -z "${TARGETS:-}" ]; then
+    if [ "$ON_GPU" = 1 ]; then TARGETS="1 2 3 4 5 6 7 8 9 10"
+    elif [ -d "$DATA_DIR/RWKU/Target" ]; then TARGETS=1_Stephen_King
+    else TARGETS=101_Elowen_Marsh; fi
+  fi
+  mkdir -p "$LOG_DIR/$bench/$EXP"
+  STAGE_TIMES=$LOG_DIR/$bench/$EXP/stage_times.txt
+  log "RULE $bench: MODEL=$MODEL TARGETS='$TARGETS' METHODS='$METHODS' BUDGET=$BUDGET INJECT=$INJECT DATA_DIR=$DATA_DIR"
+  local t0=$SECONDS target
+  for target in $TARGETS; do rule_target "$target"; done
+  python -m verl.eval.report "$LOG_DIR/$bench/$EXP" --out "$LOG_DIR/$bench/$EXP/report"
+  log "pipeline finished in $((SECONDS - t0)) s; table: $LOG_DIR/$bench/$EXP/report/report.md"
+}
