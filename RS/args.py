@@ -23,7 +23,7 @@ class TrainArgs:
     model_name_or_path: str = "smollm2-135m-instruct"  # HF folder, hub id or the embedded model's name
     target: str = ""  # RWKU target (id, folder or name); a comma list for --stage inject
     data_dir: str = ""  # data root holding RWKU/Target/...; empty: $RULE_DATA_DIR, then ./data
-    dataset: str = ""  # forget-side dataset: reject_target, rwku_rt, passage, inject, idk_pref; empty: the stage's default
+    dataset: str = ""  # forget-side data: reject_target, rwku_rt, passage, inject, idk_pref, muse_reject (MUSE RS); empty: the stage's default
     retain_dataset: str = "auto"  # retain corpus for *_gdr/*_klr: auto (other targets' passages), retain_mia, or targets "a,b"
     retain_num_targets: int = 2  # how many other targets' passages make the auto retain corpus
     output_dir: str = ""  # where checkpoints, logs and the final model go
@@ -157,7 +157,7 @@ def validate_args(args: TrainArgs) -> None:
 
     if args.stage not in STAGES:
         raise ValueError(f"unknown --stage {args.stage!r}; choose one of {sorted(STAGES)}")
-    if not args.target:
+    if not args.target and args.dataset != "muse_reject":
         raise ValueError("--target is required (an RWKU target id, folder or name)")
     if not args.output_dir:
         raise ValueError("--output_dir is required")

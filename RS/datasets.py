@@ -119,6 +119,11 @@ def retain_texts(args, target, root) -> tuple[list[str], list[Path]]:
 def build_data(args, tokenizer, stage, root=None) -> DataBundle:
     """Build the tokenized data for ``stage`` (RS.stages.Stage) from ``args`` (RS.args.TrainArgs)."""
     name = args.dataset or stage.default_dataset
+    if name == "muse_reject":  # MUSE-Books RS pairs (reject_target_0.5.json); --target is not used
+        from data.muse import load_muse, muse_dir
+
+        records = load_muse("reject_target_0.5", root)
+        return _finish(args, tokenizer, stage, root, name, records, [muse_dir(root) / "reject_target_0.5.json"], "sft", None)
     targets = [resolve_target(t.strip(), root) for t in args.target.split(",") if t.strip()]
     if len(targets) > 1 and name != "inject":
         raise ValueError("several --target values are only allowed for --stage inject")
@@ -146,8 +151,14 @@ def build_data(args, tokenizer, stage, root=None) -> DataBundle:
                         1, args.inject_qa_repeat
                     )
     else:
-        raise ValueError(f"unknown --dataset {name!r}; choose reject_target, rwku_rt, passage, inject or idk_pref")
+        raise ValueError(
+            f"unknown --dataset {name!r}; choose reject_target, rwku_rt, passage, inject, idk_pref or muse_reject"
+        )
+    return _finish(args, tokenizer, stage, root, name, records, files, kind, target)
 
+
+def _finish(args, tokenizer, stage, root, name, records, files, kind, target) -> DataBundle:
+    """Split, tokenize and bundle the records of ``build_data``."""
     if args.max_samples:
         records = split_records(records, 1.0, args.seed)[0][: args.max_samples]
     train_recs, heldout = split_records(records, args.train_fraction, args.seed)
@@ -159,7 +170,7 @@ def build_data(args, tokenizer, stage, root=None) -> DataBundle:
         files.append(target.file("passage"))
 
     def encode(rec: dict, i: int) -> dict:
-        if name == "reject_target":
+        if name in ("reject_target", "muse_reject"):
             return encode_prompt_response(tokenizer, rec["instruction"], rec["output"], args.cutoff_len)
         if name == "rwku_rt":
             return encode_prompt_response(tokenizer, rec["instruction"], rt_template(rec["instruction"]), args.cutoff_len)

@@ -57,8 +57,8 @@ rule_settings() {
 # smoke: minutes on a 2-core CPU (embedded model); paper: DESIGN.md §5-6 hyperparameters (8B models, GPUs).
 rule_budget() {
   if [ "$BUDGET" = smoke ]; then
-    RS_ARGS=(--config RS/configs/rs_smollm2.yaml)
-    INJECT_ARGS=(--config RS/configs/inject_smollm2.yaml)
+    RS_ARGS=(--config RS/configs/rs_smollm2.yaml --max_steps 15)  # 15 steps already steer (RS/README.md)
+    INJECT_ARGS=(--config RS/configs/inject_smollm2.yaml --eval_probes false)  # the evaluator scores it
     REBO_ARGS=(trainer.total_steps="${REBO_STEPS:-4}" data.rollout_batch_size=8 worker.actor.global_batch_size=8
                worker.rollout.n=4 data.max_response_length=32 trainer.val_freq=0 trainer.val_before_train=false
                trainer.val_at_end=false trainer.save_freq=2 data.val_files=null)
@@ -166,4 +166,53 @@ rule_pipeline() {
   for target in $TARGETS; do rule_target "$target"; done
   python -m verl.eval.report "$LOG_DIR/$bench/$EXP" --out "$LOG_DIR/$bench/$EXP/report"
   log "pipeline finished in $((SECONDS - t0)) s; table: $LOG_DIR/$bench/$EXP/report/report.md"
+}
+
+# ---- MUSE-Books ---------------------------------------------------------------------------------------------------
+# MUSE ships no ReBO file: it is built from reject_with_neighbor_target.json by data.synthesize (label-independent
+# prompts, DESIGN.md §11). The original model is MODEL itself (the paper uses muse-bench/MUSE-Books_target).
+rule_muse() {
+  case "${1:-}" in -h|--help) usage; return 0;; esac
+  rule_settings
+  rule_budget
+  INJECT=0; PROTOCOL=paper
+  EXP=${EXP_MUSE:-$(basename "$MODEL")_${BUDGET}}
+  local tdir=$LOG_DIR/muse/$EXP/books rs_model t0=$SECONDS method
+  mkdir -p "$tdir/results"
+  STAGE_TIMES=$LOG_DIR/muse/$EXP/stage_times.txt
+  local eval_args=("${EVAL_ARGS[@]}") muse_args=()
+  [ "$BUDGET" = smoke ] && eval_args+=(--limit "${MUSE_LIMIT:-20}")
+  [ "$BUDGET" = smoke ] && muse_args=(worker.reward.reward_fn=forget_two_stage_abs data.max_prompt_length=640)
+  log "RULE muse: MODEL=$MODEL METHODS='$METHODS' BUDGET=$BUDGET DATA_DIR=$DATA_DIR -> $tdir"
+  run_step "MUSE ReBO data" "$tdir/data" python -m data.synthesize --benchmark muse --data_dir "$DATA_DIR" \
+    --out "$tdir/data/MUSE/books"
+  run_step "RS books" "$tdir/rs" python -m RS.train --stage rt --dataset muse_reject "${RS_ARGS[@]}" \
+    --model_name_or_path "$MODEL" --output_dir "$tdir/rs" --overwrite_output_dir
+  rs_model=$tdir/rs
+  [ -d "$tdir/rs/checkpoint-epoch-2" ] && rs_model=$tdir/rs/checkpoint-epoch-2
+  declare -A models=([original]=$MODEL [rs]=$rs_model)
+  for method in $METHODS; do
+    case "$method" in
+      rule_grpo|rule_ppo|rule_rpp)
+        local cfg; cfg=$(rebo_config "$method"); [ "$method$BUDGET" = rule_grpopaper ] && cfg=examples/grpo_rj_rl_muse.yaml
+        run_step "ReBO $method books" "$tdir/$method" python -m verl.trainer.main config="$cfg" \
+          data.train_files="$tdir/data/MUSE/books/rl_rejection_with_neighbor.json" \
+          worker.actor.model_path="$rs_model" trainer.save_dir="$tdir/$method" trainer.experiment_name="${method}_books" \
+          worker.reward.reward_fn=forget_two_stage_abs "${REBO_ARGS[@]}" "${muse_args[@]}"
+        models[$method]=$(rebo_actor "$tdir/$method");;
+      rs|original) ;;
+      *) log "method $method is RWKU-only here; skipped for MUSE";;
+    esac
+  done
+  local name
+  for name in original rs $METHODS; do
+    [ -n "${models[$name]:-}" ] || continue
+    [ -f "$tdir/results/$name.json" ] && { log "skip eval $name (done)"; continue; }
+    log "eval $name"
+    python -m verl.eval --benchmark muse --model_path "${models[$name]}" --method "$name" \
+      --output "$tdir/results/$name.json" "${eval_args[@]}" > "$tdir/results/$name.log" 2>&1 \
+      || die "evaluation of $name failed (see $tdir/results/$name.log)"
+  done
+  python -m verl.eval.report "$LOG_DIR/muse/$EXP" --out "$LOG_DIR/muse/$EXP/report"
+  log "pipeline finished in $((SECONDS - t0)) s; table: $LOG_DIR/muse/$EXP/report/report.md"
 }
