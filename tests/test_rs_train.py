@@ -208,3 +208,16 @@ def test_inject_examples_match_the_eval_prompt(tiny_model_path, target_name):
     prompt = tok.decode(ex["input_ids"][:n_prompt])
     assert prompt.endswith("Answer:") and prompt.startswith(probe_prompt(tok, "", "")[:20])
     assert ex["input_ids"][-1] == tok.eos_token_id
+
+
+def test_muse_reject_dataset_needs_no_target(tiny_model_path, shared_data, tmp_path):
+    """MUSE-Books RS data (reject_target_0.5.json) trains without an RWKU target; prompts stay masked."""
+    tok = _tok(tiny_model_path)
+    args = parse_args(["--stage", "rt", "--dataset", "muse_reject", "--model_name_or_path", tiny_model_path,
+                       "--output_dir", str(tmp_path), "--max_samples", "8", "--cutoff_len", "96"])
+    bundle = build_data(args, tok, STAGES["rt"], root=str(shared_data))
+    assert len(bundle.train) == 8 and bundle.files[0].name == "reject_target_0.5.json"
+    ex = bundle.train[0]
+    n_prompt = sum(1 for x in ex["labels"] if x == IGNORE_INDEX)
+    assert 0 < n_prompt < len(ex["labels"])
+    assert "Harry" in tok.decode([t for t in ex["labels"] if t != IGNORE_INDEX])
