@@ -113,11 +113,23 @@ rule_target() {
     case "$method" in
       rs|original) ;;
       rule_grpo|rule_ppo|rule_rpp)
-        # no done-marker skip inside: the trainer itself resumes from the latest complete checkpoint
+        # ablations (DESIGN.md §6-7): start from the original model, KL to the original, no boundary prompts
+        local start=$rs_model ref=$rs_model train="rwku:$folder:rl_rejection_with_fb_neighbor_target"
+        [ "${REBO_START:-rs}" = original ] && start=$original
+        [ "${REBO_REF:-start}" = original ] && ref=$original || ref=$start
+        if [ "${REBO_DATA:-full}" = reject_only ]; then
+          train=$tdir/$method.reject_only.json
+          python - "$folder" "$train" <<'PY'
+import json, sys
+from data.rwku import resolve_target
+rows = [r for r in resolve_target(sys.argv[1]).load("rl_rejection_with_fb_neighbor_target") if r["solution"][0] == "<reject>"]
+json.dump(rows, open(sys.argv[2], "w"))
+PY
+        fi
+        # the trainer itself resumes a killed run from its latest complete checkpoint
         run_step "ReBO $method $folder" "$tdir/$method" python -m verl.trainer.main config="$(rebo_config "$method")" \
-          data.train_files="rwku:$folder:rl_rejection_with_fb_neighbor_target" \
-          worker.actor.model_path="$rs_model" trainer.save_dir="$tdir/$method" \
-          trainer.experiment_name="${method}_$folder" "${REBO_ARGS[@]}"
+          data.train_files="$train" worker.actor.model_path="$start" worker.ref.model_path="$ref" \
+          trainer.save_dir="$tdir/$method" trainer.experiment_name="${method}_$folder" "${REBO_ARGS[@]}"
         models[$method]=$(rebo_actor "$tdir/$method")
         [ -n "${models[$method]}" ] || die "ReBO $method finished without a checkpoint in $tdir/$method";;
       ga|ga_gdr|ga_klr|npo|npo_gdr|npo_klr|simnpo|simnpo_gdr|rt|idkdpo)
