@@ -7,7 +7,7 @@ Suites (``--suites``, comma separated): RWKU forget, neighbor, mia, utility, nat
 (default forget,neighbor,mia,utility); MUSE verbmem, knowmem, privleak (or "muse" = all three, the default),
 robustness. naturalness / robustness live in their own modules and are imported only when asked for.
 The JSON (written atomically) holds benchmark, method, target, protocol, model_path, created, git_commit, config,
-metrics, generations and timing (seconds per suite); see /work/notes/CONVENTIONS.md for the layout.
+metrics, generations and timing (seconds per suite); see verl/eval/RESULTS.md for the layout.
 """
 
 from __future__ import annotations
