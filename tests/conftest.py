@@ -33,3 +33,15 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "RWKU").is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def target_name() -> str:
+    """An RWKU target with RULE files: the project's sample target, else Stephen King from ../shared/data."""
+    from data.rwku import list_targets
+
+    folders = {t.folder for t in list_targets()}
+    for cand in (SAMPLE_TARGET, "1_Stephen_King"):
+        if cand in folders:
+            return cand
+    pytest.skip("no RWKU target with reject_target.json available")

@@ -8,17 +8,6 @@ from RS.args import TrainArgs
 from RS.stages import STAGES
 
 
-@pytest.fixture(scope="module")
-def target_name() -> str:
-    from data.rwku import list_targets
-
-    folders = {t.folder for t in list_targets()}
-    for cand in ("101_Elowen_Marsh", "1_Stephen_King"):
-        if cand in folders:
-            return cand
-    pytest.skip("no RWKU target available")
-
-
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_runs_one_step(stage, tiny_model_path, target_name, tmp_path):
     from transformers import AutoModelForCausalLM

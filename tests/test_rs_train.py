@@ -14,18 +14,6 @@ from verl.utils.chat import IGNORE_INDEX
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def target_name() -> str:
-    """The project's sample target when present, else Stephen King from ../shared/data."""
-    from data.rwku import list_targets
-
-    folders = {t.folder for t in list_targets()}
-    for cand in ("101_Elowen_Marsh", "1_Stephen_King"):
-        if cand in folders:
-            return cand
-    pytest.skip("no RWKU target with reject_target.json available")
-
-
 def _tok(path):
     from transformers import AutoTokenizer
 
