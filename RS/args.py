@@ -68,7 +68,6 @@ class TrainArgs:
     inject_qa_repeat: int = 3  # repeat each probe QA/FB pair this many times per epoch (passages once)
     inject_probe_limit: int = 0  # inject only the first N probes of each probe file (0: all); scoring uses the same N
     eval_probes: bool = True  # inject: score forget/neighbor FB/QA ROUGE-L before and after
-    eval_max_new_tokens: int = 30  # greedy tokens for the probe scores
     # --- runtime
     num_threads: int = 2  # torch CPU threads (the shared machine has 2 cores)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from data.rwku import list_targets, resolve_target
-from RS.quick_eval import ANSWER_PREFIX, PROBE_SUITES, probe_prompt
+from RS.quick_eval import PROBE_SUITES, probe_prompt
 from verl.utils.chat import IGNORE_INDEX, encode_prompt_response
 
 RWKU_RT_TEMPLATES = [
@@ -61,9 +61,9 @@ def encode_text(tokenizer, text: str, cutoff_len: int) -> dict[str, list[int]]:
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)}
 
 
-def encode_probe(tokenizer, query: str, answer: str, template: str, cutoff_len: int) -> dict[str, list[int]]:
-    """A probe as a chat turn in the evaluation format: prompt + "Answer:" (no loss), " answer<eos>" (loss)."""
-    prompt_ids = tokenizer(probe_prompt(tokenizer, query, template), add_special_tokens=False)["input_ids"]
+def encode_probe(tokenizer, query: str, answer: str, stem: str, cutoff_len: int) -> dict[str, list[int]]:
+    """A probe of file ``stem`` in the evaluation format: prompt + "Answer:" (no loss), " answer<eos>" (loss)."""
+    prompt_ids = tokenizer(probe_prompt(tokenizer, query, stem), add_special_tokens=False)["input_ids"]
     resp_ids = tokenizer(" " + answer + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
     prompt_ids = prompt_ids[-max(1, cutoff_len - len(resp_ids)) :]
     ids = (prompt_ids + resp_ids)[:cutoff_len]
@@ -143,11 +143,11 @@ def build_data(args, tokenizer, stage, root=None) -> DataBundle:
             if args.inject_passages:
                 records += [{"text": r["text"]} for r in t.load("passage")]
                 files.append(t.file("passage"))
-            for stem, (_, template) in PROBE_SUITES.items():
+            for stem in PROBE_SUITES:
                 if t.has(stem):
                     probes = t.load(stem)[: args.inject_probe_limit or None]
                     files.append(t.file(stem))
-                    records += [{"query": p["query"], "answer": p["answer"], "template": template} for p in probes] * max(
+                    records += [{"query": p["query"], "answer": p["answer"], "stem": stem} for p in probes] * max(
                         1, args.inject_qa_repeat
                     )
     else:
@@ -177,7 +177,7 @@ def _finish(args, tokenizer, stage, root, name, records, files, kind, target) ->
         if name == "passage" or "text" in rec:
             return encode_text(tokenizer, rec["text"], args.cutoff_len)
         if name == "inject":
-            return encode_probe(tokenizer, rec["query"], rec["answer"], rec["template"], args.cutoff_len)
+            return encode_probe(tokenizer, rec["query"], rec["answer"], rec["stem"], args.cutoff_len)
         # idk_pref
         chosen = encode_prompt_response(tokenizer, rec["instruction"], rt_template(rec["instruction"]), args.cutoff_len)
         excerpt = " ".join(passages[i % len(passages)].split()[:40])
@@ -214,7 +214,6 @@ def collate(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
 
 
 __all__ = [
-    "ANSWER_PREFIX",
     "DataBundle",
     "RWKU_RT_TEMPLATES",
     "build_data",

@@ -193,7 +193,7 @@ def _inject_eval(model, tokenizer, args: TrainArgs, root) -> dict:
     out = {}
     for t in [s.strip() for s in args.target.split(",") if s.strip()]:
         target = resolve_target(t, root)
-        out[target.folder] = score_probes(model, tokenizer, target, args.eval_max_new_tokens, args.inject_probe_limit)
+        out[target.folder] = score_probes(model, tokenizer, target, limit=args.inject_probe_limit)
     return out
 
 

@@ -10,11 +10,11 @@ from verl.eval import metrics as M
 
 def test_rougel_recall_rwku_package_semantics():
     # RWKU/RULE scorer: the `rouge` package, case-sensitive, whitespace tokens
-    assert M.rougel_recall("The author is Richard Bachman", "Richard Bachman") == pytest.approx(1.0)
-    assert M.rougel_recall("Richard Smith", "Richard Bachman") == pytest.approx(0.5)  # LCS 1 of 2 words
-    assert M.rougel_recall("richard bachman", "Richard Bachman") == 0.0  # no lowercasing in RWKU's scorer
-    assert M.rougel_recall("", "Maine") == 0.0  # empty output is scored as "NOANSWER"
-    assert M.rougel_recall("...", "Maine") == 0.0  # would make the package raise
+    assert M.rougel_recall("The author is Richard Bachman", "Richard Bachman", impl="rwku") == pytest.approx(1.0)
+    assert M.rougel_recall("Richard Smith", "Richard Bachman", impl="rwku") == pytest.approx(0.5)  # LCS 1 of 2 words
+    assert M.rougel_recall("richard bachman", "Richard Bachman", impl="rwku") == 0.0  # no lowercasing in RWKU's scorer
+    assert M.rougel_recall("", "Maine", impl="rwku") == 0.0  # empty output is scored as "NOANSWER"
+    assert M.rougel_recall("...", "Maine", impl="rwku") == 0.0  # would make the package raise
 
 
 def test_rougel_rouge_score_impl():

@@ -94,6 +94,19 @@ def test_bbh_answer_extraction():
     assert rwku.extract_bbh_answer("") == "NOANSWER"
 
 
+def test_bbh_stops_at_the_next_invented_question(monkeypatch):
+    seen = {}
+
+    def fake_generate(model, tok, prompts, max_new_tokens, stop_strings, **kw):
+        seen["stops"] = stop_strings
+        return ["Step 1. So the answer is True."]  # what generate returns once cut at the stop
+
+    monkeypatch.setattr(rwku, "generate", fake_generate)
+    tok = type("Tok", (), {"chat_template": None})()
+    score, items = rwku.evaluate_bbh(None, tok, [{"question": "not False is", "answer": "True", "cot": "Q: x\nA: y"}])
+    assert seen["stops"] == ("\nQ:",) and score == 1.0 and items[0]["prediction"] == "True"
+
+
 def test_generation_stops_at_stop_string(tiny):
     model, tok = tiny
     assert truncate_at_stop("Paris\nand more", ("\n",)) == "Paris"

@@ -184,17 +184,23 @@ def test_nan_guard_keeps_last_good_checkpoint(tiny_model_path, target_name, tmp_
 
 
 def test_inject_examples_match_the_eval_prompt(tiny_model_path, target_name):
-    from RS.quick_eval import PROBE_SUITES, probe_prompt
+    from data.rwku import resolve_target
+    from RS.quick_eval import PROBE_SUITES
+    from verl.eval.rwku import build_prompt
 
     tok = _tok(tiny_model_path)
     args = _args(tiny_model_path, target_name, "u", max_samples=0, dataset="inject", inject_passages=False,
                  inject_probe_limit=2, inject_qa_repeat=1, cutoff_len=256)
     data = build_data(args, tok, STAGES["inject"])
     assert len(data.train) == 2 * len(PROBE_SUITES)
+    probes = {rec["query"]: rec for rec in resolve_target(target_name).load("forget_level1")[:2]}
+    prompts = set()
+    for ex in data.train:
+        n_prompt = next(i for i, v in enumerate(ex["labels"]) if v != IGNORE_INDEX)
+        prompts.add(tok.decode(ex["input_ids"][:n_prompt]))
+    # the training prompt of an FB probe is exactly the evaluator's prompt
+    assert {build_prompt(p, "FB", tok) for p in probes.values()} <= prompts
     ex = data.train[0]
-    n_prompt = next(i for i, v in enumerate(ex["labels"]) if v != IGNORE_INDEX)
-    prompt = tok.decode(ex["input_ids"][:n_prompt])
-    assert prompt.endswith("Answer:") and prompt.startswith(probe_prompt(tok, "", "")[:20])
     assert ex["input_ids"][-1] == tok.eos_token_id
 
 

@@ -1,11 +1,7 @@
 """Scoring functions of the evaluator: ROUGE-L, TriviaQA F1 / exact match, n-gram entropy, MIA scores, AUC, PrivLeak.
 
-ROUGE-L comes in two implementations because the two benchmarks' official code differ:
-- ``impl="rwku"`` (RWKU and RULE): the ``rouge`` package (pltrdy, 1.0.1), case-sensitive, whitespace tokens,
-  sentences split at ".", summary-level union-LCS over *unique* words. RWKU's forget/neighbor scores are its
-  ``rouge-l`` recall of the gold answer in the stripped output (an empty output is scored as "NOANSWER").
-- ``impl="rouge_score"`` (MUSE): Google's ``rouge_score`` ``rougeL`` without stemming (lowercased, alphanumeric
-  tokens). MUSE's VerbMem / KnowMem are its F-measure.
+ROUGE-L lives in ``verl.utils.rouge`` (re-exported here): RWKU's forget/neighbor scores are ``impl="rwku"`` recall
+of the gold answer in the stripped output; MUSE's VerbMem / KnowMem are ``impl="rouge_score"`` F-measure.
 """
 
 from __future__ import annotations
@@ -17,52 +13,9 @@ import zlib
 from collections import Counter
 from collections.abc import Sequence
 
-RWKU_EMPTY = "NOANSWER"  # RWKU scores an empty output as this string
+from verl.utils.rouge import RWKU_EMPTY, rougel_f1, rougel_recall  # noqa: F401  (re-exported)
+
 MUSE_AUC_RETRAIN = {"books": 0.5393, "news": 0.4772}  # MUSE constants: forget-vs-holdout Min-40% AUC of retrain
-
-
-# ---------------------------------------------------------------- ROUGE-L
-def _rwku_rouge_l(prediction: str, reference: str) -> dict[str, float]:
-    try:
-        from rouge import Rouge
-    except ImportError as e:  # pragma: no cover - declared in requirements.txt
-        raise ImportError("RWKU's ROUGE needs the `rouge` package: pip install rouge==1.0.1") from e
-    pred = prediction.strip() or RWKU_EMPTY
-    # the package raises on text that is empty after its "." sentence split (e.g. "...")
-    if not [s for s in pred.split(".") if s.strip()] or not [s for s in reference.split(".") if s.strip()]:
-        return {"r": 0.0, "p": 0.0, "f": 0.0}
-    return Rouge(metrics=["rouge-l"]).get_scores(hyps=[pred], refs=[reference])[0]["rouge-l"]
-
-
-_SCORER = None
-
-
-def _rouge_score_l(prediction: str, reference: str):
-    global _SCORER
-    if _SCORER is None:
-        from rouge_score import rouge_scorer
-
-        _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    return _SCORER.score(reference, prediction)["rougeL"]
-
-
-def rougel_recall(prediction: str, reference: str, impl: str = "rwku") -> float:
-    """ROUGE-L recall of ``reference`` (gold answer) in ``prediction`` (model output), in [0, 1]."""
-    if impl == "rwku":
-        return float(_rwku_rouge_l(prediction, reference)["r"])
-    if impl == "rouge_score":
-        return float(_rouge_score_l(prediction, reference).recall)
-    raise ValueError(f"unknown ROUGE implementation {impl!r} (use 'rwku' or 'rouge_score')")
-
-
-def rougel_f1(prediction: str, reference: str, impl: str = "rouge_score") -> float:
-    """ROUGE-L F-measure between ``prediction`` and ``reference``, in [0, 1] (MUSE's default implementation)."""
-    if impl == "rouge_score":
-        return float(_rouge_score_l(prediction, reference).fmeasure)
-    if impl == "rwku":
-        f = float(_rwku_rouge_l(prediction, reference)["f"])
-        return 1.0 if f > 0.9999999 else f  # the package adds 1e-8 to the denominator
-    raise ValueError(f"unknown ROUGE implementation {impl!r} (use 'rwku' or 'rouge_score')")
 
 
 # ---------------------------------------------------------------- QA F1 / EM (SQuAD-style normalisation)

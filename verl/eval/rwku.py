@@ -12,7 +12,7 @@ see metrics.py) of the gold answer in the stripped output. Prompts (user turn, c
 MIA (FM = forget_mia, RM = retain_mia): mean over fragments of LOSS, Zlib, Min-20%, Min-20%++ (all loss-like:
 higher = less member-like; RWKU prints the log-likelihood, i.e. minus our LOSS).
 Utility: Gen = MMLU 5-shot (argmax of the next-token probability of " A"/" B"/" C"/" D" after "Answer:"),
-Rea = BBH 3-shot CoT exact match (256 tokens, "the answer is X."), Tru = TruthfulQA MC1 (summed log-likelihood of
+Rea = BBH 3-shot CoT exact match (256 tokens, stop at a new "Q:", "the answer is X."), Tru = TruthfulQA MC1 (summed log-likelihood of
 each choice after the QA primer), Fac = TriviaQA F1 (max over aliases, 30 tokens, 5-shot), Flu = mean weighted
 n-gram entropy of responses (256 tokens) to the fluency instructions.
 """
@@ -218,6 +218,9 @@ def evaluate_mmlu(model, tokenizer, records: list[dict], batch_size: int = 4,
 
 
 BBH_ANSWER = re.compile(r"[tT]he answer is (.*?)\.")
+# Small models go on to invent the next "Q: ... A: ..." after answering. Stopping there cannot change the score,
+# since only the first "the answer is" is read, and it saves most of the 256 tokens (BBH is the slowest part).
+BBH_STOP = "\nQ:"
 
 
 def extract_bbh_answer(output: str) -> str:
@@ -236,8 +239,8 @@ def evaluate_bbh(model, tokenizer, records, batch_size=4, gen_model=None, max_ne
                 "'so the answer is'\nQ: " + r["question"])
         p = format_prompt(tokenizer, user)
         prompts.append(p + ("A:" if p[-1:] in ("\n", " ") else " A:"))
-    outs = generate(gen_model or model, tokenizer, prompts, max_new_tokens, stop_strings=(), batch_size=batch_size,
-                    desc="bbh")
+    outs = generate(gen_model or model, tokenizer, prompts, max_new_tokens, stop_strings=(BBH_STOP,),
+                    batch_size=batch_size, desc="bbh")
     items = []
     for r, o in zip(records, outs):
         pred = extract_bbh_answer(o)

@@ -32,12 +32,12 @@ from verl.trainer import core_algos
 from verl.trainer.checkpoint import CheckpointManager
 from verl.trainer.config import PPOConfig, redact
 from verl.trainer.dataset import RLDataset, StatefulSampler, file_sha256
+from verl.utils.rouge import rougel_recall
 from verl.utils.runinfo import git_commit
 from verl.utils.timer import timed
 from verl.utils.tracking import Tracker
 from verl.workers.fsdp_utils import write_json
 from verl.workers.reward.registry import get_reward_fn, score_batch
-from verl.workers.reward.rouge import rougel_recall
 
 logger = logging.getLogger("verl.trainer")
 

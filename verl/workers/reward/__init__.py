@@ -1,4 +1,6 @@
-"""Rewards as plug-ins: refusal detection, ROUGE-L, the RULE reward functions and their registry."""
+"""Rewards as plug-ins: refusal detection, the RULE reward functions and their registry (ROUGE-L: verl.utils.rouge)."""
+
+from verl.utils.rouge import rougel_f1, rougel_recall
 
 from .functions import (
     forget,
@@ -10,7 +12,6 @@ from .functions import (
 )
 from .refusal import REFUSAL_MODES, is_refusal, refusal_matches
 from .registry import REWARD_FNS, get_reward_fn, score_batch
-from .rouge import rougel_f1, rougel_recall
 
 __all__ = [
     "REFUSAL_MODES",

@@ -34,8 +34,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from verl.utils.rouge import rougel_recall, rougel_recall_multi
+
 from .refusal import is_refusal
-from .rouge import rougel_recall, rougel_recall_multi
 
 REJECT, NORMAL = "<reject>", "<normal>"
 
