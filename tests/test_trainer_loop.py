@@ -72,6 +72,8 @@ def test_grpo_local_kl_zero_at_start_and_validation(tiny_model_path, tmp_path, r
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["data/train_rows"] == 1200 and lines[-1]["step"] == 2
     assert (run / "generations.jsonl").is_file() and (run / "config.yaml").is_file()
+    assert (run / "curves.png").stat().st_size > 0  # drawn when the run closes
+    assert (run / "curves.md").read_text().count("\n| ") == 2  # one table row per training step
     info = json.loads((run / "run_info.json").read_text())
     assert len(info["data_sha256"]["train"]) == 64 and info["seed"] == 1
     ckpt = CheckpointManager(run).latest()

@@ -32,6 +32,7 @@ from verl.trainer import core_algos
 from verl.trainer.checkpoint import CheckpointManager
 from verl.trainer.config import PPOConfig, redact
 from verl.trainer.dataset import RLDataset, StatefulSampler, file_sha256
+from verl.utils.curves import write_curves
 from verl.utils.rouge import rougel_recall
 from verl.utils.runinfo import git_commit
 from verl.utils.timer import timed
@@ -330,6 +331,13 @@ class RayPPOTrainer:
     def close(self) -> None:
         self.tracker.finish()
         self.wg.shutdown()
+        if "jsonl" in self.config.trainer.logger:
+            try:  # a plotting problem must never hide the run's own outcome
+                out = write_curves(self.run_dir)
+                if out:
+                    logger.info("training curves: %s, %s", *out)
+            except Exception as exc:  # noqa: BLE001
+                logger.warning("could not draw the training curves: %s", exc)
 
 
 def _mean_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -11,10 +9,7 @@ from verl.protocol import DataProto
 from verl.trainer import core_algos
 from verl.trainer.config import ActorConfig, AlgorithmConfig
 from verl.workers import fsdp_utils
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Raised when a loss is NaN/inf: the update is skipped and the run stops (last good checkpoint kept)."""
+from verl.workers.optim import build_optimizer, minibatch_update
 
 
 def response_log_probs(module: nn.Module, data: DataProto, temperature: float = 1.0, with_entropy: bool = False):
@@ -46,37 +41,6 @@ def batched_log_probs(module: nn.Module, data: DataProto, micro_batch_size: int,
     return torch.cat(out)
 
 
-def build_optimizer(module: nn.Module, optim_cfg) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    optimizer = torch.optim.AdamW(
-        [p for p in module.parameters() if p.requires_grad], lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay,
-        betas=tuple(optim_cfg.betas),
-    )
-    warmup = max(0, optim_cfg.lr_warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-    return optimizer, scheduler
-
-
-def clip_and_step(module, optimizer, scheduler, max_grad_norm: float, offload: bool, device) -> float:
-    """Clip gradients, step unless the norm is non-finite; returns the pre-clip norm."""
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-    if isinstance(module, FSDP):
-        grad_norm = module.clip_grad_norm_(max_grad_norm)
-    else:
-        grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_grad_norm)
-    if not torch.isfinite(grad_norm):
-        optimizer.zero_grad(set_to_none=True)
-        raise NonFiniteLossError(f"non-finite gradient norm ({float(grad_norm)}); stopping before the optimizer step")
-    if offload:
-        fsdp_utils.move_optimizer_state(optimizer, device)
-    optimizer.step()
-    scheduler.step()
-    if offload:
-        fsdp_utils.move_optimizer_state(optimizer, torch.device("cpu"))
-    optimizer.zero_grad(set_to_none=True)
-    return float(grad_norm)
-
-
 class Actor:
     """Holds the FSDP policy, its optimizer and scheduler (one per rank)."""
 
@@ -103,43 +67,29 @@ class Actor:
         has_old = "old_log_probs" in data.batch
         if not has_old and (cfg.ppo_epochs > 1 or n_mini_batches > 1):
             raise ValueError("old_log_probs are required for more than one optimizer step per batch")
-        self.module.train()
-        mini_size = len(data) // n_mini_batches
-        micro = min(cfg.micro_batch_size_per_device_for_update, mini_size)
-        sums: dict[str, float] = {}
-        count = 0
-        for _ in range(cfg.ppo_epochs):
-            for mini in data.split(mini_size):
-                n_micro = math.ceil(len(mini) / micro)
-                for mb in mini.split(micro):
-                    mb = mb.to(self.device)
-                    b = mb.batch
-                    log_probs, entropy = response_log_probs(self.module, mb, self.temperature, with_entropy=True)
-                    old = b["old_log_probs"] if has_old else log_probs.detach()
-                    pg_loss, pg_metrics = core_algos.compute_policy_loss(
-                        old, log_probs, b["advantages"], b["response_mask"], cfg.clip_ratio_low, cfg.clip_ratio_high,
-                        cfg.clip_ratio_dual, cfg.loss_agg_mode,
-                    )
-                    entropy_loss = core_algos.agg_loss(entropy, b["response_mask"], cfg.loss_agg_mode)
-                    loss = pg_loss - cfg.entropy_coeff * entropy_loss
-                    metrics = {"actor/pg_loss": pg_loss.item(), "actor/entropy": entropy_loss.item(),
-                               **{f"actor/{k}": v for k, v in pg_metrics.items()}}
-                    if algo.use_kl_loss and "ref_log_probs" in b:
-                        kl = core_algos.compute_kl(log_probs, b["ref_log_probs"], algo.kl_penalty)
-                        kl_loss = core_algos.agg_loss(kl, b["response_mask"], cfg.loss_agg_mode)
-                        loss = loss + algo.kl_coef * kl_loss
-                        metrics["actor/kl_loss"] = kl_loss.item()
-                    if not torch.isfinite(loss):
-                        self.optimizer.zero_grad(set_to_none=True)
-                        raise NonFiniteLossError(f"actor loss is {loss.item()} (pg_loss={pg_loss.item()}); stopping")
-                    (loss / n_micro).backward()
-                    metrics["actor/loss"] = loss.item()
-                    for k, v in metrics.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    count += 1
-                grad_norm = clip_and_step(self.module, self.optimizer, self.scheduler, cfg.max_grad_norm,
-                                          cfg.offload_optimizer, self.device)
-                sums["actor/grad_norm"] = sums.get("actor/grad_norm", 0.0) + grad_norm * n_micro
-        out = {k: v / count for k, v in sums.items()}
-        out["actor/lr"] = self.scheduler.get_last_lr()[0]
-        return out
+
+        def loss_fn(mb: DataProto):
+            b = mb.batch
+            log_probs, entropy = response_log_probs(self.module, mb, self.temperature, with_entropy=True)
+            old = b["old_log_probs"] if has_old else log_probs.detach()
+            pg_loss, pg_metrics = core_algos.compute_policy_loss(
+                old, log_probs, b["advantages"], b["response_mask"], cfg.clip_ratio_low, cfg.clip_ratio_high,
+                cfg.clip_ratio_dual, cfg.loss_agg_mode,
+            )
+            entropy_loss = core_algos.agg_loss(entropy, b["response_mask"], cfg.loss_agg_mode)
+            loss = pg_loss - cfg.entropy_coeff * entropy_loss
+            metrics = {"actor/pg_loss": pg_loss.item(), "actor/entropy": entropy_loss.item(),
+                       **{f"actor/{k}": v for k, v in pg_metrics.items()}}
+            if algo.use_kl_loss and "ref_log_probs" in b:
+                kl = core_algos.compute_kl(log_probs, b["ref_log_probs"], algo.kl_penalty)
+                kl_loss = core_algos.agg_loss(kl, b["response_mask"], cfg.loss_agg_mode)
+                loss = loss + algo.kl_coef * kl_loss
+                metrics["actor/kl_loss"] = kl_loss.item()
+            return loss, metrics
+
+        return minibatch_update(
+            self.module, self.optimizer, self.scheduler, data, loss_fn, n_mini_batches=n_mini_batches,
+            micro_batch_size=cfg.micro_batch_size_per_device_for_update, epochs=cfg.ppo_epochs,
+            max_grad_norm=cfg.max_grad_norm, offload_optimizer=cfg.offload_optimizer, device=self.device,
+            prefix="actor",
+        )

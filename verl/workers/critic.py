@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from verl.protocol import DataProto
 from verl.trainer import core_algos
 from verl.trainer.config import CriticConfig
 from verl.workers import fsdp_utils
-from verl.workers.actor import NonFiniteLossError, build_optimizer, clip_and_step
+from verl.workers.optim import build_optimizer, minibatch_update
 
 
 def response_values(module, data: DataProto) -> torch.Tensor:
@@ -38,29 +36,17 @@ class Critic:
     def update(self, data: DataProto, n_mini_batches: int) -> dict[str, float]:
         """Needs ``values`` (old), ``returns``, ``response_mask`` and the model inputs."""
         cfg = self.cfg
-        self.module.train()
-        mini_size = len(data) // n_mini_batches
-        micro = min(cfg.micro_batch_size_per_device_for_update, mini_size)
-        sums: dict[str, float] = {}
-        count = 0
-        for _ in range(cfg.ppo_epochs):
-            for mini in data.split(mini_size):
-                n_micro = math.ceil(len(mini) / micro)
-                for mb in mini.split(micro):
-                    mb = mb.to(self.device)
-                    b = mb.batch
-                    vpreds = response_values(self.module, mb)
-                    loss, m = core_algos.compute_value_loss(vpreds, b["returns"], b["values"], b["response_mask"],
-                                                            cfg.cliprange_value, cfg.loss_agg_mode)
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLossError(f"critic value loss is {loss.item()}; stopping")
-                    (loss / n_micro).backward()
-                    for k, v in {"critic/vf_loss": loss.item(), **{f"critic/{k}": v for k, v in m.items()}}.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    count += 1
-                gn = clip_and_step(self.module, self.optimizer, self.scheduler, cfg.max_grad_norm,
-                                   cfg.offload_optimizer, self.device)
-                sums["critic/grad_norm"] = sums.get("critic/grad_norm", 0.0) + gn * n_micro
-        out = {k: v / count for k, v in sums.items()}
-        out["critic/lr"] = self.scheduler.get_last_lr()[0]
-        return out
+
+        def loss_fn(mb: DataProto):
+            b = mb.batch
+            vpreds = response_values(self.module, mb)
+            loss, m = core_algos.compute_value_loss(vpreds, b["returns"], b["values"], b["response_mask"],
+                                                    cfg.cliprange_value, cfg.loss_agg_mode)
+            return loss, {"critic/vf_loss": loss.item(), **{f"critic/{k}": v for k, v in m.items()}}
+
+        return minibatch_update(
+            self.module, self.optimizer, self.scheduler, data, loss_fn, n_mini_batches=n_mini_batches,
+            micro_batch_size=cfg.micro_batch_size_per_device_for_update, epochs=cfg.ppo_epochs,
+            max_grad_norm=cfg.max_grad_norm, offload_optimizer=cfg.offload_optimizer, device=self.device,
+            prefix="critic",
+        )
