@@ -108,10 +108,11 @@ rule_target() {
   [ -d "$tdir/rs/checkpoint-epoch-2" ] && rs_model=$tdir/rs/checkpoint-epoch-2
 
   declare -A models=([original]=$original [rs]=$rs_model)
+  [ "$INJECT" = 1 ] && models[base]=$MODEL  # the sandbox also scores the model before injection
   local method
   for method in $METHODS; do
     case "$method" in
-      rs|original) ;;
+      rs|original|base) ;;
       rule_grpo|rule_ppo|rule_rpp)
         # ablations (DESIGN.md §6-7): start from the original model, KL to the original, no boundary prompts
         local start=$rs_model ref=$rs_model train="rwku:$folder:rl_rejection_with_fb_neighbor_target"
@@ -146,10 +147,10 @@ PY
   done
 
   local name label
-  for name in original rs $METHODS; do
+  for name in base original rs $METHODS; do
     [ -n "${models[$name]:-}" ] || continue
     [ -f "$tdir/results/$name.json" ] && { log "skip eval $name (done)"; continue; }
-    case "$name" in original) label=Original;; rs) label=RS;; rule_grpo) label="RULE (GRPO)";;
+    case "$name" in base) label="Base (before injection)";; original) label=Original;; rs) label=RS;; rule_grpo) label="RULE (GRPO)";;
       rule_ppo) label="RULE (PPO)";; rule_rpp) label="RULE (Reinforce++)";; *) label=$(echo "$name" | tr a-z A-Z);; esac
     local t0=$SECONDS
     log "eval $label ($name)"

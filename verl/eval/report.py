@@ -138,8 +138,8 @@ def _key(r: dict) -> tuple[str, str, str]:
 
 
 def _method_order(methods: list[str]) -> list[str]:
-    """The original/before model first, the rest alphabetically (case-insensitive)."""
-    return sorted(methods, key=lambda m: (m.lower() not in ORIGINAL_NAMES, m.lower()))
+    """Reference models (base, original: first word in ORIGINAL_NAMES) first, the rest alphabetically."""
+    return sorted(methods, key=lambda m: ((m.lower().split() or [""])[0] not in ORIGINAL_NAMES, m.lower()))
 
 
 # ----------------------------------------------------------------------------------------------- tables
