@@ -15,8 +15,12 @@ def _write(path, rows):
 def test_read_metrics_keeps_the_last_row_of_a_redone_step(tmp_path):
     f = tmp_path / "metrics.jsonl"
     _write(f, [{"step": 0, "data/train_rows": 10}, {"step": 1, "reward/mean": 0.1}, {"step": 2, "reward/mean": 0.2},
-               {"step": 2, "reward/mean": 0.25}, {"step": 3, "reward/mean": 0.3}])  # resumed after step 1
-    assert [(r["step"], r["reward/mean"]) for r in read_metrics(f)] == [(1, 0.1), (2, 0.25), (3, 0.3)]
+               {"step": 2, "reward/mean": 0.25}, {"step": 3, "reward/mean": 0.3, "reward/reject_mean": 0.9,
+                                                  "reward/normal_mean": 0.2}])  # resumed after step 1
+    rows = read_metrics(f)
+    assert [(r["step"], r["reward/mean"]) for r in rows] == [(1, 0.1), (2, 0.25), (3, 0.3)]
+    # 3 of 4 rows <normal>: the plain mean follows the batch mix, the balanced one does not
+    assert rows[2]["reward/balanced_mean"] == pytest.approx(0.55) and "reward/balanced_mean" not in rows[0]
 
 
 def test_read_metrics_names_the_bad_line(tmp_path):

@@ -20,6 +20,7 @@ TABLE_KEYS = (
     ("reward", "reward/mean"),
     ("<reject>", "reward/reject_mean"),
     ("<normal>", "reward/normal_mean"),
+    ("balanced", "reward/balanced_mean"),
     ("refusal", "reward/refusal"),
     ("KL", "actor/kl_loss"),
     ("resp len", "response_length/mean"),
@@ -30,7 +31,8 @@ TABLE_KEYS = (
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The training-step rows of a metrics.jsonl (rows holding ``reward/mean``), last row per step kept (a resumed
-    run appends the steps it redoes)."""
+    run appends the steps it redoes). Adds ``reward/balanced_mean``, the mean of the ``<reject>`` and ``<normal>``
+    means: unlike ``reward/mean`` it does not move with the share of each kind among a step's sampled prompts."""
     rows: dict[int, dict] = {}
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -41,6 +43,9 @@ def read_metrics(path: str | Path) -> list[dict]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}: line {n} is not JSON ({e.msg})") from e
             if "reward/mean" in row:
+                rej, nor = row.get("reward/reject_mean"), row.get("reward/normal_mean")
+                if rej is not None and nor is not None:
+                    row["reward/balanced_mean"] = (rej + nor) / 2
                 rows[int(row["step"])] = row
     return [rows[s] for s in sorted(rows)]
 
@@ -80,6 +85,9 @@ def plot_curves(rows: list[dict], out_png: str | Path, val_rows: list[dict] | No
                               ("reward/mean", "all rows", "-")):
         ax.plot(steps, _series(rows, key), style, marker=".", label=label, alpha=0.8)
     ax.plot(steps, moving_average(_series(rows, "reward/mean"), window), "k-", lw=2, label=f"all, {window}-step mean")
+    if any("reward/balanced_mean" in r for r in rows):
+        ax.plot(steps, moving_average(_series(rows, "reward/balanced_mean"), window), "-", color="tab:green", lw=2,
+                label=f"(<reject> + <normal>) / 2, {window}-step mean")
     vs = [v for v in (val_rows or []) if "val/reward" in v]
     if vs:
         ax.plot([v["step"] for v in vs], [v["val/reward"] for v in vs], "s-", color="tab:red", label="validation (greedy)")
