@@ -29,10 +29,13 @@ def embedded_model_path() -> str:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The benchmark files beside the checkout (../shared/data); tests needing them skip without."""
-    if not (SHARED_DATA / "RWKU").is_dir():
-        pytest.skip("../shared/data is not present")
-    return SHARED_DATA
+    """The benchmark files: $RULE_DATA_DIR, else ../shared/data beside the checkout (then also exported as
+    RULE_DATA_DIR for the code under test); tests needing them skip without."""
+    root = Path(os.environ.get("RULE_DATA_DIR") or SHARED_DATA)
+    if not (root / "RWKU").is_dir():
+        pytest.skip(f"no benchmark data at {root} (set RULE_DATA_DIR)")
+    os.environ.setdefault("RULE_DATA_DIR", str(root))
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -77,32 +77,38 @@ class ModelRoleConfig:
 
 
 @dataclass
-class ActorConfig(ModelRoleConfig):
-    model_path: str | None = "smollm2-135m-instruct"
-    """Policy start checkpoint (the RS checkpoint in the paper)."""
-    global_batch_size: int = 32
-    """Prompts per optimizer step (x rollout.n responses); = data.rollout_batch_size means one update per step."""
+class TrainedRoleConfig(ModelRoleConfig):
+    """Settings shared by the roles that are trained (actor, critic)."""
+
     micro_batch_size_per_device_for_update: int = 4
     """Responses per forward/backward (gradient accumulation inside a mini-batch)."""
-    micro_batch_size_per_device_for_experience: int = 16
-    """Responses per forward when computing log-probs without gradients."""
     ppo_epochs: int = 1
     """Passes over each step's rollouts."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
+    loss_agg_mode: str = "token-mean"
+    """token-mean | seq-mean-token-sum | seq-mean-token-mean (token-mean: every valid response token weighs the same
+    within a micro-batch; micro-batches are averaged)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer."""
+
+
+@dataclass
+class ActorConfig(TrainedRoleConfig):
+    model_path: str | None = "smollm2-135m-instruct"
+    """Policy start checkpoint (the RS checkpoint in the paper)."""
+    global_batch_size: int = 32
+    """Prompts per optimizer step (x rollout.n responses); = data.rollout_batch_size means one update per step."""
+    micro_batch_size_per_device_for_experience: int = 16
+    """Responses per forward when computing log-probs without gradients."""
     clip_ratio_low: float = 0.2
     """PPO lower clip (ratio >= 1 - low)."""
     clip_ratio_high: float = 0.3
     """PPO upper clip (ratio <= 1 + high)."""
     clip_ratio_dual: float = 3.0
     """Dual-clip bound for negative advantages."""
-    loss_agg_mode: str = "token-mean"
-    """token-mean | seq-mean-token-sum | seq-mean-token-mean (token-mean: every valid response token weighs the same
-    within a micro-batch; micro-batches are averaged)."""
     entropy_coeff: float = 0.0
     """Entropy bonus coefficient (0: off; entropy is still logged)."""
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    """Actor optimizer."""
 
 
 @dataclass
@@ -114,21 +120,13 @@ class RefConfig(ModelRoleConfig):
 
 
 @dataclass
-class CriticConfig(ModelRoleConfig):
+class CriticConfig(TrainedRoleConfig):
     model_path: str | None = None
     """Critic backbone (None: the actor's start path); a scalar value head is added on top."""
-    micro_batch_size_per_device_for_update: int = 4
-    """Responses per critic forward/backward."""
-    ppo_epochs: int = 1
-    """Critic passes over each step's rollouts."""
-    max_grad_norm: float = 1.0
-    """Critic gradient clipping norm."""
     cliprange_value: float = 0.5
     """Value clipping range around the old values."""
-    loss_agg_mode: str = "token-mean"
-    """Value-loss aggregation."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5))
-    """Critic optimizer."""
+    """Critic optimizer (a higher lr than the actor's is common)."""
 
 
 @dataclass
