@@ -57,10 +57,11 @@ rule_settings() {
 # smoke: minutes on a 2-core CPU (embedded model); paper: DESIGN.md §5-6 hyperparameters (8B models, GPUs).
 rule_budget() {
   if [ "$BUDGET" = smoke ]; then
-    RS_ARGS=(--config RS/configs/rs_smollm2.yaml --max_steps 15)  # 15 steps already steer (RS/README.md)
+    # 6 steps steer (~40% sampled refusals) and leave ReBO room; 15 refuse every neighbor question (README.md)
+    RS_ARGS=(--config RS/configs/rs_smollm2.yaml --max_steps 6 --warmup_steps 1)
     INJECT_ARGS=(--config RS/configs/inject_smollm2.yaml --eval_probes false)  # the evaluator scores it
     REBO_ARGS=(trainer.total_steps="${REBO_STEPS:-4}" data.rollout_batch_size=8 worker.actor.global_batch_size=8
-               worker.rollout.n=4 data.max_response_length=32 trainer.val_freq=0 trainer.val_before_train=false
+               trainer.val_freq=0 trainer.val_before_train=false
                trainer.val_at_end=false trainer.save_freq=2 data.val_files=null)
     BASELINE_CFG=smollm2
     SUITES=${SUITES:-forget,neighbor,mia}
