@@ -8,7 +8,7 @@
 #   TARGETS   RWKU targets, ids or folder names, space separated (default: one target without GPU, 1-10 with GPUs)
 #   METHODS   among: rule_grpo rule_ppo rule_rpp rs ga ga_gdr ga_klr npo npo_gdr npo_klr simnpo simnpo_gdr rt
 #             (default: rule_grpo; "original" and "rs" rows are always evaluated)
-#   BUDGET    smoke (minutes on a CPU) | paper (the paper's hyperparameters); default: smoke without GPU, paper with
+#   BUDGET    smoke (minutes on a CPU) | paper (the paper's hyperparameters) | test (plumbing only); default: smoke without GPU, paper with
 #   INJECT    1: knowledge-injection sandbox (default for models under 1B parameters, i.e. the embedded model), 0: paper protocol
 #   DATA_DIR  data root with RWKU/Target/ (default: $RULE_DATA_DIR, else ../shared/data or ./data); the sample target always works
 #   LOG_DIR   where runs go (default: log)      EXP  experiment name (default: derived from MODEL, BUDGET, INJECT)

@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import REPO, SAMPLE_TARGET
 
 
@@ -15,12 +13,11 @@ def _run(env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "run_rwku.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
-@pytest.mark.slow
 def test_run_rwku_sandbox_pipeline_and_rerun_skips(tiny_model_path, tmp_path):
     env = {
         **os.environ,
-        "MODEL": tiny_model_path, "INJECT": "1", "BUDGET": "smoke", "TARGETS": SAMPLE_TARGET, "METHODS": "rule_grpo ga",
-        "LOG_DIR": str(tmp_path), "EXP": "t", "REBO_STEPS": "2", "SUITES": "forget,neighbor",
+        "MODEL": tiny_model_path, "INJECT": "1", "TARGETS": SAMPLE_TARGET, "METHODS": "rule_grpo ga",
+        "LOG_DIR": str(tmp_path), "EXP": "t", "BUDGET": "test", "SUITES": "forget,neighbor",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     first = _run(env)

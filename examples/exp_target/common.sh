@@ -34,7 +34,7 @@ rule_settings() {
   MODEL=${MODEL:-smollm2-135m-instruct}
   if has_gpu; then ON_GPU=1; else ON_GPU=0; fi
   BUDGET=${BUDGET:-$([ "$ON_GPU" = 1 ] && echo paper || echo smoke)}
-  case "$BUDGET" in smoke|paper) ;; *) die "BUDGET must be smoke or paper, got '$BUDGET'";; esac
+  case "$BUDGET" in smoke|paper|test) ;; *) die "BUDGET must be smoke, paper or test, got '$BUDGET'";; esac
   if [ -z "${INJECT:-}" ]; then
     case "$MODEL" in smollm2*|*SmolLM2*|*135M*|*360M*) INJECT=1;; *) INJECT=0;; esac
   fi
@@ -54,9 +54,11 @@ rule_settings() {
 }
 
 # ---- budgets ----------------------------------------------------------------------------------------------------
-# smoke: minutes on a 2-core CPU (embedded model); paper: DESIGN.md §5-6 hyperparameters (8B models, GPUs).
+# smoke: minutes on a 2-core CPU (embedded model); paper: DESIGN.md §5-6 hyperparameters (8B models, GPUs);
+# test: smoke cut to one or two steps of everything and two probes per file (the test suite's plumbing check).
 rule_budget() {
-  if [ "$BUDGET" = smoke ]; then
+  BASELINE_ARGS=()
+  if [ "$BUDGET" != paper ]; then
     # 6 steps steer (~40% sampled refusals) and leave ReBO room; 15 refuse every neighbor question (README.md)
     RS_ARGS=(--config RS/configs/rs_smollm2.yaml --max_steps 6 --warmup_steps 1)
     INJECT_ARGS=(--config RS/configs/inject_smollm2.yaml --eval_probes false)  # the evaluator scores it
@@ -74,11 +76,17 @@ rule_budget() {
     SUITES=${SUITES:-forget,neighbor,mia,utility}
     EVAL_ARGS=(--batch_size 32)
   fi
+  if [ "$BUDGET" = test ]; then
+    RS_ARGS+=(--max_steps 2); INJECT_ARGS+=(--max_steps 2); BASELINE_ARGS=(--max_steps 2)
+    REBO_ARGS+=(trainer.total_steps=1 data.rollout_batch_size=2 worker.actor.global_batch_size=2 worker.rollout.n=2
+                data.max_response_length=8)
+    EVAL_ARGS+=(--limit 2)
+  fi
 }
 
 rebo_config() {  # method -> example config
   case "$1" in
-    rule_grpo) [ "$BUDGET" = smoke ] && echo examples/grpo_rj_rl_cpu.yaml || echo examples/grpo_rj_rl.yaml;;
+    rule_grpo) [ "$BUDGET" = paper ] && echo examples/grpo_rj_rl.yaml || echo examples/grpo_rj_rl_cpu.yaml;;
     rule_ppo) echo examples/ppo_rj_rl.yaml;;
     rule_rpp) echo examples/rpp_rj_rl.yaml;;
   esac
@@ -141,7 +149,8 @@ PY
         [ "$method" = rt ] && cfg=RS/configs/rwku_rt_$BASELINE_CFG.yaml
         [ -f "$cfg" ] || cfg=RS/configs/${method}_smollm2.yaml
         run_step "$method $folder" "$tdir/$method" python -m RS.train --stage "$stage" --config "$cfg" "${extra[@]}" \
-          --model_name_or_path "$original" --target "$folder" --output_dir "$tdir/$method" --overwrite_output_dir
+          --model_name_or_path "$original" --target "$folder" --output_dir "$tdir/$method" --overwrite_output_dir \
+          "${BASELINE_ARGS[@]}"
         models[$method]=$tdir/$method;;
       *) die "unknown method '$method' (see --help)";;
     esac
@@ -196,7 +205,7 @@ rule_muse() {
   STAGE_TIMES=$LOG_DIR/muse/$EXP/stage_times.txt
   local eval_args=("${EVAL_ARGS[@]}") muse_args=()
   [ "$BUDGET" = smoke ] && eval_args+=(--limit "${MUSE_LIMIT:-20}")
-  [ "$BUDGET" = smoke ] && muse_args=(worker.reward.reward_fn=forget_two_stage_abs data.max_prompt_length=640)
+  [ "$BUDGET" != paper ] && muse_args=(worker.reward.reward_fn=forget_two_stage_abs data.max_prompt_length=640)
   log "RULE muse: MODEL=$MODEL METHODS='$METHODS' BUDGET=$BUDGET DATA_DIR=$DATA_DIR -> $tdir"
   run_step "MUSE ReBO data" "$tdir/data" python -m data.synthesize --benchmark muse --data_dir "$DATA_DIR" \
     --out "$tdir/data/MUSE/books"

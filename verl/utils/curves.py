@@ -86,7 +86,7 @@ def plot_curves(rows: list[dict], out_png: str | Path, val_rows: list[dict] | No
         ax.plot(steps, _series(rows, key), style, marker=".", label=label, alpha=0.8)
     ax.plot(steps, moving_average(_series(rows, "reward/mean"), window), "k-", lw=2, label=f"all, {window}-step mean")
     if any("reward/balanced_mean" in r for r in rows):
-        ax.plot(steps, moving_average(_series(rows, "reward/balanced_mean"), window), "-", color="tab:green", lw=2,
+        ax.plot(steps, moving_average(_series(rows, "reward/balanced_mean"), window), "-", color="tab:brown", lw=2,
                 label=f"(<reject> + <normal>) / 2, {window}-step mean")
     vs = [v for v in (val_rows or []) if "val/reward" in v]
     if vs:
