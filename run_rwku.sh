@@ -14,6 +14,7 @@
 #   LOG_DIR   where runs go (default: log)      EXP  experiment name (default: derived from MODEL, BUDGET, INJECT)
 #   GPUS      comma list of GPU ids (default: all visible; none on a CPU machine)
 #   SUITES    evaluation suites (default: forget,neighbor,mia for smoke; + utility for paper)
+#   RS_STEPS, REBO_STEPS  smoke budget only: RS steps (15 on an injected model, else 6) and ReBO steps (4)
 set -euo pipefail
 cd "$(dirname "$0")"
 source examples/exp_target/common.sh

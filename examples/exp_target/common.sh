@@ -59,8 +59,11 @@ rule_settings() {
 rule_budget() {
   BASELINE_ARGS=()
   if [ "$BUDGET" != paper ]; then
-    # 6 steps steer (~40% sampled refusals) and leave ReBO room; 15 refuse every neighbor question (README.md)
-    RS_ARGS=(--config RS/configs/rs_smollm2.yaml --max_steps 6 --warmup_steps 1)
+    # RS_STEPS: enough to steer without leaving ReBO only refusals (README.md, "ReBO learns on a CPU"). The base
+    # model: 6 steps give ~40% sampled refusals, 15 refuse every neighbor question. An injected model holds on to
+    # its answers: 6 steps give no refusal at all, 15 about half.
+    RS_ARGS=(--config RS/configs/rs_smollm2.yaml --max_steps "${RS_STEPS:-$([ "$INJECT" = 1 ] && echo 15 || echo 6)}"
+             --warmup_steps 1)
     INJECT_ARGS=(--config RS/configs/inject_smollm2.yaml --eval_probes false)  # the evaluator scores it
     REBO_ARGS=(trainer.total_steps="${REBO_STEPS:-4}" data.rollout_batch_size=8 worker.actor.global_batch_size=8
                trainer.val_freq=0 trainer.val_before_train=false
