@@ -26,10 +26,12 @@ def probe_prompt(tokenizer, query: str, stem: str) -> str:
 def score_probes(model, tokenizer, target, limit: int = 0, batch_size: int = 16) -> dict:
     """Mean ROUGE-L recall per suite (forget_FB, forget_QA, neighbor_FB, neighbor_QA) plus the generations."""
     scores, generations = {}, {}
-    for stem, suite in PROBE_SUITES.items():
-        if not target.has(stem):
+    for group in ("forget", "neighbor"):  # one batched generation per group; levels are scored apart
+        stems = [stem for stem in PROBE_SUITES if stem.startswith(group) and target.has(stem)]
+        if not stems:
             continue
-        metrics, gens = evaluate_probes(model, tokenizer, target, (stem,), limit=limit or None, batch_size=batch_size)
-        scores[suite] = metrics[FILE_LEVEL[stem]]
-        generations[suite] = gens[stem]
+        metrics, gens = evaluate_probes(model, tokenizer, target, stems, limit=limit or None, batch_size=batch_size)
+        for stem in stems:
+            scores[PROBE_SUITES[stem]] = metrics[FILE_LEVEL[stem]]
+            generations[PROBE_SUITES[stem]] = gens[stem]
     return {"scores": scores, "generations": generations}

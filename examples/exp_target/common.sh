@@ -58,6 +58,8 @@ rule_settings() {
 # test: smoke cut to one or two steps of everything and two probes per file (the test suite's plumbing check).
 rule_budget() {
   BASELINE_ARGS=()
+  local rebo_batch=8
+  if [ "$BUDGET" = test ]; then RS_STEPS=${RS_STEPS:-2}; REBO_STEPS=${REBO_STEPS:-1}; rebo_batch=2; fi
   if [ "$BUDGET" != paper ]; then
     # RS_STEPS: enough to steer without leaving ReBO only refusals (README.md, "ReBO learns on a CPU"). The base
     # model: 6 steps give ~40% sampled refusals, 15 refuse every neighbor question. An injected model holds on to
@@ -65,7 +67,8 @@ rule_budget() {
     RS_ARGS=(--config RS/configs/rs_smollm2.yaml --max_steps "${RS_STEPS:-$([ "$INJECT" = 1 ] && echo 15 || echo 6)}"
              --warmup_steps 1)
     INJECT_ARGS=(--config RS/configs/inject_smollm2.yaml --eval_probes false)  # the evaluator scores it
-    REBO_ARGS=(trainer.total_steps="${REBO_STEPS:-4}" data.rollout_batch_size=8 worker.actor.global_batch_size=8
+    REBO_ARGS=(trainer.total_steps="${REBO_STEPS:-4}" data.rollout_batch_size=$rebo_batch
+               worker.actor.global_batch_size=$rebo_batch
                trainer.val_freq=0 trainer.val_before_train=false
                trainer.val_at_end=false trainer.save_freq=2 data.val_files=null)
     BASELINE_CFG=smollm2
@@ -80,9 +83,8 @@ rule_budget() {
     EVAL_ARGS=(--batch_size 32)
   fi
   if [ "$BUDGET" = test ]; then
-    RS_ARGS+=(--max_steps 2); INJECT_ARGS+=(--max_steps 2); BASELINE_ARGS=(--max_steps 2)
-    REBO_ARGS+=(trainer.total_steps=1 data.rollout_batch_size=2 worker.actor.global_batch_size=2 worker.rollout.n=2
-                data.max_response_length=8)
+    INJECT_ARGS+=(--max_steps 2); BASELINE_ARGS=(--max_steps 2)
+    REBO_ARGS+=(worker.rollout.n=2 data.max_response_length=8)
     EVAL_ARGS+=(--limit 2)
   fi
 }

@@ -29,24 +29,29 @@ TABLE_KEYS = (
 )
 
 
-def read_metrics(path: str | Path) -> list[dict]:
+def _jsonl(path: str | Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}: line {n} is not JSON ({e.msg})") from e
+    return rows
+
+
+def read_metrics(path: str | Path, all_rows: list[dict] | None = None) -> list[dict]:
     """The training-step rows of a metrics.jsonl (rows holding ``reward/mean``), last row per step kept (a resumed
     run appends the steps it redoes). Adds ``reward/balanced_mean``, the mean of the ``<reject>`` and ``<normal>``
     means: unlike ``reward/mean`` it does not move with the share of each kind among a step's sampled prompts."""
     rows: dict[int, dict] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {n} is not JSON ({e.msg})") from e
-            if "reward/mean" in row:
-                rej, nor = row.get("reward/reject_mean"), row.get("reward/normal_mean")
-                if rej is not None and nor is not None:
-                    row["reward/balanced_mean"] = (rej + nor) / 2
-                rows[int(row["step"])] = row
+    for row in _jsonl(path) if all_rows is None else all_rows:
+        if "reward/mean" in row:
+            rej, nor = row.get("reward/reject_mean"), row.get("reward/normal_mean")
+            if rej is not None and nor is not None:
+                row["reward/balanced_mean"] = (rej + nor) / 2
+            rows[int(row["step"])] = row
     return [rows[s] for s in sorted(rows)]
 
 
@@ -125,12 +130,11 @@ def write_curves(run_dir: str | Path) -> tuple[Path, Path] | None:
     metrics = run_dir / "metrics.jsonl"
     if not metrics.is_file():
         raise FileNotFoundError(f"{metrics} not found: give the run folder (trainer.default_local_dir/experiment)")
-    rows = read_metrics(metrics)
+    all_rows = _jsonl(metrics)
+    rows = read_metrics(metrics, all_rows)
     if not rows:
         return None
-    with open(metrics, encoding="utf-8") as f:
-        val_rows = [r for r in (json.loads(line) for line in f if line.strip()) if "val/reward" in r]
-    png = plot_curves(rows, run_dir / "curves.png", val_rows)
+    png = plot_curves(rows, run_dir / "curves.png", [r for r in all_rows if "val/reward" in r])
     md = run_dir / "curves.md"
     tmp = md.with_suffix(".tmp")
     tmp.write_text(markdown_table(rows), encoding="utf-8")
