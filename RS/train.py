@@ -29,6 +29,7 @@ from RS.args import TrainArgs, args_to_dict, parse_args
 from RS.checkpoint import save_hf_checkpoint
 from RS.datasets import build_data, collate
 from RS.stages import Stage, get_stage
+from verl.utils.progress import progress
 
 logger = logging.getLogger("RS.train")
 REPO = Path(__file__).resolve().parents[1]
@@ -270,11 +271,9 @@ def train(args: TrainArgs) -> Path:
     retain_iter = itertools.cycle(retain_loader) if retain_loader is not None else None
     lora_scaling = args.lora_alpha / args.lora_rank if args.finetuning_type == "lora" else None
 
-    from tqdm.auto import tqdm
-
     log_path = out / "train_log.jsonl"
     log_f = open(log_path, "a", encoding="utf-8") if accelerator.is_main_process else None
-    bar = tqdm(total=total_steps, desc=f"RS[{stage.name}]", disable=not accelerator.is_local_main_process)
+    bar = progress(total_steps, f"RS[{stage.name}]", disable=not accelerator.is_local_main_process)
     step, last_good = 0, None
     acc: dict[str, list[float]] = {}
     model.train()

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
+
+from verl.utils.progress import progress
 
 
 def _want_special(tokenizer, text: str, add_special_tokens: bool | None) -> bool:
@@ -86,7 +87,7 @@ def generate(
     stops = [s for s in stop_strings if s]
     if stops:  # per-sequence stop inside generate; the decoded text is still cut below
         gen_kwargs.update(stop_strings=stops, tokenizer=tokenizer)
-    bar = tqdm(total=len(prompts), desc=desc or "generate", leave=False, disable=None)
+    bar = progress(len(prompts), desc or "generate", leave=False)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         ids, mask = _left_pad([encoded[i] for i in idx], pad_id, device)
@@ -166,7 +167,7 @@ def sequence_logprobs(
         starts.append(max(1, min(start, len(ids))))
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     results: list = [None] * len(seqs)
-    bar = tqdm(total=len(seqs), desc=desc or "score", leave=False, disable=None)
+    bar = progress(len(seqs), desc or "score", leave=False)
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
         width = max(len(seqs[i]) for i in idx)
@@ -210,7 +211,7 @@ def next_token_logprobs(
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     out: list = [None] * len(encoded)
     cand = torch.tensor(list(candidate_ids))
-    bar = tqdm(total=len(encoded), desc=desc or "next token", leave=False, disable=None)
+    bar = progress(len(encoded), desc or "next token", leave=False)
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
         ids, mask = _left_pad([encoded[i] for i in idx], pad_id, device)

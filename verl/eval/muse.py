@@ -12,12 +12,15 @@ All scores are fractions (MUSE prints x100). The MUSE target model is not needed
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 
 from data.muse import load_muse
 from verl.eval import metrics as M
 from verl.eval.generation import generate, sequence_logprobs
+
+logger = logging.getLogger("verl.eval")
 
 VERBMEM_TOKENS = 128
 KNOWMEM_TOKENS = 32
@@ -85,6 +88,7 @@ def evaluate_muse(model, tokenizer, suites: Sequence[str] = MUSE_SUITES, limit: 
         metrics["VerbMem"], gens["verbmem/forget"] = evaluate_verbmem(
             model, tokenizer, _limit(load_muse("verbmem/forget", data_dir), limit), batch_size, gen_model)
         timing["verbmem"] = round(time.time() - t0, 2)
+        logger.info("muse verbmem: %s in %.1fs", metrics["VerbMem"], timing["verbmem"])
     if "knowmem" in suites:
         t0 = time.time()
         for split, key in (("forget", "KnowMem_forget"), ("retain", "KnowMem_retain")):
@@ -93,6 +97,8 @@ def evaluate_muse(model, tokenizer, suites: Sequence[str] = MUSE_SUITES, limit: 
             metrics[key], gens[f"knowmem/{split}_qa"] = evaluate_knowmem(model, tokenizer, qa, icl, batch_size,
                                                                          gen_model)
         timing["knowmem"] = round(time.time() - t0, 2)
+        logger.info("muse knowmem: forget %s, retain %s in %.1fs", metrics["KnowMem_forget"],
+                    metrics["KnowMem_retain"], timing["knowmem"])
     if "privleak" in suites:
         t0 = time.time()
         res, scores = evaluate_privleak(
@@ -103,4 +109,5 @@ def evaluate_muse(model, tokenizer, suites: Sequence[str] = MUSE_SUITES, limit: 
         gens["privleak"] = [{"query": "", "answer": "", "output": "", "score": s, "split": split}
                             for split in ("forget", "holdout") for s in scores[f"{split}_min40"]]
         timing["privleak"] = round(time.time() - t0, 2)
+        logger.info("muse privleak: %s in %.1fs", res, timing["privleak"])
     return metrics, gens, timing

@@ -19,6 +19,7 @@ n-gram entropy of responses (256 tokens) to the fluency instructions.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import defaultdict
@@ -35,6 +36,7 @@ AFFIRMATIVE_TEMPLATE = "Please briefly answer the following question.\nQuestion:
 ICL_TEMPLATE = "Please briefly answer the following question.\n{}\n"
 ANSWER_SUFFIX = "Answer:"
 PROBE_MAX_NEW_TOKENS = 30
+logger = logging.getLogger("verl.eval")
 
 FORGET_FILES = ("forget_level1", "forget_level2", "forget_level3")
 NEIGHBOR_FILES = ("neighbor_level1", "neighbor_level2")
@@ -366,4 +368,5 @@ def evaluate_utility(
             kw["max_new_tokens"] = long_gen_tokens
         metrics[key], gens[stem] = fn(model, tokenizer, records, batch_size=batch_size, **kw)
         timing[key] = round(time.time() - t0, 2)
+        logger.info("utility %s (%d %s records): %s in %.1fs", key, len(records), stem, metrics[key], timing[key])
     return metrics, gens, timing

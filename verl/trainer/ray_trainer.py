@@ -33,6 +33,7 @@ from verl.trainer.checkpoint import CheckpointManager
 from verl.trainer.config import PPOConfig, redact
 from verl.trainer.dataset import RLDataset, StatefulSampler, file_sha256
 from verl.utils.curves import write_curves
+from verl.utils.progress import progress
 from verl.utils.rouge import rougel_recall
 from verl.utils.runinfo import git_commit
 from verl.utils.timer import timed
@@ -245,12 +246,10 @@ class RayPPOTrainer:
 
     def validate(self, step: int) -> dict[str, float]:
         """Generate on the validation rows (greedy by default); reward and ROUGE-L recall split forget/neighbor."""
-        from tqdm import tqdm
-
         bs = self.config.data.val_batch_size
         all_scores, all_rouge, all_refusal, all_labels, gens = [], [], [], [], []
         chunks = range(0, len(self.val_ds), bs)
-        for start in tqdm(chunks, desc="validation", disable=not self.config.trainer.progress_bar, leave=False):
+        for start in progress(iterable=chunks, desc="validation", disable=not self.config.trainer.progress_bar, leave=False):
             idx = list(range(start, min(start + bs, len(self.val_ds))))
             prompts = self.val_ds.batch(idx, self.tokenizer.pad_token_id)
             padded, n_pad = pad_to_multiple(prompts, self.wg.world_size)
@@ -287,8 +286,6 @@ class RayPPOTrainer:
     # ------------------------------------------------------------------ loop
     def fit(self) -> list[dict[str, float]]:
         """Run until ``trainer.total_steps``; returns the per-step metrics (also logged)."""
-        from tqdm import tqdm
-
         t = self.config.trainer
         history = []
         if t.val_before_train and self.val_ds is not None and self.global_step == 0:
@@ -296,7 +293,7 @@ class RayPPOTrainer:
             with timed("validation", m):
                 m.update(self.validate(0))
             self.tracker.log(m, 0)
-        bar = tqdm(total=t.total_steps, initial=self.global_step, desc="steps", disable=not t.progress_bar)
+        bar = progress(t.total_steps, "steps", initial=self.global_step, disable=not t.progress_bar)
         try:
             while self.global_step < t.total_steps:
                 self.global_step += 1

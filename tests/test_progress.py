@@ -1,0 +1,28 @@
+"""Progress bars report through logging when stderr is not a terminal (nohup, CI, redirected runs)."""
+
+import logging
+
+from verl.utils.progress import progress
+
+
+def test_progress_logs_without_a_terminal(caplog, monkeypatch):
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    with caplog.at_level(logging.INFO, logger="verl.progress"):
+        bar = progress(4, "generate", log_interval=0)
+        for _ in range(4):
+            bar.update(1)
+        bar.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "verl.progress"]
+    assert lines, "no progress was logged"
+    assert all("\r" not in line for line in lines)
+    assert lines[-1].startswith("generate:") and "4/4" in lines[-1]
+
+
+def test_progress_over_an_iterable_and_disabled(caplog, monkeypatch):
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    with caplog.at_level(logging.INFO, logger="verl.progress"):
+        assert list(progress(iterable=range(3), desc="steps", log_interval=0)) == [0, 1, 2]
+        assert list(progress(iterable=range(3), desc="quiet", disable=True)) == [0, 1, 2]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("steps:") and "3/3" in m for m in messages)
+    assert not any(m.startswith("quiet") for m in messages)
