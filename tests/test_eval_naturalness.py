@@ -165,7 +165,8 @@ def test_rescore_result_file_with_proxy(tmp_path, monkeypatch):
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     path = tmp_path / "result.json"
-    gens = {"forget_level1": RECORDS[:2], "neighbor_level1": [{"query": "q", "answer": "a", "output": "o"}]}
+    gens = {"forget_level1": RECORDS[:2], "neighbor_level1": [{"query": "q", "answer": "a", "output": "o"}],
+            "forget_mia": [{"query": "", "answer": "", "output": "", "score": 3.1}]}  # MIA texts are not responses
     path.write_text(json.dumps({"benchmark": "rwku", "metrics": {"forget": {"All": 0.1}}, "generations": gens}))
     main([str(path), "--judge", "proxy", "--write"])
     result = json.loads(path.read_text())

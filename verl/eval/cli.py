@@ -96,16 +96,13 @@ def _run_naturalness(ctx: EvalContext, suite: str) -> None:
 
     if "forget_level1" not in ctx.generations and "forget" not in ctx.metrics:
         _run_probes(ctx, "forget")  # naturalness judges the forget-probe responses
-    records = [r for stem in ("forget_level1", "forget_level2", "forget_level3") for r in ctx.generations.get(stem, [])]
-    cfg = None
-    if hasattr(nat, "NaturalnessConfig"):
-        kw = {"judge": ctx.args.judge}
-        if ctx.args.judge_model:
-            kw["model"] = ctx.args.judge_model
-        if ctx.args.judge_base_url:
-            kw["base_url"] = ctx.args.judge_base_url
-        cfg = nat.NaturalnessConfig(**kw)
-    m, items = nat.evaluate_naturalness(records, cfg)
+    records = [r for stem in nat.FORGET_PROBE_FILES for r in ctx.generations.get(stem, [])]
+    kw = {"judge": ctx.args.judge}
+    if ctx.args.judge_model:
+        kw["model"] = ctx.args.judge_model
+    if ctx.args.judge_base_url:
+        kw["base_url"] = ctx.args.judge_base_url
+    m, items = nat.evaluate_naturalness(records, nat.NaturalnessConfig(**kw))
     ctx.metrics["naturalness"] = m
     ctx.generations["naturalness"] = items
 
