@@ -124,3 +124,22 @@ def test_no_results_is_a_clear_error(tmp_path):
     (tmp_path / "x.json").write_text(json.dumps({"a": 1}))
     with pytest.raises(SystemExit, match="no result JSONs"):
         make_report([tmp_path], tmp_path / "out")
+
+
+def test_results_of_one_row_from_separate_runs_are_merged(tmp_path):
+    root = tmp_path / "runs"
+    _dump(root / "rule_1.json", _rwku("RULE", "1_X", 0.1, 0.1, 0.1, 0.8, 0.8, created="2026-01-01"))
+    utility = _rwku("RULE", "1_X", 0, 0, 0, 0, 0, created="2026-01-02")
+    utility["metrics"] = {"utility": {"Gen": 0.25, "Rea": 0.5, "Tru": 0.2, "Fac": 0.1, "Flu": 4.9}}
+    _dump(root / "rule_1_utility.json", utility)
+    for part, metrics, created in (("verbmem", {"VerbMem": 0.1}, "1"), ("privleak", {"PrivLeak": -0.05}, "2")):
+        _dump(root / f"muse_{part}.json", {"benchmark": "muse", "method": "RULE", "target": "books",
+                                            "created": created, "metrics": {"muse": metrics}})
+    summary = make_report([root], tmp_path / "report")
+    tables = {t["benchmark"]: t for t in summary["tables"]}
+    rule = tables["rwku"]["rows"][0]["values"]
+    assert rule["Forget All"] == pytest.approx(10.0) and rule["Utility Gen"] == pytest.approx(25.0)
+    assert rule["Neighbor All"] == pytest.approx(80.0)
+    muse = tables["muse"]["rows"][0]["values"]
+    assert muse["VerbMem"] == pytest.approx(10.0) and muse["PrivLeak"] == pytest.approx(-5.0)
+    assert summary["duplicates"] == []  # different suites complement each other: nothing was replaced

@@ -117,20 +117,34 @@ def _get(metrics: dict, path: tuple[str, ...]):
     return float(cur)
 
 
-def dedupe(results: list[dict]) -> tuple[list[dict], list[str]]:
-    """One result per (benchmark, protocol, method, target): the latest "created" wins; notes list the dropped."""
-    best: dict[tuple, dict] = {}
-    notes = []
+def combine(results: list[dict]) -> tuple[list[dict], list[str]]:
+    """One result per (benchmark, protocol, method, target). Files of the same key are merged suite by suite (a
+    utility run kept apart from the forget run joins its row); where two give the same suite the newer "created"
+    wins and a note names both files."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in results:
-        key = _key(r) + (str(r.get("target", "?")),)
-        if key in best:
-            old = best[key]
-            keep, drop = (r, old) if str(r.get("created", "")) >= str(old.get("created", "")) else (old, r)
-            notes.append(f"duplicate {key}: kept {keep['_path']}, ignored {drop['_path']}")
-            best[key] = keep
-        else:
-            best[key] = r
-    return list(best.values()), notes
+        groups[_key(r) + (str(r.get("target", "?")),)].append(r)
+    merged, notes = [], []
+    for key, group in groups.items():
+        group.sort(key=lambda r: str(r.get("created", "")))
+        metrics: dict = {}
+        source: dict[str, str] = {}
+        for r in group:
+            for suite, value in r["metrics"].items():
+                # MUSE parts (verbmem, knowmem, privleak) may come from separate runs but share metrics["muse"]
+                parts = value.items() if suite == "muse" and isinstance(value, dict) else [(None, value)]
+                for part, v in parts:
+                    name = suite if part is None else f"{suite}.{part}"
+                    if name in source:
+                        notes.append(f"{key} {name}: {r['_path']} replaces the older {source[name]}")
+                    if part is None:
+                        metrics[suite] = v
+                    else:
+                        metrics.setdefault(suite, {})[part] = v
+                    source[name] = r["_path"]
+        paths = list(dict.fromkeys(source.values()))
+        merged.append({**group[-1], "metrics": metrics, "_path": " + ".join(paths)})
+    return merged, notes
 
 
 def _key(r: dict) -> tuple[str, str, str]:
@@ -332,7 +346,7 @@ def make_report(
     """Write every table, plot and the summary; returns {"report": path, "tables": [...], "markdown": str}."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results, dup_notes = dedupe(find_results(dirs))
+    results, dup_notes = combine(find_results(dirs))
     if not results:
         raise SystemExit(f"no result JSONs (objects with 'benchmark' and 'metrics') found under {list(map(str, dirs))}")
     by_bp: dict[tuple[str, str], list[dict]] = defaultdict(list)
