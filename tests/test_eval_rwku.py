@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from verl.eval import rwku
-from verl.eval.generation import generate, sequence_logprobs, truncate_at_stop
+from verl.eval.generation import generate, next_token_logprobs, sequence_logprobs, truncate_at_stop
 
 SAMPLE_TARGET = "101_Elowen_Marsh"
 
@@ -134,6 +134,17 @@ def test_sequence_logprobs_match_full_forward(tiny):
     (pair,) = sequence_logprobs(model, tok, [("The quick brown", " fox jumps")])
     n_prompt = len(tok("The quick brown")["input_ids"])
     assert torch.allclose(pair, ref[n_prompt - 1 : n_prompt - 1 + len(pair)], atol=1e-4)
+
+
+def test_next_token_logprobs_match_unpadded_forward(tiny):
+    model, tok = tiny
+    prompts = ["Question: which letter? Answer:", "A much longer prompt, so the other one gets left padding. Answer:"]
+    cands = [tok.encode(" " + c, add_special_tokens=False)[-1] for c in "ABCD"]
+    got = next_token_logprobs(model, tok, prompts, cands, batch_size=2)
+    for prompt, row in zip(prompts, got):
+        with torch.no_grad():
+            last = model(torch.tensor([tok(prompt)["input_ids"]])).logits[0, -1].float()
+        assert torch.allclose(torch.tensor(row), torch.log_softmax(last, -1)[cands], atol=1e-4)
 
 
 def test_cli_end_to_end_tiny_model(tiny_model_path, tmp_path):

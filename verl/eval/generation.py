@@ -7,6 +7,7 @@ so chat-templated prompts never get a second BOS and raw MUSE prompts get one on
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -211,12 +212,14 @@ def next_token_logprobs(
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     out: list = [None] * len(encoded)
     cand = torch.tensor(list(candidate_ids))
+    # only the last position's logits: the full [B, L, vocab] tensor of a 5-shot MMLU batch takes gigabytes
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     bar = progress(len(encoded), desc or "next token", leave=False)
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
         ids, mask = _left_pad([encoded[i] for i in idx], pad_id, device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # exact positions despite left padding
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1].float()
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, **last_only).logits[:, -1].float()
         logp = torch.log_softmax(logits, dim=-1)[:, cand.to(logits.device)].cpu()
         for row, i in enumerate(idx):
             out[i] = logp[row].tolist()
