@@ -129,7 +129,7 @@ def test_no_results_is_a_clear_error(tmp_path):
 def test_results_of_one_row_from_separate_runs_are_merged(tmp_path):
     root = tmp_path / "runs"
     _dump(root / "rule_1.json", _rwku("RULE", "1_X", 0.1, 0.1, 0.1, 0.8, 0.8, created="2026-01-01"))
-    utility = _rwku("RULE", "1_X", 0, 0, 0, 0, 0, created="2026-01-02")
+    utility = _rwku("rule", "1_X", 0, 0, 0, 0, 0, created="2026-01-02")  # the same method, typed otherwise
     utility["metrics"] = {"utility": {"Gen": 0.25, "Rea": 0.5, "Tru": 0.2, "Fac": 0.1, "Flu": 4.9}}
     _dump(root / "rule_1_utility.json", utility)
     for part, metrics, created in (("verbmem", {"VerbMem": 0.1}, "1"), ("privleak", {"PrivLeak": -0.05}, "2")):
@@ -137,7 +137,9 @@ def test_results_of_one_row_from_separate_runs_are_merged(tmp_path):
                                             "created": created, "metrics": {"muse": metrics}})
     summary = make_report([root], tmp_path / "report")
     tables = {t["benchmark"]: t for t in summary["tables"]}
-    rule = tables["rwku"]["rows"][0]["values"]
+    (row,) = tables["rwku"]["rows"]
+    rule = row["values"]
+    assert row["method"] == "rule"  # the newest file's spelling
     assert rule["Forget All"] == pytest.approx(10.0) and rule["Utility Gen"] == pytest.approx(25.0)
     assert rule["Neighbor All"] == pytest.approx(80.0)
     muse = tables["muse"]["rows"][0]["values"]

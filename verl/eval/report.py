@@ -147,8 +147,13 @@ def combine(results: list[dict]) -> tuple[list[dict], list[str]]:
     return merged, notes
 
 
+def _method_id(r: dict) -> str:
+    """Method names match regardless of case and spacing ("original" from a folder name, "Original" typed)."""
+    return " ".join(str(r.get("method", "unknown")).split()).casefold()
+
+
 def _key(r: dict) -> tuple[str, str, str]:
-    return (str(r["benchmark"]).lower(), str(r.get("protocol", "paper")), str(r.get("method", "unknown")))
+    return (str(r["benchmark"]).lower(), str(r.get("protocol", "paper")), _method_id(r))
 
 
 def _method_order(methods: list[str]) -> list[str]:
@@ -178,9 +183,11 @@ def build_table(
     (or per method x target with ``by_target``). Values are in table units (x100 where the column says so)."""
     columns = rwku_columns(all_key) if benchmark == "rwku" else MUSE_COLUMNS
     groups: dict[tuple, list[dict]] = defaultdict(list)
+    spelling: dict[str, tuple[str, str]] = {}  # method id -> (created, name) of its newest result
     for r in results:
-        method = str(r.get("method", "unknown"))
+        method = _method_id(r)
         groups[(method, str(r.get("target", "?"))) if by_target else (method,)].append(r)
+        spelling[method] = max(spelling.get(method, ("", "")), (str(r.get("created", "")), str(r.get("method"))))
     rows = []
     order = {m: i for i, m in enumerate(_method_order(sorted({k[0] for k in groups})))}
     for key in sorted(groups, key=lambda k: (order[k[0]], k[1:])):
@@ -198,7 +205,7 @@ def build_table(
             }
         )
         row = {
-            "method": key[0],
+            "method": spelling[key[0]][1],
             "n_targets": len({str(r.get("target")) for r in rs}),
             "values": values,
             "counts": counts,
