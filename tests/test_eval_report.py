@@ -145,3 +145,29 @@ def test_results_of_one_row_from_separate_runs_are_merged(tmp_path):
     muse = tables["muse"]["rows"][0]["values"]
     assert muse["VerbMem"] == pytest.approx(10.0) and muse["PrivLeak"] == pytest.approx(-5.0)
     assert summary["duplicates"] == []  # different suites complement each other: nothing was replaced
+
+
+def test_robustness_table_only_for_runs_that_probed(tmp_path):
+    root = tmp_path / "runs"
+    quant_skipped = {"skipped": True, "reason": "no CUDA GPU"}
+    for target, after, best in (("1_X", 0.3, 0.5), ("2_Y", 0.5, 0.7)):
+        r = _rwku("RULE", target, 0.1, 0.1, 0.1, 0.8, 0.8)
+        r["metrics"]["robustness"] = {
+            "relearn": {"forget": {"All": after, "All_weighted": after}, "delta_All": after - 0.1},
+            "quant": {"8bit": quant_skipped, "4bit": quant_skipped},
+            "logit_lens": {"n": 5, "top_k": 10, "best_layer": 20, "top_k_rate_best": best, "top_k_rate_final": 0.2},
+            "timing": {"relearn": 1.0},
+        }
+        _dump(root / f"rule_{target}.json", r)
+    _dump(root / "ga.json", _rwku("GA", "1_X", 0.2, 0.2, 0.2, 0.5, 0.5))  # no probes: no robustness row
+    summary = make_report([root], tmp_path / "report")
+    (table,) = summary["tables"]
+    assert "rwku_sandbox_robustness.md" in table["files"]
+    (row,) = table["robustness_rows"]
+    v = row["values"]
+    assert row["method"] == "RULE" and row["n_targets"] == 2
+    assert v["Forget All"] == pytest.approx(10.0) and v["Relearn All"] == pytest.approx(40.0)
+    assert v["Quant 8-bit All"] is None  # skipped on both targets
+    assert v["Logit lens best layer"] == pytest.approx(20) and v["Logit lens top-k best"] == pytest.approx(60.0)
+    md = (tmp_path / "report" / "rwku_sandbox_robustness.md").read_text()
+    assert "| RULE | 10.0 | 40.0 | - | - | 20 | 60.0 | 20.0 | 2 |" in md and "GA" not in md

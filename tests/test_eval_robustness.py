@@ -12,6 +12,7 @@ from verl.eval.robustness import (
     logit_lens,
     quant_unavailable_reason,
     relearn,
+    summary,
 )
 from verl.models.embedded import load_model_and_tokenizer
 
@@ -114,3 +115,26 @@ def test_quant_skipped_on_cpu_and_full_robustness(tiny, target_dir):
     assert list(res2) == ["timing", "quant"] and list(res2["quant"]) == ["8bit"]
     muse = evaluate_robustness(model, tok, "books", argparse.Namespace(benchmark="muse", limit=None))
     assert muse["skipped"] and "RWKU" in muse["reason"]
+    with pytest.raises(ValueError, match="relearn, quant, logit_lens"):
+        RobustnessConfig(suites=("relearn", "lens"))
+
+
+def test_cli_runs_the_probes_not_the_evaluator_suites(tiny_model_path, tmp_path):
+    """--suites lists the evaluator's suites; the probes come from --robustness (the CLI once ran none of them)."""
+    from verl.eval.cli import main
+
+    common = ["--model_path", tiny_model_path, "--target", "101_Elowen_Marsh", "--limit", "2", "--batch_size", "2"]
+    out = tmp_path / "res.json"
+    main([*common, "--suites", "forget,robustness", "--output", str(out)])
+    block = json.loads(out.read_text())["metrics"]["robustness"]
+    assert set(block["timing"]) == {"relearn", "quant", "logit_lens"}
+    assert block["relearn"]["forget"]["n"]["FB"] == 2 and "delta_All" in block["relearn"]  # against the forget suite
+    assert block["logit_lens"]["n"] == 2
+    rate = block["logit_lens"]["top10_rate"]
+    assert block["logit_lens"]["top_k_rate_best"] == max(rate) and block["logit_lens"]["top_k_rate_final"] == rate[-1]
+    assert {"relearn_All", "relearn_delta_All", "quant_8bit_All", "logit_lens_best_layer"} <= set(summary(block))
+    out2 = tmp_path / "lens.json"
+    main([*common, "--suites", "robustness", "--robustness", "logit_lens", "--output", str(out2)])
+    assert set(json.loads(out2.read_text())["metrics"]["robustness"]) == {"timing", "logit_lens"}
+    with pytest.raises(SystemExit, match="unknown robustness probe"):
+        main([*common, "--suites", "robustness", "--robustness", "relearn,lens", "--output", str(tmp_path / "x.json")])

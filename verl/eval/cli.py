@@ -5,7 +5,8 @@
 
 Suites (``--suites``, comma separated): RWKU forget, neighbor, mia, utility, naturalness, robustness
 (default forget,neighbor,mia,utility); MUSE verbmem, knowmem, privleak (or "muse" = all three, the default),
-robustness. naturalness / robustness live in their own modules and are imported only when asked for.
+robustness (probes chosen with ``--robustness relearn,quant,logit_lens``, default all). naturalness / robustness
+live in their own modules and are imported only when asked for.
 The JSON (written atomically) holds benchmark, method, target, protocol, model_path, created, git_commit, config,
 metrics, generations and timing (seconds per suite); see verl/eval/RESULTS.md for the layout.
 """
@@ -110,7 +111,8 @@ def _run_naturalness(ctx: EvalContext, suite: str) -> None:
 def _run_robustness(ctx: EvalContext, suite: str) -> None:
     from verl.eval import robustness  # another module's suite, imported only on request
 
-    ctx.metrics["robustness"] = robustness.evaluate_robustness(ctx.model, ctx.tokenizer, ctx.args.target, ctx.args)
+    ctx.metrics["robustness"] = robustness.evaluate_robustness(ctx.model, ctx.tokenizer, ctx.args.target, ctx.args,
+                                                               baseline_forget=ctx.metrics.get("forget"))
 
 
 def _run_muse(ctx: EvalContext, suite: str) -> None:
@@ -197,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", default="auto", help="naturalness judge: auto, openai or proxy")
     p.add_argument("--judge_model", default=None)
     p.add_argument("--judge_base_url", default=None)
+    p.add_argument("--robustness", default=None, help="robustness probes (suite robustness): comma-separated "
+                   "relearn, quant, logit_lens (default all)")
     return p
 
 
@@ -217,6 +221,13 @@ def run(args: argparse.Namespace) -> dict:
     from verl.models.embedded import load_model_and_tokenizer, resolve_model_path
 
     suites = _suites(args)
+    if "robustness" in suites:
+        from verl.eval.robustness import config_from
+
+        try:
+            config_from(args)  # an unknown --robustness probe fails before the model loads
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
     if args.benchmark == "muse":
         args.target = args.target or "books"
     else:
@@ -266,6 +277,10 @@ def run(args: argparse.Namespace) -> dict:
 
 def _brief(metrics: dict, suite: str) -> str:
     m = metrics.get(suite) or metrics.get("muse") or {}
+    if suite == "robustness":
+        from verl.eval.robustness import summary
+
+        m = summary(m)
     return json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()
                        if not isinstance(v, dict) or k in ("FM", "RM")}, default=str)[:400]
 

@@ -5,11 +5,11 @@
 Finds every result JSON under the given folders (recursively; a file counts when it is a JSON object with
 "benchmark" and "metrics", the shared result format of ``python -m verl.eval``), groups results by
 (benchmark, protocol, method), averages each metric over the targets that have it, and writes per
-(benchmark, protocol): ``<bench>_<protocol>.{md,csv,tex}``, ``pareto_<bench>_<protocol>.png``; plus
-``report.md`` (all tables) and ``summary.json`` (means, target counts, frontier and AUC). No experiment list is
-hard-coded: whatever result files exist are reported. Fraction metrics are shown x100; MIA losses and Flu
-(n-gram entropy) as they are; a missing metric is "-". The markdown table goes to stdout; the last line printed
-is the path of ``report.md``.
+(benchmark, protocol): ``<bench>_<protocol>.{md,csv,tex}``, ``pareto_<bench>_<protocol>.png`` and, where results
+carry robustness probes, ``<bench>_<protocol>_robustness.{md,csv,tex}``; plus ``report.md`` (all tables) and
+``summary.json`` (means, target counts, frontier and AUC). No experiment list is hard-coded: whatever result files
+exist are reported. Fraction metrics are shown x100; MIA losses and Flu (n-gram entropy) as they are; a missing
+metric is "-". The markdown table goes to stdout; the last line printed is the path of ``report.md``.
 """
 
 from __future__ import annotations
@@ -62,6 +62,26 @@ def rwku_columns(all_key: str = "All") -> list[Column]:
         Column("Utility", "Fac", ("utility", "Fac")),
         Column("Utility", "Flu", ("utility", "Flu"), 1.0, 2),
     ]
+
+
+def robustness_columns(all_key: str = "All") -> list[Column]:
+    """Forget All before and after the attacks of ``verl.eval.robustness``, and the logit lens headline."""
+    return [
+        Column("Forget", "All", ("forget", all_key)),
+        Column("Relearn", "All", ("robustness", "relearn", "forget", all_key)),
+        Column("Quant", "8-bit All", ("robustness", "quant", "8bit", "forget", all_key)),
+        Column("Quant", "4-bit All", ("robustness", "quant", "4bit", "forget", all_key)),
+        Column("Logit lens", "best layer", ("robustness", "logit_lens", "best_layer"), 1.0, 0),
+        Column("Logit lens", "top-k best", ("robustness", "logit_lens", "top_k_rate_best")),
+        Column("Logit lens", "top-k last", ("robustness", "logit_lens", "top_k_rate_final")),
+    ]
+
+
+ROBUSTNESS_NOTE = (
+    "Forget All x100 before and after a relearning attack (a few fine-tuning steps on the forget passages) and in "
+    "8/4-bit (bitsandbytes on a GPU; '-' = not run): higher after = knowledge came back. Logit lens: % of forget FB "
+    "probes whose gold first token ranks in the top k at the best decoder layer / the last one"
+)
 
 
 MUSE_COLUMNS = [
@@ -170,18 +190,33 @@ class Table:
     rows: list[dict]  # {"method", "target" (by-target tables), "n_targets", "values": {label: float|None}, ...}
     notes: list[str]
     all_key: str = "All"
+    kind: str = "main"  # "main" (the paper's layout) or "robustness"
 
     @property
     def title(self) -> str:
-        return f"{self.benchmark.upper()} ({self.protocol} protocol)"
+        return f"{self.benchmark.upper()} ({self.protocol} protocol)" + (" - robustness" if self.kind != "main" else "")
+
+
+def has_robustness(r: dict) -> bool:
+    block = r["metrics"].get("robustness")
+    return isinstance(block, dict) and not block.get("skipped") and any(k != "timing" for k in block)
 
 
 def build_table(
-    results: list[dict], benchmark: str, protocol: str, all_key: str = "All", by_target: bool = False
+    results: list[dict],
+    benchmark: str,
+    protocol: str,
+    all_key: str = "All",
+    by_target: bool = False,
+    kind: str = "main",
 ) -> Table:
     """Average the given results (all of one benchmark/protocol) over targets, one row per method
-    (or per method x target with ``by_target``). Values are in table units (x100 where the column says so)."""
-    columns = rwku_columns(all_key) if benchmark == "rwku" else MUSE_COLUMNS
+    (or per method x target with ``by_target``). Values are in table units (x100 where the column says so).
+    ``kind="robustness"`` tabulates the robustness probes of the results that ran them."""
+    if kind == "robustness":
+        columns, results = robustness_columns(all_key), [r for r in results if has_robustness(r)]
+    else:
+        columns = rwku_columns(all_key) if benchmark == "rwku" else MUSE_COLUMNS
     groups: dict[tuple, list[dict]] = defaultdict(list)
     spelling: dict[str, tuple[str, str]] = {}  # method id -> (created, name) of its newest result
     for r in results:
@@ -216,7 +251,9 @@ def build_table(
             row["target"] = key[1]
         rows.append(row)
     notes = [PROTOCOL_NOTE.get(protocol, f"protocol: {protocol}")]
-    if benchmark == "rwku":
+    if kind == "robustness":
+        notes.append(ROBUSTNESS_NOTE)
+    elif benchmark == "rwku":
         notes.append(ALL_NOTE.get(all_key, all_key))
         notes.append(
             "Forget/Neighbor/Naturalness/Utility Gen-Fac x100 (lower forget = more forgotten); "
@@ -240,7 +277,7 @@ def build_table(
     ]
     if partial:
         notes.append("averaged over fewer targets: " + "; ".join(partial[:12]) + (" ..." if len(partial) > 12 else ""))
-    return Table(benchmark, protocol, columns, rows, notes, all_key)
+    return Table(benchmark, protocol, columns, rows, notes, all_key, kind)
 
 
 def _fmt(v: float | None, digits: int) -> str:
@@ -408,6 +445,14 @@ def make_report(
             _write(out / f"{stem}_by_target.tex", to_latex(tt, True))
             md_parts.append(to_markdown(tt, True))
             entry["files"] += [f"{stem}_by_target.md", f"{stem}_by_target.csv", f"{stem}_by_target.tex"]
+        if bench == "rwku" and any(has_robustness(r) for r in rs):
+            rt = build_table(rs, bench, proto, all_key, by_target=by_target, kind="robustness")
+            _write(out / f"{stem}_robustness.md", to_markdown(rt, by_target))
+            _write(out / f"{stem}_robustness.csv", to_csv(rt, by_target))
+            _write(out / f"{stem}_robustness.tex", to_latex(rt, by_target))
+            md_parts.append(to_markdown(rt, by_target))
+            entry["files"] += [f"{stem}_robustness.md", f"{stem}_robustness.csv", f"{stem}_robustness.tex"]
+            entry["robustness_rows"] = [{k: row[k] for k in ("method", "n_targets", "values")} for row in rt.rows]
         summary["tables"].append(entry)
     markdown = "\n".join(md_parts)
     report = out / "report.md"

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import time
@@ -23,11 +22,12 @@ import torch
 
 logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
+PROBES = ("relearn", "quant", "logit_lens")
 
 
 @dataclass
 class RobustnessConfig:
-    suites: tuple[str, ...] = ("relearn", "quant", "logit_lens")  # which probes to run
+    suites: tuple[str, ...] = PROBES  # which probes to run
     relearn_steps: int = 10  # optimizer steps of the relearning attack
     relearn_lr: float = 1e-5  # AdamW learning rate of the attack
     relearn_batch_size: int = 4  # passages per step
@@ -36,20 +36,34 @@ class RobustnessConfig:
     quant_bits: tuple[int, ...] = (8, 4)  # bitsandbytes precisions to evaluate
     logit_lens_limit: int | None = 50  # forget FB probes used by the logit lens (None = all)
     logit_lens_top_k: int = 10  # "hit" = gold first token ranked within the top k
-    limit: int | None = None  # probes per forget file for the re-evaluations (None = all)
+    limit: int | None = None  # probes per forget file for the re-evaluations and at most the logit lens (None = all)
     batch_size: int = 16  # generation batch size of the re-evaluations
     model_path: str | None = None  # folder to reload quantised from (quant suite)
     data_dir: str | None = None  # data root (None = RULE_DATA_DIR / ./data)
     seed: int = 0  # passage order of the attack
+    benchmark: str = "rwku"  # benchmark of the run (the probes exist for RWKU targets only)
+
+    def __post_init__(self):
+        unknown = [s for s in self.suites if s not in PROBES]
+        if unknown:
+            raise ValueError(f"unknown robustness probe(s) {unknown}; choose from {', '.join(PROBES)}")
 
 
-def _config(args) -> RobustnessConfig:
-    """A RobustnessConfig from a RobustnessConfig, a dict or an argparse-like object (unknown fields ignored)."""
+def config_from(args) -> RobustnessConfig:
+    """A RobustnessConfig from a RobustnessConfig, a dict or an argparse-like object (unknown fields ignored).
+
+    On the evaluator's command line (an argparse namespace) ``--suites`` names the evaluator's suites, so the
+    probes come from ``--robustness`` instead.
+    """
     if isinstance(args, RobustnessConfig):
         return args
     if args is None:
         return RobustnessConfig()
-    src = args if isinstance(args, dict) else vars(args) if isinstance(args, argparse.Namespace) else args.__dict__
+    if isinstance(args, dict):
+        src = args
+    else:
+        src = dict(vars(args))
+        src["suites"] = src.get("robustness")
     names = {f.name for f in fields(RobustnessConfig)}
     kw = {k: v for k, v in src.items() if k in names and v is not None}
     if "model_path" not in kw and isinstance(src.get("model"), str):
@@ -252,6 +266,10 @@ def forget_fb_logit_lens(
     prompts = [rwku.build_prompt(p, "FB", tokenizer) for p in probes]
     out = logit_lens(model, tokenizer, prompts, [p["answer"] for p in probes], top_k=top_k, batch_size=batch_size)
     out.pop("ranks")  # per-probe ranks are bulky; the per-layer summaries go into the result file
+    rate = out[f"top{top_k}_rate"]
+    if out["n"]:  # headline numbers for tables: the layer where the answer is most often in the top k, and the last
+        out["best_layer"] = max(range(len(rate)), key=rate.__getitem__)
+        out["top_k_rate_best"], out["top_k_rate_final"] = rate[out["best_layer"]], rate[-1]
     return out
 
 
@@ -265,10 +283,9 @@ def evaluate_robustness(model, tokenizer, target, args=None, baseline_forget: di
     """
     from verl.eval import rwku
 
-    cfg = _config(args)
-    benchmark = args.get("benchmark") if isinstance(args, dict) else getattr(args, "benchmark", "rwku")
-    if benchmark not in (None, "rwku"):
-        return {"skipped": True, "reason": f"robustness probes are implemented for RWKU targets only, not {benchmark}"}
+    cfg = config_from(args)
+    if cfg.benchmark != "rwku":
+        return {"skipped": True, "reason": f"robustness probes are implemented for RWKU targets only, not {cfg.benchmark}"}
     tgt = rwku._target(target, cfg.data_dir)
     out: dict = {"timing": {}}
     base_all = (baseline_forget or {}).get("All")
@@ -317,8 +334,26 @@ def evaluate_robustness(model, tokenizer, target, args=None, baseline_forget: di
 
     if "logit_lens" in cfg.suites:
         t0 = time.time()
+        lens_limit = min((x for x in (cfg.logit_lens_limit, cfg.limit) if x), default=None)
         out["logit_lens"] = forget_fb_logit_lens(
-            model, tokenizer, tgt, cfg.logit_lens_limit, cfg.logit_lens_top_k, batch_size=min(cfg.batch_size, 8)
+            model, tokenizer, tgt, lens_limit, cfg.logit_lens_top_k, batch_size=min(cfg.batch_size, 8)
         )
         out["timing"]["logit_lens"] = time.time() - t0
+    return out
+
+
+def summary(block: dict) -> dict:
+    """The headline numbers of a robustness block (the evaluator's log line)."""
+    if block.get("skipped"):
+        return {"skipped": block.get("reason")}
+    out: dict = {}
+    if "relearn" in block:
+        out["relearn_All"] = block["relearn"]["forget"]["All"]
+        if "delta_All" in block["relearn"]:
+            out["relearn_delta_All"] = block["relearn"]["delta_All"]
+    for name, res in block.get("quant", {}).items():
+        out[f"quant_{name}_All"] = "skipped" if res.get("skipped") else res["forget"]["All"]
+    lens = block.get("logit_lens") or {}
+    if "best_layer" in lens:
+        out |= {f"logit_lens_{k}": lens[k] for k in ("best_layer", "top_k_rate_best", "top_k_rate_final")}
     return out
