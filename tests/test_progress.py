@@ -26,3 +26,17 @@ def test_progress_over_an_iterable_and_disabled(caplog, monkeypatch):
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("steps:") and "3/3" in m for m in messages)
     assert not any(m.startswith("quiet") for m in messages)
+
+
+def test_postfix_does_not_add_log_lines(caplog, monkeypatch):
+    """One training step = update + set_postfix; without a terminal that must not log a line per step."""
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    with caplog.at_level(logging.INFO, logger="verl.progress"):
+        bar = progress(5, "steps", log_interval=3600)
+        for step in range(5):
+            bar.update(1)
+            bar.set_postfix(reward=f"{step / 10:.3f}")
+        bar.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "verl.progress"]
+    assert len(lines) == 2  # the opening line and the closing one
+    assert "5/5" in lines[-1] and "reward=0.400" in lines[-1]

@@ -27,11 +27,19 @@ class _LogLines:
         pass
 
 
+class _LoggedBar(tqdm):
+    """A bar whose postfix waits for the next timed line: tqdm redraws on every ``set_postfix``, which without a
+    terminal would log a second line per training step."""
+
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+
 def progress(total: int | None = None, desc: str = "", *, disable: bool = False, log_interval: float = 60.0,
              iterable=None, **kwargs) -> tqdm:
     """A tqdm bar over ``total`` items (or ``iterable``); logged every ``log_interval`` s when stderr is no TTY."""
     if disable or sys.stderr.isatty():
         return tqdm(iterable, total=total, desc=desc, disable=disable, **kwargs)
     kwargs.pop("leave", None)  # the logged lines stay anyway; a closing line marks the end
-    return tqdm(iterable, total=total, desc=desc, file=_LogLines(), mininterval=log_interval, maxinterval=log_interval,
+    return _LoggedBar(iterable, total=total, desc=desc, file=_LogLines(), mininterval=log_interval, maxinterval=log_interval,
                 ascii=True, leave=True, **kwargs)
