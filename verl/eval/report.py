@@ -368,6 +368,14 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _write_table(out: Path, stem: str, table: Table, by_target: bool = False) -> list[str]:
+    """``stem.md``, ``stem.csv`` and ``stem.tex`` of one table; returns their names."""
+    names = [f"{stem}.md", f"{stem}.csv", f"{stem}.tex"]
+    for name, render in zip(names, (to_markdown, to_csv, to_latex)):
+        _write(out / name, render(table, by_target))
+    return names
+
+
 def pareto_points(table: Table) -> dict[str, tuple[float, float]]:
     """{method: (100 - forget, retain)} in table units, for methods with both numbers."""
     fl, rl, _, _ = PARETO_AXES[table.benchmark]
@@ -415,13 +423,10 @@ def make_report(
         table = build_table(rs, bench, proto, all_key)
         stem = f"{bench}_{proto}"
         md = to_markdown(table)
-        _write(out / f"{stem}.md", md)
-        _write(out / f"{stem}.csv", to_csv(table))
-        _write(out / f"{stem}.tex", to_latex(table))
         entry = {
             "benchmark": bench,
             "protocol": proto,
-            "files": [f"{stem}.md", f"{stem}.csv", f"{stem}.tex"],
+            "files": _write_table(out, stem, table),
             "rows": [
                 {k: row[k] for k in ("method", "n_targets", "targets", "values", "nat_sources")} for row in table.rows
             ],
@@ -440,18 +445,12 @@ def make_report(
         md_parts.append(md)
         if by_target:
             tt = build_table(rs, bench, proto, all_key, by_target=True)
-            _write(out / f"{stem}_by_target.md", to_markdown(tt, True))
-            _write(out / f"{stem}_by_target.csv", to_csv(tt, True))
-            _write(out / f"{stem}_by_target.tex", to_latex(tt, True))
+            entry["files"] += _write_table(out, f"{stem}_by_target", tt, True)
             md_parts.append(to_markdown(tt, True))
-            entry["files"] += [f"{stem}_by_target.md", f"{stem}_by_target.csv", f"{stem}_by_target.tex"]
         if bench == "rwku" and any(has_robustness(r) for r in rs):
             rt = build_table(rs, bench, proto, all_key, by_target=by_target, kind="robustness")
-            _write(out / f"{stem}_robustness.md", to_markdown(rt, by_target))
-            _write(out / f"{stem}_robustness.csv", to_csv(rt, by_target))
-            _write(out / f"{stem}_robustness.tex", to_latex(rt, by_target))
+            entry["files"] += _write_table(out, f"{stem}_robustness", rt, by_target)
             md_parts.append(to_markdown(rt, by_target))
-            entry["files"] += [f"{stem}_robustness.md", f"{stem}_robustness.csv", f"{stem}_robustness.tex"]
             entry["robustness_rows"] = [{k: row[k] for k in ("method", "n_targets", "values")} for row in rt.rows]
         summary["tables"].append(entry)
     markdown = "\n".join(md_parts)
