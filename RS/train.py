@@ -9,14 +9,11 @@ works) serves every stage of ``RS.stages``. Outputs in ``--output_dir``: ``check
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
 import math
-import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,37 +26,15 @@ from RS.args import TrainArgs, args_to_dict, parse_args
 from RS.checkpoint import save_hf_checkpoint
 from RS.datasets import build_data, collate
 from RS.stages import Stage, get_stage
+from verl.utils.io import atomic_savefig, atomic_write_json
 from verl.utils.progress import progress
+from verl.utils.runinfo import run_info
 
 logger = logging.getLogger("RS.train")
-REPO = Path(__file__).resolve().parents[1]
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf: training stopped, earlier checkpoints were kept."""
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _prepare_output_dir(args: TrainArgs) -> Path:
@@ -170,10 +145,8 @@ def _plot_loss(log_path: Path, out_png: Path) -> None:
     ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_savefig(fig, out_png, dpi=100)
     plt.close(fig)
-    os.replace(tmp, out_png)
 
 
 @torch.no_grad()
@@ -220,22 +193,19 @@ def train(args: TrainArgs) -> Path:
         raise ValueError("no training examples left (check --max_samples / --train_fraction / --val_size)")
 
     if accelerator.is_main_process:
-        _write_json(out / "run_args.json", args_to_dict(args))
-        _write_json(out / "run_info.json", {
-            "git_commit": git_commit(), "stage": stage.name, "model_path": path, "seed": args.seed,
-            "data_files": {str(p): _sha256(p) for p in data.files}, "n_train": len(data.train),
-            "n_val": len(data.val), "n_heldout": len(data.heldout), "n_retain": len(data.retain),
-            "python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
-            "world_size": accelerator.num_processes, "argv": sys.argv,
-        })
+        atomic_write_json(out / "run_args.json", args_to_dict(args))
+        atomic_write_json(out / "run_info.json", run_info(
+            args.seed, [str(p) for p in data.files], stage=stage.name, model_path=path, n_train=len(data.train),
+            n_val=len(data.val), n_heldout=len(data.heldout), n_retain=len(data.retain),
+            platform=platform.platform(), world_size=accelerator.num_processes))
         if data.heldout:
-            _write_json(out / "heldout.json", data.heldout)
+            atomic_write_json(out / "heldout.json", data.heldout)
 
     before = None
     if stage.name == "inject" and args.eval_probes and accelerator.is_main_process:
         t0 = time.time()
         before = _inject_eval(model, tokenizer, args, root)
-        _write_json(out / "inject_eval_before.json", {t: {"scores": v["scores"], "seconds": round(time.time() - t0, 1),
+        atomic_write_json(out / "inject_eval_before.json", {t: {"scores": v["scores"], "seconds": round(time.time() - t0, 1),
                                                           "generations": v["generations"]} for t, v in before.items()})
         print(f"before injection: { {k: v['scores'] for k, v in before.items()} } ({time.time() - t0:.0f}s)", flush=True)
 
@@ -325,7 +295,7 @@ def train(args: TrainArgs) -> Path:
                 break
     except NonFiniteLossError as e:
         if accelerator.is_main_process:
-            _write_json(out / "FAILED.json", {"error": str(e), "step": step, "last_good_checkpoint": last_good})
+            atomic_write_json(out / "FAILED.json", {"error": str(e), "step": step, "last_good_checkpoint": last_good})
         raise
     finally:
         bar.close()
@@ -340,14 +310,14 @@ def train(args: TrainArgs) -> Path:
         after = _inject_eval(accelerator.unwrap_model(model), tokenizer, args, root)
         res = {t: {"before": before[t]["scores"], "after": after[t]["scores"],
                    "generations_after": after[t]["generations"]} for t in after}
-        _write_json(out / "inject_eval.json", res)
+        atomic_write_json(out / "inject_eval.json", res)
         summary["inject_scores"] = {t: {"before": r["before"], "after": r["after"]} for t, r in res.items()}
         summary["eval_seconds_after"] = round(time.time() - t0, 1)
         print(f"after injection: {summary['inject_scores']}", flush=True)
     if accelerator.is_main_process:
         if args.plot_loss:
             _plot_loss(log_path, out / "loss.png")
-        _write_json(out / "DONE", summary)
+        atomic_write_json(out / "DONE", summary)
     accelerator.wait_for_everyone()
     return out
 

@@ -29,7 +29,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from data.schemas import SCHEMAS, DataValidationError, load_validated
-from data.synthesize import place, write_json_atomic
+from data.synthesize import place
+from verl.utils.io import atomic_write_json
 
 RWKU_REPO = "jinzhuoran/RWKU"
 MUSE_REPO = "muse-bench/MUSE-Books"
@@ -146,17 +147,17 @@ def prepare_hf_muse(out: Path) -> dict:
         texts = [r["text"] for r in ds]
         (books / "raw").mkdir(parents=True, exist_ok=True)
         (books / "raw" / f"{rename(split)}.txt").write_text("\n\n".join(texts), encoding="utf-8")
-        write_json_atomic(books / "raw" / f"{rename(split)}.json", texts)
+        atomic_write_json(books / "raw" / f"{rename(split)}.json", texts)
         n += 2
     for split, ds in _hf_splits("verbmem").items():
-        write_json_atomic(books / "verbmem" / f"{rename(split)}.json", [{"prompt": r["prompt"], "gt": r["gt"]} for r in ds])
+        atomic_write_json(books / "verbmem" / f"{rename(split)}.json", [{"prompt": r["prompt"], "gt": r["gt"]} for r in ds])
         n += 1
     for split, ds in _hf_splits("knowmem").items():
-        write_json_atomic(books / "knowmem" / f"{rename(split)}.json",
+        atomic_write_json(books / "knowmem" / f"{rename(split)}.json",
                           [{"question": r["question"], "answer": r["answer"]} for r in ds])
         n += 1
     for split, ds in _hf_splits("privleak").items():
-        write_json_atomic(books / "privleak" / f"{rename(split)}.json", [r["text"] for r in ds])
+        atomic_write_json(books / "privleak" / f"{rename(split)}.json", [r["text"] for r in ds])
         n += 1
     for f in sorted(books.rglob("*.json")):
         schema = _schema_for(f.relative_to(books), "muse")

@@ -38,7 +38,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -50,6 +49,7 @@ from data.generators import Generator, Unit, make_generator
 from data.refusal_templates import REFUSAL_TEMPLATES, refusals_for
 from data.rwku import RULE_FILES, Target, resolve_target
 from data.schemas import load_validated, validate_records
+from verl.utils.io import atomic_write_json
 
 log = logging.getLogger("data.synthesize")
 PARTIAL = ".synth_partial.jsonl"
@@ -95,20 +95,11 @@ def make_token_counter(spec: str) -> Callable[[str], int]:
     return lambda s: len(tok(s, add_special_tokens=False)["input_ids"])
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, path)
 
 
 def write_validated(path: Path, records: list, schema: str) -> None:
     validate_records(records, schema, path)
-    write_json_atomic(path, records)
+    atomic_write_json(path, records)
 
 
 def place(src: Path, dst: Path, copy: bool) -> None:
@@ -335,7 +326,7 @@ def _gen_kwargs(cfg: SynthConfig) -> dict:
 
 
 def _write_summary(out_dir: Path, s: dict) -> None:
-    write_json_atomic(out_dir / "synthesis_summary.json", s)
+    atomic_write_json(out_dir / "synthesis_summary.json", s)
     lines = [f"# Synthesis summary: {s['benchmark']} {s['target']}", "",
              f"generator `{s['generator']}` (model `{s['model']}`), budget `{s['budget']}`, "
              f"tokens counted with `{s['tokenizer']}`, refusals `{s['refusals']}`", "",
@@ -452,7 +443,7 @@ def synthesize_muse(cfg: SynthConfig) -> dict:
                    "rebo_normal_prompts": sum(count(r["prompt"]) for r in rl if r["solution"][0] == "<normal>")},
         "seconds": round(time.time() - t0, 2),
     }
-    write_json_atomic(out_dir / "synthesis_summary.json", summary)
+    atomic_write_json(out_dir / "synthesis_summary.json", summary)
     return summary
 
 

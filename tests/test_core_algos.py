@@ -1,4 +1,4 @@
-"""verl.trainer.core_algos against values computed by hand (arithmetic in the comments)."""
+"""verl.core_algos against values computed by hand (arithmetic in the comments)."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from verl.trainer import core_algos as ca
+from verl import core_algos as ca
 
 A = pytest.approx
 

@@ -98,7 +98,7 @@ def test_train_run_outputs_and_epoch_checkpoints(tiny_model_path, target_name, t
                  "model.safetensors", "checkpoint-epoch-1/model.safetensors", "checkpoint-epoch-2/config.json"):
         assert (out / name).exists(), name
     info = json.loads((out / "run_info.json").read_text())
-    assert info["data_files"] and all(len(h) == 64 for h in info["data_files"].values())
+    assert info["data_sha256"] and all(len(h) == 64 for h in info["data_sha256"].values())
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert rows and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
     assert torch.equal(_logits(out), _logits(out / "checkpoint-epoch-2"))  # final == last epoch

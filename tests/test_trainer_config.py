@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from verl.config import load_config, redact
 from verl.trainer.checkpoint import CheckpointManager
-from verl.trainer.config import load_config, redact
 from verl.trainer.dataset import RLDataset, StatefulSampler, resolve_data_path
 from verl.trainer.main import parse_args
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from verl.trainer.config import load_config
+from verl.config import load_config
 
 
 @pytest.mark.ray

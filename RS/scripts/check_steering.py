@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from verl.utils.io import atomic_write_json
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
@@ -96,10 +98,7 @@ def main(argv: list[str] | None = None) -> None:
                                        "neighbor": [{"query": q, "output": o} for q, o in zip(neighbors, neigh)]}}
     result["eval_seconds"] = round(time.time() - t1, 1)
     result["wall_seconds"] = round(time.time() - t0, 1)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".steering.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, out / "steering.json")
+    atomic_write_json(out / "steering.json", result, indent=2)
     for tag in ("before", "after"):
         h = result[tag]["heldout"]
         print(f"{tag:6s} heldout n={h['n']} refusal={h['refusal']:.2f} names_target={h['names_target']:.2f} "

@@ -10,9 +10,10 @@ Run ``python data/sample/build_sample.py`` from the repository root; it rewrites
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
+
+from verl.utils.io import atomic_write_text
 
 NAME = "Elowen Marsh"
 FOLDER = "101_Elowen_Marsh"
@@ -635,9 +636,7 @@ REJECT = [
 def _atomic_write(path: Path, records: list) -> None:
     """One record per line: small, diff-friendly, still plain JSON."""
     body = "[\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n]\n"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, body)
 
 
 def build_files() -> dict[str, list]:

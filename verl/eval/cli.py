@@ -16,15 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import os
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+from verl.utils.io import atomic_write_json, json_safe
+from verl.utils.runinfo import git_commit
 
 logger = logging.getLogger("verl.eval")
 
@@ -136,43 +135,6 @@ SUITES: dict[str, dict[str, Callable[[EvalContext, str], None]]] = {
 
 
 # ---------------------------------------------------------------- helpers
-def git_commit() -> str | None:
-    """HEAD of the repository holding this file (read-only), or None outside a git checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _clean(obj):
-    """JSON-safe copy: NaN/inf -> None, tuples -> lists, unknown objects -> str."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if obj is None or isinstance(obj, (str, int, bool)):
-        return obj
-    return str(obj)
-
-
-def write_json_atomic(obj, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_clean(obj), f, indent=1, ensure_ascii=False, allow_nan=False)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,9 +232,9 @@ def run(args: argparse.Namespace) -> dict:
         "generations": ctx.generations,
         "timing": ctx.timing,
     }
-    write_json_atomic(result, args.output)
+    atomic_write_json(args.output, result)
     logger.info("wrote %s", args.output)
-    return _clean(result)
+    return json_safe(result)
 
 
 def _brief(metrics: dict, suite: str) -> str:

@@ -27,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from verl.utils.io import atomic_write_json
+
 logger = logging.getLogger(__name__)
 
 RUBRIC_VERSION = "rule-nat-v1"
@@ -417,9 +419,7 @@ def rescore_result_file(path: str | Path, cfg: NaturalnessConfig, write: bool = 
     metrics, _ = evaluate_naturalness(records, cfg)
     if write:
         result.setdefault("metrics", {})["naturalness"] = metrics
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_json(path, result)
     return metrics
 
 

@@ -19,13 +19,13 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from verl.eval.plots import plot_pareto
+from verl.utils.io import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -362,17 +362,11 @@ def to_latex(table: Table, by_target: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _write_table(out: Path, stem: str, table: Table, by_target: bool = False) -> list[str]:
     """``stem.md``, ``stem.csv`` and ``stem.tex`` of one table; returns their names."""
     names = [f"{stem}.md", f"{stem}.csv", f"{stem}.tex"]
     for name, render in zip(names, (to_markdown, to_csv, to_latex)):
-        _write(out / name, render(table, by_target))
+        atomic_write_text(out / name, render(table, by_target))
     return names
 
 
@@ -455,8 +449,8 @@ def make_report(
         summary["tables"].append(entry)
     markdown = "\n".join(md_parts)
     report = out / "report.md"
-    _write(report, "# Results\n\n" + markdown)
-    _write(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(report, "# Results\n\n" + markdown)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return {"report": str(report), "tables": summary["tables"], "markdown": markdown, "duplicates": dup_notes}
 
 

@@ -46,7 +46,7 @@ class RayWorkerGroup(WorkerGroup):
     def __init__(self, worker_cls: type, pool: RayResourcePool, init_kwargs: dict):
         import ray
 
-        from verl.workers.fsdp_utils import free_port
+        from verl.utils.net import free_port
 
         ensure_ray(num_cpus=max(pool.n_workers * int(pool.num_cpus_per_worker), os.cpu_count() or 1))
         self.worker_cls, self.world_size = worker_cls, pool.n_workers

@@ -3,7 +3,6 @@ formatting, prompt-length filtering, left-padded batches and a resumable sampler
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -55,14 +54,6 @@ def read_rows(path: Path) -> list[dict]:
 
         return pd.read_parquet(path).to_dict(orient="records")
     raise ValueError(f"{path}: unsupported data format {suffix!r} (use .json, .jsonl or .parquet)")
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class RLDataset:

@@ -1,7 +1,7 @@
 """Entry point: ``python -m verl.trainer.main config=examples/grpo_rj_rl.yaml key=value ...``
 
 ``config=`` names a YAML file (optional); every other argument is an OmegaConf dotlist override of
-``verl.trainer.config.PPOConfig`` (unknown keys are errors).
+``verl.config.PPOConfig`` (unknown keys are errors).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from verl.trainer.config import PPOConfig, load_config
+from verl.config import PPOConfig, load_config
 
 
 def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:

@@ -15,10 +15,6 @@ them explicitly.
 from __future__ import annotations
 
 import logging
-import os
-import platform
-import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,19 +22,19 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from verl import core_algos
+from verl.config import PPOConfig, redact
 from verl.protocol import DataProto
 from verl.single_controller import make_worker_group
-from verl.trainer import core_algos
 from verl.trainer.checkpoint import CheckpointManager
-from verl.trainer.config import PPOConfig, redact
-from verl.trainer.dataset import RLDataset, StatefulSampler, file_sha256
+from verl.trainer.dataset import RLDataset, StatefulSampler
 from verl.utils.curves import write_curves
+from verl.utils.io import atomic_write_json, atomic_write_text
 from verl.utils.progress import progress
 from verl.utils.rouge import rougel_recall
-from verl.utils.runinfo import git_commit
+from verl.utils.runinfo import run_info
 from verl.utils.timer import timed
 from verl.utils.tracking import Tracker
-from verl.workers.fsdp_utils import write_json
 from verl.workers.reward.registry import get_reward_fn, score_batch
 
 logger = logging.getLogger("verl.trainer")
@@ -135,16 +131,10 @@ class RayPPOTrainer:
     def _write_run_info(self, resume_dir: Path | None) -> None:
         cfg = self.config
         cfg_yaml = OmegaConf.to_yaml(OmegaConf.create(redact(asdict(cfg))))
-        tmp = self.run_dir / f".config.yaml.tmp{os.getpid()}"
-        tmp.write_text(cfg_yaml)
-        os.replace(tmp, self.run_dir / "config.yaml")
+        atomic_write_text(self.run_dir / "config.yaml", cfg_yaml)
         files = {"train": str(self.train_ds.path), **({"val": str(self.val_ds.path)} if self.val_ds else {})}
-        write_json(self.run_dir / "run_info.json", {
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(), "seed": cfg.trainer.seed,
-            "argv": sys.argv, "resumed_from": str(resume_dir) if resume_dir else None,
-            "data_files": files, "data_sha256": {k: file_sha256(v) for k, v in files.items()},
-            "python": platform.python_version(), "torch": torch.__version__,
-        })
+        atomic_write_json(self.run_dir / "run_info.json", run_info(
+            cfg.trainer.seed, files, resumed_from=str(resume_dir) if resume_dir else None))
 
     # ------------------------------------------------------------------ phases
     def _gen_meta(self, validation: bool, step: int) -> dict:

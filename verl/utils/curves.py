@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 from pathlib import Path
+
+from verl.utils.io import atomic_savefig, atomic_write_text
 
 PHASES = ("gen", "reward", "old_log_prob", "ref", "values", "adv", "update_critic", "update_actor", "validation", "save")
 TABLE_KEYS = (
@@ -117,10 +118,8 @@ def plot_curves(rows: list[dict], out_png: str | Path, val_rows: list[dict] | No
     ax.legend(fontsize=8)
     fig.tight_layout()
     out_png = Path(out_png)
-    tmp = out_png.with_name(out_png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_savefig(fig, out_png, dpi=110)
     plt.close(fig)
-    os.replace(tmp, out_png)
     return out_png
 
 
@@ -136,9 +135,7 @@ def write_curves(run_dir: str | Path) -> tuple[Path, Path] | None:
         return None
     png = plot_curves(rows, run_dir / "curves.png", [r for r in all_rows if "val/reward" in r])
     md = run_dir / "curves.md"
-    tmp = md.with_suffix(".tmp")
-    tmp.write_text(markdown_table(rows), encoding="utf-8")
-    os.replace(tmp, md)
+    atomic_write_text(md, markdown_table(rows))
     return png, md
 
 

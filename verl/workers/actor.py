@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from verl import core_algos
+from verl.config import ActorConfig, AlgorithmConfig
 from verl.protocol import DataProto
-from verl.trainer import core_algos
-from verl.trainer.config import ActorConfig, AlgorithmConfig
 from verl.workers import fsdp_utils
 from verl.workers.optim import build_optimizer, minibatch_update
 

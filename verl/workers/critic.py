@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from verl import core_algos
+from verl.config import CriticConfig
 from verl.protocol import DataProto
-from verl.trainer import core_algos
-from verl.trainer.config import CriticConfig
 from verl.workers import fsdp_utils
 from verl.workers.optim import build_optimizer, minibatch_update
 

@@ -7,14 +7,14 @@ sharding); larger worlds use ``FULL_SHARD`` with one FSDP unit per decoder layer
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import socket
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from verl.utils.net import free_port
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -24,12 +24,6 @@ def to_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}")
     return DTYPES[name]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -219,9 +213,3 @@ def unsharded_params(module: nn.Module):
         return FSDP.summon_full_params(module, writeback=False, recurse=False)
     return contextlib.nullcontext()
 
-
-def write_json(path: str | Path, obj) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, default=str)
-    os.replace(tmp, path)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
+from verl.config import PPOConfig
 from verl.protocol import DataProto
 from verl.single_controller.base import Dispatch, Worker, register
-from verl.trainer.config import PPOConfig
 from verl.workers import fsdp_utils
 from verl.workers.actor import Actor
 from verl.workers.critic import Critic

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from verl.config import RefConfig
 from verl.protocol import DataProto
-from verl.trainer.config import RefConfig
 from verl.workers import fsdp_utils
 from verl.workers.actor import batched_log_probs
 

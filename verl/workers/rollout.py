@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from verl.config import RolloutConfig
 from verl.protocol import DataProto
-from verl.trainer.config import RolloutConfig
 from verl.workers import fsdp_utils
 
 

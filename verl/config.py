@@ -320,7 +320,7 @@ def load_config(config_file: str | None = None, overrides: list[str] | None = No
         if overrides:
             schema = OmegaConf.merge(schema, OmegaConf.from_dotlist(list(overrides)))
     except (ConfigKeyError, ConfigAttributeError) as exc:
-        raise ValueError(f"unknown config key: {exc}. See verl/trainer/config.py for the valid keys.") from exc
+        raise ValueError(f"unknown config key: {exc}. See verl/config.py for the valid keys.") from exc
     except ValidationError as exc:
         raise ValueError(f"bad config value: {exc}") from exc
     cfg: PPOConfig = OmegaConf.to_object(schema)
