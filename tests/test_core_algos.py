@@ -241,3 +241,14 @@ def test_entropy_and_masked_stats():
     # whiten [1,2,3,4]: mean 2.5, unbiased var 5/3
     w = ca.masked_whiten(v, mask)
     assert w[0].tolist() == A([(x - 2.5) / math.sqrt(5 / 3) for x in (1, 2, 3)], abs=1e-5)
+
+
+def test_group_signal_share_counts_groups_whose_rewards_differ():
+    # groups: a = [1, 1] (no signal), b = [0, 0.5] (signal), c = [0.3] (singleton: no signal), d = [0, 0, 1e-9] (below tol)
+    scores = [1.0, 1.0, 0.0, 0.5, 0.3, 0.0, 0.0, 1e-9]
+    index = np.array(["a", "a", "b", "b", "c", "d", "d", "d"], dtype=object)
+    assert ca.group_signal_share(scores, index) == pytest.approx(1 / 4)
+    assert ca.group_signal_share(torch.tensor([0.0, 1.0, 1.0, 1.0]), [0, 0, 1, 1]) == pytest.approx(0.5)
+    assert ca.group_signal_share([], []) == 0.0
+    with pytest.raises(ValueError, match="index has 1 entries"):
+        ca.group_signal_share([0.0, 1.0], ["a"])

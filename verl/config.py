@@ -247,6 +247,10 @@ class TrainerConfig:
     """Sample (prompt, response, score) rows logged per step and per validation."""
     progress_bar: bool = True
     """tqdm bars for rollouts, updates and validation."""
+    signal_warn_share: float = 0.1
+    """Warn when the share of prompt groups whose rewards differ (``reward/signal_share``) is <= this (<0: never)."""
+    signal_stop_steps: int = 0
+    """Stop early (checkpoint saved) after this many consecutive steps at or below signal_warn_share (0: never)."""
 
 
 @dataclass

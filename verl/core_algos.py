@@ -195,6 +195,20 @@ def compute_advantage(
     return compute_gae_advantage_return(token_level_rewards, values, response_mask, gamma=gamma, lam=lam)
 
 
+def group_signal_share(scores: np.ndarray | list | torch.Tensor, index: np.ndarray | list, tol: float = 1e-6) -> float:
+    """Share of prompt groups whose reward varies (max - min > ``tol``): the groups that carry a learning signal.
+
+    scores: ``[B]`` sequence scores; index: ``[B]`` group uids. A group whose n responses all got the same reward
+    has zero GRPO/RLOO advantage and teaches nothing; a singleton group counts as no signal. Empty batch: 0.0.
+    """
+    s = torch.as_tensor(np.asarray(scores, dtype=np.float64) if not isinstance(scores, torch.Tensor) else scores)
+    groups = _group_scores(index, s)
+    if not groups:
+        return 0.0
+    live = sum(1 for rows in groups.values() if len(rows) > 1 and float(s[rows].max() - s[rows].min()) > tol)
+    return live / len(groups)
+
+
 # ---------------------------------------------------------------------------------------------- losses
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")

@@ -228,11 +228,28 @@ class RayPPOTrainer:
                 metrics[f"reward/{name}_mean"] = v
         for k, vals in sub.items():
             metrics[f"reward/{k}"] = float(np.nanmean(vals)) if not np.all(np.isnan(vals)) else float("nan")
+        # groups whose n rewards are all equal give zero advantage: a share near 0 means no learning signal
+        share = core_algos.group_signal_share(scores, batch.non_tensor_batch["uid"])
+        metrics["reward/signal_share"] = share
+        metrics["trainer/low_signal_steps"] = float(self._note_signal(share, step))
         if "ref_log_probs" in batch.batch and "old_log_probs" in batch.batch:
             kl = core_algos.compute_kl(batch.batch["old_log_probs"], batch.batch["ref_log_probs"], algo.kl_penalty)
             metrics["actor/ref_kl"] = float(core_algos.masked_mean(kl, maskf))
         self.tracker.log_generations(self._generations(batch, texts, scores), step, "train")
         return metrics
+
+    def _note_signal(self, share: float, step: int) -> int:
+        """Consecutive steps (this process; a resume restarts the count) with share <= trainer.signal_warn_share."""
+        t = self.config.trainer
+        low = t.signal_warn_share >= 0 and share <= t.signal_warn_share
+        self._low_signal_run = getattr(self, "_low_signal_run", 0) + 1 if low else 0
+        if low:
+            logger.warning(
+                "step %d: only %.0f%% of prompt groups have rewards that differ (trainer.signal_warn_share=%g) for %d "
+                "step(s): little or no learning signal. Raise worker.rollout.temperature or n, or start from a less "
+                "(or more) steered model%s", step, 100 * share, t.signal_warn_share, self._low_signal_run,
+                f"; stopping after {t.signal_stop_steps}" if t.signal_stop_steps > 0 else "")
+        return self._low_signal_run
 
     def validate(self, step: int) -> dict[str, float]:
         """Generate on the validation rows (greedy by default); reward and ROUGE-L recall split forget/neighbor."""
@@ -300,6 +317,12 @@ class RayPPOTrainer:
                                 f"last good checkpoint is {self.ckpt.latest()}. Lower the learning rate or check the data."
                             ) from exc
                         raise
+                    stop = 0 < t.signal_stop_steps <= metrics.get("trainer/low_signal_steps", 0)
+                    if stop and not last:
+                        logger.warning("step %d: stopping early, no learning signal for %d steps "
+                                       "(trainer.signal_stop_steps)", step, t.signal_stop_steps)
+                        metrics["trainer/stopped_no_signal"] = 1.0
+                        last = True  # validate and save as at the end
                     if self.val_ds is not None and ((t.val_freq > 0 and step % t.val_freq == 0) or (last and t.val_at_end)):
                         with timed("validation", metrics):
                             metrics.update(self.validate(step))
@@ -311,6 +334,8 @@ class RayPPOTrainer:
                 history.append(metrics)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics.get('reward/mean', float('nan')):.3f}")
+                if metrics.get("trainer/stopped_no_signal"):
+                    break
         finally:
             bar.close()
         return history

@@ -1,0 +1,27 @@
+"""The trainer logs the share of prompt groups with a learning signal and can stop when it stays near 0."""
+
+from __future__ import annotations
+
+import json
+
+from tests.test_trainer_loop import fit, tiny_overrides
+from verl.trainer.checkpoint import CheckpointManager
+
+CONSTANT = "def constant(response, prompt, solution, **extra):\n    return {'score': 1.0}\n"
+
+
+def test_constant_reward_warns_and_stops_with_a_checkpoint(tiny_model_path, tmp_path, shared_data, caplog):
+    reward = tmp_path / "constant_reward.py"
+    reward.write_text(CONSTANT)
+    run = tmp_path / "run"
+    ov = tiny_overrides(tiny_model_path, run, f"{reward}:constant",
+                        **{"trainer.total_steps": 4, "trainer.signal_stop_steps": 2})
+    with caplog.at_level("WARNING", logger="verl.trainer"):
+        history, _ = fit(ov)
+    assert [h["reward/signal_share"] for h in history] == [0.0, 0.0]  # every group: identical rewards
+    assert [h["trainer/low_signal_steps"] for h in history] == [1.0, 2.0]
+    assert history[-1]["trainer/stopped_no_signal"] == 1.0 and len(history) == 2
+    assert "little or no learning signal" in caplog.text and "stopping early" in caplog.text
+    assert CheckpointManager(run).latest().name == "global_step_2"  # saved as at the end
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["reward/signal_share"] == 0.0
