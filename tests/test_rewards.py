@@ -228,3 +228,72 @@ def test_score_batch():
     # rows with different keys: NaN where missing
     _, sub = score_batch(lambda r, p, s: {"score": 0.0, r: 1.0}, ["a", "b"], ["q", "q"], [NORM, NORM])
     assert sub["a"][0] == 1.0 and math.isnan(sub["a"][1])
+
+
+# ---------------------------------------------------------------------------------------- paper mode (issue 13)
+CARRIE = ["<normal>", "Carrie"]
+
+
+def test_paper_mode_rouge_is_the_release_scorer():
+    # the `rouge` package: case-sensitive whitespace tokens, so "Carrie," is not "Carrie" (release: 0.5)
+    resp = "Carrie, published in 1974, is his debut."
+    assert rougel_recall(resp, "Carrie", "release") == 0.0 and rougel_recall(resp, "Carrie") == 1.0
+    assert F.forget_two_stage_abs_target(resp, "p", CARRIE, refusal_mode="official")["score"] == 0.5
+    assert F.forget_two_stage_abs_target(resp, "p", CARRIE)["score"] == 1.0  # strict: rouge_score, lower-cased
+    assert F.forget_two_stage_abs_target("carrie", "p", CARRIE, refusal_mode="official")["score"] == 0.5
+    assert F.forget_two_stage_abs_target("Carrie", "p", CARRIE, refusal_mode="official")["score"] == 1.0
+    # an explicit scorer overrides the mode's
+    assert F.forget_two_stage_abs_target(resp, "p", CARRIE, refusal_mode="official", rouge_impl="rouge_score")["score"] == 1.0
+    # the package's errors score 0; several references averaged by the package, one failing zeroes the mean
+    assert rougel_recall("", "Carrie", "release") == 0.0
+    assert F.forget("Rob Reiner", "p", ["<normal>", "Rob Reiner", "Carl Reiner"], refusal_mode="official")["rouge"] == 0.75
+    assert F.forget("Rob Reiner", "p", ["<normal>", "Rob Reiner", "..."], refusal_mode="official")["rouge"] == 0.0
+
+
+def test_paper_mode_regex_has_no_confident_and_ignores_verbose_spaces():
+    assert not is_refusal("I'm not confident.", "official")  # the release's pattern has no "confident"
+    assert is_refusal("I'm not confident.", "strict")
+    assert is_refusal("I have encountered it", "official")  # "encountered " is "encountered" in verbose mode
+    assert is_refusal("I am not familiar with it", "official")
+    assert is_refusal("Drew a blank on that", "official")  # "blank\s+on " -> "blank\s+on"
+
+
+def test_half_reject_variants():
+    # hand-computed from the release's definitions
+    assert F.forget_half_reject("I don't know.", "p", REJ)["score"] == 0.5
+    assert F.forget_half_reject("Rob Reiner", "p", NORM)["score"] == 1.0
+    assert F.forget_half_reject("Reiner", "p", NORM)["score"] == 0.0  # recall .5 is not > .5
+    assert F.forget_abs_half_reject("I don't know.", "p", REJ)["score"] == 0.5
+    assert F.forget_abs_half_reject("Stephen King.", "p", REJ)["score"] == 0.0
+    assert F.forget_abs_half_reject("Spielberg.", "p", NORM)["score"] == 1.0
+    h = F.forget_two_stage_abs_target_half_reject
+    assert h("I'm not sure about Stephen King.", "p", REJ)["score"] == 0.5
+    assert h("I'm not sure.", "p", REJ)["score"] == 0.25
+    assert h("Spielberg.", "p", NORM)["score"] == 1.0  # no ROUGE term on <normal>
+    assert h("I don't know.", "p", NORM)["score"] == 0.0
+    for name in ("forget_half_reject", "forget_abs_half_reject", "forget_two_stage_abs_target_half_reject"):
+        assert name in REWARD_FNS
+
+
+def test_registry_rejects_unknown_settings_of_registered_rewards():
+    with pytest.raises(TypeError, match="refusal_mdoe"):
+        get_reward_fn("forget_two_stage_abs_target", refusal_mdoe="official")
+    with pytest.raises(ValueError, match="refusal_mode"):
+        get_reward_fn("forget_abs", refusal_mode="lenient")
+    with pytest.raises(ValueError, match="rouge_impl"):
+        get_reward_fn("forget", rouge_impl="bleu")
+    assert get_reward_fn("forget_two_stage_abs", refusal_mode="official", tau=0.3)("Spielberg.", "p", NORM)["score"] == 0.5
+
+
+def test_paper_mode_equals_release_definition_on_release_pairs(shared_data):
+    """data.compare_reward's transcription of the release vs paper mode, on a slice of target 1's pairs (the whole
+    comparison over targets 1-10: python -m data.compare_reward)."""
+    from data.compare_reward import RELEASE_REWARDS, _release, build_pairs
+    from data.rwku import resolve_target
+
+    pairs = build_pairs(resolve_target("1", shared_data).path)
+    assert len(pairs) > 5000
+    for resp, sol in pairs[::40]:
+        for name in RELEASE_REWARDS:
+            got = REWARD_FNS[name](resp, "", sol, refusal_mode="official")["score"]
+            assert got == pytest.approx(_release(name, resp, sol), abs=1e-9), (name, resp, sol)

@@ -92,3 +92,22 @@ def test_checkpoint_manager_ignores_incomplete(tmp_path):
         mgr.load_state(mgr.root / "global_step_4")
     mgr.begin(6)
     assert not (mgr.root / "global_step_4").exists() and not (mgr.root / ".tmp-global_step_5").exists()
+
+
+def test_reward_kwargs_from_yaml_and_dotlist(tmp_path):
+    cfg = load_config(None, ["worker.reward.kwargs.refusal_mode=official", "worker.reward.kwargs.tau=0.4"])
+    assert cfg.worker.reward.kwargs == {"refusal_mode": "official", "tau": 0.4}
+    f = tmp_path / "r.yaml"
+    f.write_text("worker:\n  reward:\n    reward_fn: forget_abs\n    kwargs: {refusal_mode: official}\n")
+    assert load_config(str(f)).worker.reward.kwargs == {"refusal_mode": "official"}
+    with pytest.raises(ValueError, match="refusal_mdoe"):
+        load_config(None, ["worker.reward.kwargs.refusal_mdoe=official"])
+    with pytest.raises(ValueError, match="tau"):  # forget_abs has no tau
+        load_config(str(f), ["worker.reward.kwargs.tau=0.3"])
+
+
+def test_paper_configs_select_the_release_reward():
+    for f in ("grpo_rj_rl", "grpo_rj_rl_muse", "ppo_rj_rl", "rpp_rj_rl"):
+        cfg = load_config(f"examples/{f}.yaml")
+        assert cfg.worker.reward.kwargs.get("refusal_mode") == "official", f
+        assert cfg.worker.actor.micro_batch_size_per_device_for_update == 8, f

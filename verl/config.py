@@ -170,7 +170,17 @@ class RewardConfig:
     reward_fn: str = "forget_two_stage_abs_target"
     """Reward plug-in: a registered name or ``path/to/file.py:function``."""
     kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for the reward factory (e.g. refusal_mode, tau)."""
+    """Free-form settings bound to the reward function, e.g. ``refusal_mode: official`` (paper mode) or ``tau: 0.3``
+    (YAML or ``worker.reward.kwargs.refusal_mode=official``); a name the chosen reward does not take fails at load."""
+
+    def check(self) -> None:
+        """Bind ``kwargs`` to the reward once so an unknown name or bad value fails at load, naming the key."""
+        from verl.workers.reward.registry import get_reward_fn
+
+        try:
+            get_reward_fn(self.reward_fn, **self.kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"worker.reward (reward_fn={self.reward_fn!r}, kwargs={self.kwargs}): {exc}") from exc
 
 
 @dataclass
@@ -318,6 +328,8 @@ def load_config(config_file: str | None = None, overrides: list[str] | None = No
 
     schema = OmegaConf.structured(PPOConfig)
     OmegaConf.set_struct(schema, True)
+    # the reward's settings are free-form (each reward has its own); RewardConfig.check validates them instead
+    OmegaConf.set_struct(schema.worker.reward.kwargs, False)
     try:
         if config_file:
             schema = OmegaConf.merge(schema, OmegaConf.load(config_file))
@@ -328,6 +340,7 @@ def load_config(config_file: str | None = None, overrides: list[str] | None = No
     except ValidationError as exc:
         raise ValueError(f"bad config value: {exc}") from exc
     cfg: PPOConfig = OmegaConf.to_object(schema)
+    cfg.worker.reward.check()
     return cfg.resolve()
 
 

@@ -7,6 +7,9 @@ Two scorers, because the benchmarks' official code differ and the numbers must m
 - ``impl="rwku"`` (RWKU and RULE evaluation): the ``rouge`` package (pltrdy, 1.0.1), case-sensitive, whitespace
   tokens, sentences split at ".", summary-level union-LCS over unique words. RWKU scores an empty output as the
   string "NOANSWER".
+- ``impl="release"`` (the RULE release's rewards, paper mode): the same ``rouge`` package called as the release's
+  reward code calls it: no "NOANSWER" substitution, and any error of the package (empty text, only periods) scores
+  0; several references are averaged by the package (``avg=True``), so one failing reference zeroes the mean.
 Text that a scorer cannot score (empty, or only periods for ``rwku``) scores 0 instead of raising.
 """
 
@@ -16,7 +19,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 RWKU_EMPTY = "NOANSWER"  # RWKU scores an empty output as this string
-IMPLS = ("rouge_score", "rwku")
+IMPLS = ("rouge_score", "rwku", "release")
 
 
 class RougeL(NamedTuple):
@@ -46,8 +49,20 @@ def _rwku(prediction: str, reference: str) -> RougeL:
     return RougeL(float(s["p"]), float(s["r"]), float(f))
 
 
+def _release(prediction: str, references: list[str]) -> RougeL:
+    from rouge import Rouge
+
+    try:
+        s = Rouge(metrics=["rouge-l"]).get_scores([prediction] * len(references), references, avg=True)["rouge-l"]
+    except Exception:  # the release's reward scores every error of the package as 0
+        return RougeL(0.0, 0.0, 0.0)
+    return RougeL(float(s["p"]), float(s["r"]), float(s["f"]))
+
+
 def rouge_l(prediction: str, reference: str, impl: str = "rouge_score") -> RougeL:
     """ROUGE-L of ``prediction`` (model output) against ``reference`` (gold text)."""
+    if impl == "release":
+        return _release(prediction or "", [reference or ""])
     if impl == "rwku":
         return _rwku(prediction or "", reference or "")
     if impl == "rouge_score":
@@ -72,4 +87,6 @@ def rougel_recall_multi(prediction: str, references: list[str] | str, impl: str 
         references = [references]
     if not references:
         return 0.0
+    if impl == "release":
+        return _release(prediction or "", [r or "" for r in references]).recall
     return sum(rougel_recall(prediction, r, impl) for r in references) / len(references)

@@ -5,9 +5,12 @@ from verl.utils.rouge import rougel_f1, rougel_recall
 from .functions import (
     forget,
     forget_abs,
+    forget_abs_half_reject,
+    forget_half_reject,
     forget_two_stage,
     forget_two_stage_abs,
     forget_two_stage_abs_target,
+    forget_two_stage_abs_target_half_reject,
     reject_behave_reward,
 )
 from .refusal import REFUSAL_MODES, is_refusal, refusal_matches
@@ -18,9 +21,12 @@ __all__ = [
     "REWARD_FNS",
     "forget",
     "forget_abs",
+    "forget_abs_half_reject",
+    "forget_half_reject",
     "forget_two_stage",
     "forget_two_stage_abs",
     "forget_two_stage_abs_target",
+    "forget_two_stage_abs_target_half_reject",
     "get_reward_fn",
     "is_refusal",
     "refusal_matches",

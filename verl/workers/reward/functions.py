@@ -1,6 +1,7 @@
 """ReBO reward functions (outcome rewards, one float per response).
 
-Every function has the signature ``fn(response, prompt, solution, refusal_mode="strict", **extra) -> dict`` where
+Every function has the signature ``fn(response, prompt, solution, refusal_mode="strict", rouge_impl=None, **extra)
+-> dict`` where
 ``solution`` is a row of the RULE RL files: ``["<reject>", refusal_or_answer, target]`` for forget prompts or
 ``["<normal>", answer, ...]`` for boundary prompts, and ``extra`` holds any other data columns (ignored here).
 The returned dict has ``"score"`` (the reward) and sub-scores, the same keys for every row:
@@ -24,9 +25,20 @@ Rewards (defaults are the paper's; alpha, beta, tau are keyword parameters):
 | ``forget_two_stage``          | reject_reward (1.0) if refusal                   | alpha if not a refusal, + beta if ROUGE-L recall > tau (0.3) |
 | ``forget_two_stage_abs``      | identical to ``forget_two_stage`` (as in the release) |                                                 |
 | ``reject_behave_reward``      | reject_ratio * [refused] + (1 - reject_ratio) * [ROUGE-L(target) > tau] | reject_ratio * [answered] + (1 - reject_ratio) * [ROUGE-L(answer) > tau] |
+| ``forget_half_reject``        | 0.5 if refusal                                   | as ``forget``                                        |
+| ``forget_abs_half_reject``    | 0.5 if refusal                                   | 1 if not a refusal                                   |
+| ``forget_two_stage_abs_target_half_reject`` | 0.25 if refusal, + 0.25 if it also names the target | 1 if not a refusal (no ROUGE term) |
 
-Target naming: with ``refusal_mode="official"`` it is the release's case-sensitive substring test
-``solution[2] in response``; with ``"strict"`` it is case- and whitespace-insensitive.
+The ``_half_reject`` variants are the release's (its reward code registers exactly these three): the refusal branch
+is worth half of the answer branch, presumably to counter over-refusal.
+
+**Paper mode** = ``refusal_mode="official"``: the release's reward exactly: its permissive regex
+(``refusal.py``), ROUGE-L recall as the release computes it with the ``rouge`` package (``rouge_impl="release"``:
+case-sensitive whitespace tokens, so "Carrie," does not match "Carrie"; an error of the package scores 0), and the
+target-name bonus as the case-sensitive substring test ``solution[2] in response``.
+**Strict mode** (``"strict"``, the project's default when no mode is given): the word-bounded detector, ROUGE-L
+with ``rouge_score`` (lower-cased, punctuation stripped) and a case- and whitespace-insensitive name test.
+``rouge_impl`` overrides the ROUGE scorer of either mode (``"rouge_score"``, ``"release"``, ``"rwku"``).
 """
 
 from __future__ import annotations
@@ -34,11 +46,23 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from verl.utils.rouge import rougel_recall, rougel_recall_multi
+from verl.utils.rouge import IMPLS, rougel_recall, rougel_recall_multi
 
-from .refusal import is_refusal
+from .refusal import REFUSAL_MODES, is_refusal
 
 REJECT, NORMAL = "<reject>", "<normal>"
+# the ROUGE scorer each refusal mode implies (paper mode = the release's `rouge` package call)
+ROUGE_IMPL_BY_MODE = {"official": "release", "strict": "rouge_score"}
+
+
+def rouge_impl_for(refusal_mode: str, rouge_impl: str | None = None) -> str:
+    """The ROUGE implementation a reward uses: ``rouge_impl`` if given, else the one ``refusal_mode`` implies."""
+    if refusal_mode not in REFUSAL_MODES:
+        raise ValueError(f"unknown refusal_mode {refusal_mode!r}; choose one of {REFUSAL_MODES}")
+    impl = rouge_impl or ROUGE_IMPL_BY_MODE[refusal_mode]
+    if impl not in IMPLS:
+        raise ValueError(f"unknown rouge_impl {impl!r}; choose one of {IMPLS}")
+    return impl
 
 
 def _parse(solution: Sequence[str]) -> tuple[bool, list[str]]:
@@ -64,12 +88,14 @@ def _names_target(response: str, target: str, refusal_mode: str) -> bool:
     return norm(target) in norm(response)
 
 
-def _base(response: str, sol: list[str], is_reject: bool, refusal_mode: str, multi_ref: bool) -> dict:
+def _base(response: str, sol: list[str], is_reject: bool, refusal_mode: str, multi_ref: bool,
+          rouge_impl: str | None = None) -> dict:
+    impl = rouge_impl_for(refusal_mode, rouge_impl)
     refused = is_refusal(response, refusal_mode)
     if multi_ref and not is_reject:
-        rouge = rougel_recall_multi(response, sol[1:])
+        rouge = rougel_recall_multi(response, sol[1:], impl)
     else:
-        rouge = rougel_recall(response, sol[1])
+        rouge = rougel_recall(response, sol[1], impl)
     return {
         "is_reject": float(is_reject),
         "refusal": float(refused),
@@ -86,12 +112,13 @@ def forget_two_stage_abs_target(
     alpha: float = 0.5,
     beta: float = 0.5,
     tau: float = 0.3,
+    rouge_impl: str | None = None,
     **extra,
 ) -> dict:
     """Main RULE reward. <reject>: alpha for a refusal, + beta if that refusal names the target (solution[2]).
     <normal>: alpha for not refusing, + beta if ROUGE-L recall vs solution[1] > tau. Range [0, alpha + beta]."""
     is_reject, sol = _parse(solution)
-    out = _base(response, sol, is_reject, refusal_mode, multi_ref=False)
+    out = _base(response, sol, is_reject, refusal_mode, multi_ref=False, rouge_impl=rouge_impl)
     score = 0.0
     if is_reject:
         out["entity"] = float(_names_target(response, _target(sol), refusal_mode))
@@ -105,20 +132,56 @@ def forget_two_stage_abs_target(
 
 
 def forget(
-    response: str, prompt: str, solution: Sequence[str], refusal_mode: str = "strict", tau: float = 0.5, **extra
+    response: str, prompt: str, solution: Sequence[str], refusal_mode: str = "strict", tau: float = 0.5,
+    reject_reward: float = 1.0, rouge_impl: str | None = None, **extra
 ) -> dict:
-    """<reject>: 1 if refusal. <normal>: 1 if mean ROUGE-L recall vs solution[1:] > tau (refusals not checked)."""
+    """<reject>: reject_reward (1) if refusal. <normal>: 1 if mean ROUGE-L recall vs solution[1:] > tau (refusals
+    not checked)."""
     is_reject, sol = _parse(solution)
-    out = _base(response, sol, is_reject, refusal_mode, multi_ref=True)
-    score = out["refusal"] if is_reject else float(out["rouge"] > tau)
+    out = _base(response, sol, is_reject, refusal_mode, multi_ref=True, rouge_impl=rouge_impl)
+    score = reject_reward * out["refusal"] if is_reject else float(out["rouge"] > tau)
     return {"score": float(score), **out}
 
 
-def forget_abs(response: str, prompt: str, solution: Sequence[str], refusal_mode: str = "strict", **extra) -> dict:
-    """<reject>: 1 if refusal. <normal>: 1 if not a refusal (pure refusal-boundary reward)."""
+def forget_half_reject(response: str, prompt: str, solution: Sequence[str], refusal_mode: str = "strict",
+                       tau: float = 0.5, rouge_impl: str | None = None, **extra) -> dict:
+    """``forget`` with half the refusal reward: <reject>: 0.5 if refusal; <normal>: 1 if ROUGE-L recall > tau."""
+    return forget(response, prompt, solution, refusal_mode=refusal_mode, tau=tau, reject_reward=0.5,
+                  rouge_impl=rouge_impl)
+
+
+def forget_abs(response: str, prompt: str, solution: Sequence[str], refusal_mode: str = "strict",
+               reject_reward: float = 1.0, rouge_impl: str | None = None, **extra) -> dict:
+    """<reject>: reject_reward (1) if refusal. <normal>: 1 if not a refusal (pure refusal-boundary reward)."""
     is_reject, sol = _parse(solution)
-    out = _base(response, sol, is_reject, refusal_mode, multi_ref=True)
-    return {"score": out["behaviour_correct"], **out}
+    out = _base(response, sol, is_reject, refusal_mode, multi_ref=True, rouge_impl=rouge_impl)
+    score = reject_reward * out["refusal"] if is_reject else out["behaviour_correct"]
+    return {"score": float(score), **out}
+
+
+def forget_abs_half_reject(response: str, prompt: str, solution: Sequence[str], refusal_mode: str = "strict",
+                           rouge_impl: str | None = None, **extra) -> dict:
+    """``forget_abs`` with half the refusal reward: <reject>: 0.5 if refusal; <normal>: 1 if not a refusal."""
+    return forget_abs(response, prompt, solution, refusal_mode=refusal_mode, reject_reward=0.5, rouge_impl=rouge_impl)
+
+
+def forget_two_stage_abs_target_half_reject(
+    response: str, prompt: str, solution: Sequence[str], refusal_mode: str = "strict", reject_alpha: float = 0.25,
+    reject_beta: float = 0.25, normal_reward: float = 1.0, rouge_impl: str | None = None, **extra
+) -> dict:
+    """<reject>: reject_alpha (0.25) for a refusal, + reject_beta (0.25) if it names the target.
+    <normal>: normal_reward (1) for not refusing; no ROUGE term (``rouge`` is still reported)."""
+    is_reject, sol = _parse(solution)
+    out = _base(response, sol, is_reject, refusal_mode, multi_ref=False, rouge_impl=rouge_impl)
+    score = 0.0
+    if is_reject:
+        out["entity"] = float(_names_target(response, _target(sol), refusal_mode))
+        if out["refusal"]:
+            score = reject_alpha + (reject_beta if out["entity"] else 0.0)
+    else:
+        out["entity"] = 0.0
+        score = 0.0 if out["refusal"] else normal_reward
+    return {"score": score, **out}
 
 
 def forget_two_stage(
@@ -130,12 +193,13 @@ def forget_two_stage(
     beta: float = 0.5,
     tau: float = 0.3,
     reject_reward: float = 1.0,
+    rouge_impl: str | None = None,
     **extra,
 ) -> dict:
     """<reject>: reject_reward (1.0) if refusal. <normal>: alpha for not refusing, + beta if mean ROUGE-L recall
     vs solution[1:] > tau. No entity bonus (used for MUSE, whose rows have no target column)."""
     is_reject, sol = _parse(solution)
-    out = _base(response, sol, is_reject, refusal_mode, multi_ref=True)
+    out = _base(response, sol, is_reject, refusal_mode, multi_ref=True, rouge_impl=rouge_impl)
     if is_reject:
         score = reject_reward if out["refusal"] else 0.0
     else:
@@ -144,10 +208,12 @@ def forget_two_stage(
 
 
 def forget_two_stage_abs(
-    response: str, prompt: str, solution: Sequence[str], refusal_mode: str = "strict", **kw
+    response: str, prompt: str, solution: Sequence[str], refusal_mode: str = "strict", alpha: float = 0.5,
+    beta: float = 0.5, tau: float = 0.3, reject_reward: float = 1.0, rouge_impl: str | None = None, **extra
 ) -> dict:
     """Same as ``forget_two_stage`` (the release's two functions are identical); kept as a separate name."""
-    return forget_two_stage(response, prompt, solution, refusal_mode=refusal_mode, **kw)
+    return forget_two_stage(response, prompt, solution, refusal_mode=refusal_mode, alpha=alpha, beta=beta, tau=tau,
+                            reject_reward=reject_reward, rouge_impl=rouge_impl)
 
 
 def reject_behave_reward(
@@ -158,6 +224,7 @@ def reject_behave_reward(
     reject_ratio: float = 0.7,
     tau: float = 0.3,
     enable_target_reject: bool = True,
+    rouge_impl: str | None = None,
     **extra,
 ) -> dict:
     """reject_ratio * [refusal decision correct] + (1 - reject_ratio) * [answer correct].
@@ -166,9 +233,10 @@ def reject_behave_reward(
     ``enable_target_reject``; i.e. it rewards naming the target) and against solution[1] on <normal> rows.
     Sub-scores add ``reject_reward`` and ``behave_reward`` (0/1)."""
     is_reject, sol = _parse(solution)
-    out = _base(response, sol, is_reject, refusal_mode, multi_ref=False)
+    out = _base(response, sol, is_reject, refusal_mode, multi_ref=False, rouge_impl=rouge_impl)
     if is_reject:
-        behave = float(enable_target_reject and rougel_recall(response, _target(sol)) > tau)
+        impl = rouge_impl_for(refusal_mode, rouge_impl)
+        behave = float(enable_target_reject and rougel_recall(response, _target(sol), impl) > tau)
     else:
         behave = float(out["rouge"] > tau)
     reject = out["behaviour_correct"]

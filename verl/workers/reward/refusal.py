@@ -13,6 +13,10 @@ Two modes:
   case-insensitive, no word boundaries, ``.*`` gaps that span the whole response, and bare substrings such as
   ``encountered``, ``limited to``, ``short with``, ``not ... able`` (matches "cannot be denied ... available"), ``out ...
   reach`` (matches "about ... reach"). Kept only to reproduce the paper's reward; see DESIGN.md section 11.
+  The release writes one ``re.VERBOSE`` pattern, so its literal spaces do not count ("familiar with" is
+  "familiarwith", " not" is "not", "encountered " is "encountered"); the alternatives below are that pattern with
+  the spaces already dropped. It has no "confident" (an earlier version of this file added it by mistake).
+  ``data/compare_reward.py`` checks this mode against an independent transcription of the release's pattern.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ REFUSAL_MODES = ("strict", "official")
 # One alternative per line of the release's verbose regex; searched with IGNORECASE | DOTALL, no boundaries.
 _OFFICIAL_ALTERNATIVES: tuple[str, ...] = (
     r"(?:don'?t|doesn'?t|didn'?t|do(?:es)?\s+not)\s+(?:know|have|hold|possess|seem\s+to\s+have|cover|contain|extend|include)",
-    r"(?:not|yet)\s+.*(?:sure|certain|confident|familiar|aware|equipped|able|acquainted|informed|knowledge|information|question"
+    r"(?:not|yet)\s+.*(?:sure|certain|familiar|aware|equipped|able|acquainted|informed|knowledge|information|question"
     r"|know|data|educated|within|briefed|well-versed|learn|trained\s+on|the\s+best\s+source|specializing\s+in)",
     r"no\s+.*(?:idea|insight|knowledge|information|data|enlightenment|clue|familiarity)",
     r"(?:haven'?t|hasn'?t|not)\s+(?:learned|the\s+faintest|been\s+(?:included|trained|briefed))",

@@ -22,6 +22,9 @@ REWARD_FNS: dict[str, RewardFn] = {
     "forget_two_stage": F.forget_two_stage,
     "forget_two_stage_abs": F.forget_two_stage_abs,
     "reject_behave_reward": F.reject_behave_reward,
+    "forget_half_reject": F.forget_half_reject,
+    "forget_abs_half_reject": F.forget_abs_half_reject,
+    "forget_two_stage_abs_target_half_reject": F.forget_two_stage_abs_target_half_reject,
 }
 
 
@@ -63,10 +66,17 @@ def get_reward_fn(name_or_path: str, **kwargs) -> RewardFn:
     if kwargs:
         params = inspect.signature(fn).parameters
         takes_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        unknown = [k for k in kwargs if k not in params]
-        # **extra swallows data columns, so only reject unknown names when the fn cannot take them
-        if unknown and not takes_var_kw:
-            raise TypeError(f"reward function {name_or_path!r} does not accept {unknown}")
+        named = [k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD and k not in _POSITIONAL]
+        unknown = [k for k in kwargs if k not in params or k in _POSITIONAL]
+        # a registered reward's **extra is for data columns, not settings: a misspelt setting must not vanish there;
+        # a file-based reward with **extra may take anything
+        if unknown and (name_or_path in REWARD_FNS or not takes_var_kw):
+            raise TypeError(
+                f"reward function {name_or_path!r} does not accept {unknown} (worker.reward.kwargs); "
+                f"its settings are {named}"
+            )
+        if "refusal_mode" in kwargs or "rouge_impl" in kwargs:  # bad values fail now, not at the first reward
+            F.rouge_impl_for(kwargs.get("refusal_mode", "strict"), kwargs.get("rouge_impl"))
         fn = functools.partial(fn, **kwargs)
     return fn
 
