@@ -74,6 +74,12 @@ class ModelRoleConfig:
     """FSDP CPU offload of parameters."""
     offload_optimizer: bool = False
     """Keep optimizer state on CPU between updates (moved to the device for the step)."""
+    autocast: str = "none"
+    """bf16 | none: forward passes under torch.autocast(bf16) with the weights kept in ``dtype`` (use float32 for
+    fp32 master weights); log-softmax, losses and the optimizer stay fp32."""
+    optimized_forward: bool = True
+    """Log-probs without padding columns, prompt logits or repeated prompts (verl/workers/forward.py; equal
+    results); false: the plain full-width forward."""
 
 
 @dataclass
@@ -313,6 +319,7 @@ class PPOConfig:
             ("worker.rollout.name", ("hf", "vllm", "auto"), self.worker.rollout.name),
             ("algorithm.adv_estimator", ("grpo", "rloo", "reinforce_plus_plus", "gae"), self.algorithm.adv_estimator),
             ("trainer.device", ("cpu", "cuda", "auto"), self.trainer.device),
+            *((f"worker.{r}.autocast", ("bf16", "none"), getattr(self.worker, r).autocast) for r in ("actor", "ref", "critic")),
         ):
             if value not in choices:
                 raise ValueError(f"{name}={value!r}: choose one of {choices}")

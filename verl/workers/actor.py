@@ -2,43 +2,69 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
 from verl import core_algos
 from verl.config import ActorConfig, AlgorithmConfig
 from verl.protocol import DataProto
-from verl.workers import fsdp_utils
+from verl.workers import forward, fsdp_utils
 from verl.workers.optim import build_optimizer, minibatch_update
 
 
-def response_log_probs(module: nn.Module, data: DataProto, temperature: float = 1.0, with_entropy: bool = False):
+def response_log_probs(module: nn.Module, data: DataProto, temperature: float = 1.0, with_entropy: bool = False,
+                       optimized: bool = True, autocast: str = "none", entropy_grad: bool = True):
     """Per-token log-probs of ``responses`` under ``module``: ``[B, T]`` (and entropy ``[B, T]`` if asked).
 
     ``input_ids = prompt (left-padded) + response (right-padded)``; logits at position t predict token t+1, so
-    the response's scores are ``logits[:, -T-1:-1]``.
+    the response's scores are ``logits[:, -T-1:-1]``. ``optimized`` computes them without padding columns, prompt
+    logits or repeated prompts (``verl.workers.forward``; positions after the longest response are 0);
+    ``autocast='bf16'`` runs the model under bf16 autocast (log-softmax in fp32); ``entropy_grad=False`` computes
+    the entropy without a graph (it is only logged).
     """
     b = data.batch
     T = b["responses"].shape[1]
-    logits = module(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=b["position_ids"],
-                    use_cache=False).logits
-    logits = logits[:, -T - 1:-1].float()
+    if optimized:
+        logits = forward.response_logits(module, b["input_ids"], b["attention_mask"], b["position_ids"], T,
+                                         autocast=autocast)
+    else:
+        logits = forward.plain_response_logits(module, b["input_ids"], b["attention_mask"], b["position_ids"], T,
+                                               autocast=autocast)
+    logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
-    log_probs = torch.log_softmax(logits, dim=-1).gather(-1, b["responses"].unsqueeze(-1)).squeeze(-1)
-    entropy = core_algos.compute_entropy_from_logits(logits) if with_entropy else None
+    t = logits.shape[1]
+    log_probs = torch.log_softmax(logits, dim=-1).gather(-1, b["responses"][:, :t].unsqueeze(-1)).squeeze(-1)
+    entropy = None
+    if with_entropy:
+        with contextlib.nullcontext() if entropy_grad else torch.no_grad():
+            entropy = core_algos.compute_entropy_from_logits(logits)
+    if t < T:  # columns after the longest response: masked everywhere
+        log_probs = torch.nn.functional.pad(log_probs, (0, T - t))
+        entropy = None if entropy is None else torch.nn.functional.pad(entropy, (0, T - t))
     return log_probs, entropy
 
 
-def batched_log_probs(module: nn.Module, data: DataProto, micro_batch_size: int, device, temperature: float) -> torch.Tensor:
-    """``response_log_probs`` over micro-batches without gradients, returned on CPU ``[B, T]``."""
+def batched_log_probs(module: nn.Module, data: DataProto, micro_batch_size: int, device, temperature: float,
+                      optimized: bool = True, autocast: str = "none") -> torch.Tensor:
+    """``response_log_probs`` over micro-batches without gradients, returned on CPU ``[B, T]`` in input order
+    (``optimized``: micro-batches of prompts of similar length)."""
+    order = forward.length_order(data.batch) if optimized else None
+    rows = data[order] if order is not None else data
     out = []
     module.eval()
     with torch.no_grad():
-        for mb in data.split(micro_batch_size):
-            lp, _ = response_log_probs(module, mb.to(device), temperature)
+        for mb in rows.split(micro_batch_size):
+            lp, _ = response_log_probs(module, mb.to(device), temperature, optimized=optimized, autocast=autocast)
             out.append(lp.cpu())
-    return torch.cat(out)
+    lp = torch.cat(out)
+    if order is None:
+        return lp
+    restored = torch.empty_like(lp)
+    restored[order] = lp
+    return restored
 
 
 class Actor:
@@ -54,7 +80,7 @@ class Actor:
 
     def compute_log_probs(self, data: DataProto) -> torch.Tensor:
         return batched_log_probs(self.module, data, self.cfg.micro_batch_size_per_device_for_experience, self.device,
-                                 self.temperature)
+                                 self.temperature, self.cfg.optimized_forward, self.cfg.autocast)
 
     def update(self, data: DataProto, algo: AlgorithmConfig, n_mini_batches: int) -> dict[str, float]:
         """PPO-style update over this rank's rows: ``ppo_epochs`` x ``n_mini_batches`` optimizer steps.
@@ -70,7 +96,9 @@ class Actor:
 
         def loss_fn(mb: DataProto):
             b = mb.batch
-            log_probs, entropy = response_log_probs(self.module, mb, self.temperature, with_entropy=True)
+            log_probs, entropy = response_log_probs(self.module, mb, self.temperature, with_entropy=True,
+                                                    optimized=cfg.optimized_forward, autocast=cfg.autocast,
+                                                    entropy_grad=cfg.entropy_coeff != 0)
             old = b["old_log_probs"] if has_old else log_probs.detach()
             pg_loss, pg_metrics = core_algos.compute_policy_loss(
                 old, log_probs, b["advantages"], b["response_mask"], cfg.clip_ratio_low, cfg.clip_ratio_high,

@@ -7,16 +7,23 @@ import torch
 from verl import core_algos
 from verl.config import CriticConfig
 from verl.protocol import DataProto
-from verl.workers import fsdp_utils
+from verl.workers import forward, fsdp_utils
 from verl.workers.optim import build_optimizer, minibatch_update
 
 
-def response_values(module, data: DataProto) -> torch.Tensor:
-    """Values of the states before each response token: ``[B, T]`` (``values[:, -T-1:-1]``, like the log-probs)."""
+def response_values(module, data: DataProto, optimized: bool = True, autocast: str = "none") -> torch.Tensor:
+    """Values of the states before each response token: ``[B, T]`` (``values[:, -T-1:-1]``, like the log-probs).
+    ``optimized`` drops the columns that are padding in every row (the values there are masked anyway)."""
     b = data.batch
     T = b["responses"].shape[1]
-    values = module(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=b["position_ids"])
-    return values[:, -T - 1:-1].float() * b["response_mask"]
+    ids, mask, pos = b["input_ids"], b["attention_mask"], b["position_ids"]
+    start, t = forward.trim_bounds(mask, T) if optimized else (0, T)
+    end = ids.shape[1] - T + t - 1 if optimized else ids.shape[1]
+    with forward.autocast_context(ids.device, autocast):
+        values = module(input_ids=ids[:, start:end], attention_mask=mask[:, start:end], position_ids=pos[:, start:end])
+    values = values[:, -t - 1:-1] if not optimized else (values[:, end - start - t:] if t else values[:, :0])
+    values = torch.nn.functional.pad(values.float(), (0, T - values.shape[1]))
+    return values * b["response_mask"]
 
 
 class Critic:
@@ -31,7 +38,8 @@ class Critic:
     def compute_values(self, data: DataProto) -> torch.Tensor:
         self.module.eval()
         with torch.no_grad():
-            return torch.cat([response_values(self.module, mb.to(self.device)).cpu() for mb in data.split(self.micro)])
+            return torch.cat([response_values(self.module, mb.to(self.device), self.cfg.optimized_forward,
+                                              self.cfg.autocast).cpu() for mb in data.split(self.micro)])
 
     def update(self, data: DataProto, n_mini_batches: int) -> dict[str, float]:
         """Needs ``values`` (old), ``returns``, ``response_mask`` and the model inputs."""
@@ -39,7 +47,7 @@ class Critic:
 
         def loss_fn(mb: DataProto):
             b = mb.batch
-            vpreds = response_values(self.module, mb)
+            vpreds = response_values(self.module, mb, cfg.optimized_forward, cfg.autocast)
             loss, m = core_algos.compute_value_loss(vpreds, b["returns"], b["values"], b["response_mask"],
                                                     cfg.cliprange_value, cfg.loss_agg_mode)
             return loss, {"critic/vf_loss": loss.item(), **{f"critic/{k}": v for k, v in m.items()}}

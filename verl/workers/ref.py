@@ -21,4 +21,5 @@ class Reference:
         self.module = fsdp_utils.wrap_fsdp(model, device, dtype, world_size, cfg.offload_params)
 
     def compute_log_probs(self, data: DataProto) -> torch.Tensor:
-        return batched_log_probs(self.module, data, self.micro, self.device, self.temperature)
+        return batched_log_probs(self.module, data, self.micro, self.device, self.temperature, self.cfg.optimized_forward,
+                                 self.cfg.autocast)

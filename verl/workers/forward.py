@@ -1,0 +1,119 @@
+"""Response log-probs without the redundant work of a plain full-width forward pass.
+
+A rollout row is ``prompt (left-padded to P) + response (right-padded to T)`` and only the response's T
+predictions are needed. The plain forward (``optimized=False``) runs all ``P + T`` columns through the model and
+the LM head. The optimized forward computes the same numbers with less work:
+
+- **trim**: columns that are padding in every row of the micro-batch (the common left padding of the prompts,
+  the response columns after the longest response) are dropped, and so is the last input column (its output
+  predicts nothing); log-probs after the longest response are returned as 0 (they are masked everywhere);
+- **logits for response positions only** (``logits_to_keep``): the LM head (49k x 576 for the embedded model)
+  is not applied to prompt positions;
+- **one prompt pass per distinct prompt**: the n samples of a prompt share its key/value cache (computed once,
+  indexed out to the n rows; gradients flow through the indexing), then only the responses run. Off when the
+  model recomputes activations in training (gradient checkpointing drops the cache).
+
+Passes without gradients also sort rows by prompt length (whole prompt groups together) so each micro-batch
+holds prompts of similar length; the output is returned in the input order. The update keeps its micro-batch
+composition (the ``token-mean`` loss weighs tokens within a micro-batch, so regrouping would change the loss).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+
+def autocast_context(device: torch.device, mode: str):
+    """``torch.autocast`` in bf16 for ``mode='bf16'`` (weights stay in their dtype: fp32 master weights), else a
+    no-op. Wraps model forward passes only: log-softmax, losses and the optimizer stay in fp32."""
+    if mode == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if mode in ("none", None):
+        return contextlib.nullcontext()
+    raise ValueError(f"autocast={mode!r}: choose bf16 or none (worker.actor.autocast / worker.ref.autocast)")
+
+
+def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows with identical prompt tokens and mask share a group: ``(first row of each group [U], group of each
+    row [B])``; groups are numbered in order of first appearance."""
+    key = torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    # renumber by first appearance so the result does not depend on unique's sort order
+    dev = inverse.device
+    first = torch.full((int(inverse.max()) + 1,), len(inverse), dtype=torch.long, device=dev)
+    first.scatter_reduce_(0, inverse, torch.arange(len(inverse), device=dev), reduce="amin")
+    rank = torch.empty_like(first)
+    rank[torch.argsort(first)] = torch.arange(len(first), device=dev)
+    return torch.sort(first).values, rank[inverse]
+
+
+def trim_bounds(attention_mask: torch.Tensor, n_response: int) -> tuple[int, int]:
+    """``(first prompt column any row attends to, longest response)`` for a ``[B, P+T]`` mask."""
+    P = attention_mask.shape[1] - n_response
+    used = attention_mask[:, :P].any(0)
+    start = int(used.nonzero()[0]) if bool(used.any()) else P
+    resp = attention_mask[:, P:].any(0)
+    t = int(resp.nonzero()[-1]) + 1 if bool(resp.any()) else 0
+    return start, t
+
+
+def _inner(module: nn.Module) -> nn.Module:
+    return getattr(module, "module", module)
+
+
+def can_share_prompt(module: nn.Module) -> bool:
+    """The KV cache survives the forward unless activations are recomputed (gradient checkpointing in training)."""
+    inner = _inner(module)
+    return not (module.training and getattr(inner, "is_gradient_checkpointing", False))
+
+
+def response_logits(module: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    position_ids: torch.Tensor, n_response: int, share_prompt: bool = True,
+                    autocast: str = "none") -> torch.Tensor:
+    """Logits ``[B, t, V]`` predicting response tokens ``0..t-1``, ``t`` = the longest response (see module doc)."""
+    B, L = input_ids.shape
+    P = L - n_response
+    start, t = trim_bounds(attention_mask, n_response)
+    if t == 0:
+        vocab = _inner(module).config.vocab_size
+        return torch.zeros(B, 0, vocab, device=input_ids.device)
+    ids, mask, pos = input_ids[:, start:P + t - 1], attention_mask[:, start:P + t - 1], position_ids[:, start:P + t - 1]
+    firsts, group = prompt_groups(input_ids[:, start:P], attention_mask[:, start:P])
+    with autocast_context(input_ids.device, autocast):
+        if not (share_prompt and len(firsts) < B and can_share_prompt(module)):
+            return module(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
+                          logits_to_keep=t).logits
+        p = P - start
+        out = module(input_ids=ids[firsts, :p], attention_mask=mask[firsts, :p], position_ids=pos[firsts, :p],
+                     use_cache=True, logits_to_keep=1)
+        first_logits = out.logits[group]
+        if t == 1:
+            return first_logits
+        cache = out.past_key_values
+        cache.batch_select_indices(group)
+        rest = module(input_ids=ids[:, p:], attention_mask=mask, position_ids=pos[:, p:], past_key_values=cache,
+                      use_cache=True).logits
+    return torch.cat([first_logits, rest], dim=1)
+
+
+def plain_response_logits(module: nn.Module, input_ids, attention_mask, position_ids, n_response: int,
+                          autocast: str = "none") -> torch.Tensor:
+    """The reference computation: the full ``[B, P+T]`` forward, logits ``[B, T, V]`` sliced afterwards."""
+    with autocast_context(input_ids.device, autocast):
+        logits = module(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        use_cache=False).logits
+    return logits[:, -n_response - 1:-1]
+
+
+def length_order(data_batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Row order by prompt length with each prompt group kept together (stable: original order inside a group)."""
+    T = data_batch["responses"].shape[1]
+    P = data_batch["input_ids"].shape[1] - T
+    mask = data_batch["attention_mask"]
+    _, group = prompt_groups(data_batch["input_ids"][:, :P], mask[:, :P])
+    plen = mask[:, :P].sum(-1).long()
+    key = plen * (int(group.max()) + 1) + group
+    return torch.sort(key, stable=True).indices
