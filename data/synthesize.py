@@ -314,6 +314,12 @@ def synthesize_rwku(cfg: SynthConfig, generator: Generator | None = None) -> dic
     summary["fractions_achieved"] = {k: round(T[v] / max(1, corpus_tokens), 4) for k, v in
                                      (("rs", "rs_questions"), ("rebo_forget", "rebo_reject_prompts"),
                                       ("rebo_boundary", "rebo_normal_prompts"))}
+    if cfg.budget == "paper":  # a generator that finds too few questions (template on a short corpus) falls short
+        tgt = summary["fractions_target"]
+        summary["budget_shortfall"] = {k: v for k, v in summary["fractions_achieved"].items() if v < tgt[k]}
+        if summary["budget_shortfall"]:
+            log.warning("%s: the %s generator found %d questions, short of the paper budget: achieved %s, target %s",
+                        target.folder, gen.name, len(cands), summary["fractions_achieved"], tgt)
     _write_summary(out_dir, summary)
     partial.unlink(missing_ok=True)
     return summary
@@ -340,6 +346,8 @@ def _write_summary(out_dir: Path, s: dict) -> None:
     lines += ["", f"forget corpus tokens: {s['tokens']['forget_corpus']}; valid items {s.get('valid_items', 0)}, "
               f"rejected items {s.get('rejected_items', 0)}, requests {s.get('requests', 0)}, "
               f"cache hits {s.get('cache_hits', 0)}, resumed units {s.get('resumed_units', 0)}", ""]
+    if s.get("budget_shortfall"):
+        lines += [f"**Short of the paper budget** (all candidates used): {s['budget_shortfall']}", ""]
     (out_dir / "synthesis_summary.md").write_text("\n".join(lines), encoding="utf-8")
 
 
