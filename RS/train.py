@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,9 +27,11 @@ from RS.args import TrainArgs, args_to_dict, parse_args
 from RS.checkpoint import save_hf_checkpoint
 from RS.datasets import build_data, collate
 from RS.stages import Stage, get_stage
+from verl.utils.cli import UserError
 from verl.utils.io import atomic_savefig, atomic_write_json
 from verl.utils.progress import progress
 from verl.utils.runinfo import run_info
+from verl.utils.runlock import LOCK_NAME, RunDirLock
 
 logger = logging.getLogger("RS.train")
 
@@ -37,13 +40,29 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf: training stopped, earlier checkpoints were kept."""
 
 
+# what an RS.train run writes into --output_dir: --overwrite_output_dir removes these so runs never mix (the log
+# once read steps 1, 2, 3, 1, 2 and old checkpoint-epoch-* folders stayed); other files of the folder are kept
+RUN_OUTPUTS = ("DONE", "FAILED.json", "train_log.jsonl", "loss.png", "run_args.json", "run_info.json", "heldout.json",
+               "inject_eval.json", "inject_eval_before.json", "model.safetensors", "model.safetensors.index.json")
+RUN_OUTPUT_GLOBS = ("checkpoint-epoch-*", "model-*-of-*.safetensors", "adapter")
+
+
+class OutputDirNotEmptyError(UserError, FileExistsError):
+    """--output_dir holds another run's files."""
+
+
 def _prepare_output_dir(args: TrainArgs) -> Path:
     out = Path(args.output_dir)
-    if out.exists() and any(out.iterdir()) and not args.overwrite_output_dir:
-        raise FileExistsError(f"output dir {out} is not empty; pass --overwrite_output_dir to reuse it")
+    if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()) and not args.overwrite_output_dir:
+        raise OutputDirNotEmptyError(f"output dir {out} is not empty; pass --overwrite_output_dir to replace the "
+                                     "earlier run's outputs, or choose another --output_dir")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("DONE", "FAILED.json"):
-        (out / stale).unlink(missing_ok=True)
+    stale = [out / name for name in RUN_OUTPUTS] + [p for g in RUN_OUTPUT_GLOBS for p in sorted(out.glob(g))]
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
     return out
 
 
@@ -56,7 +75,7 @@ def _load_model(args: TrainArgs):
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
     ref = None
     if args.finetuning_type == "lora":
         from peft import LoraConfig, get_peft_model
@@ -72,7 +91,8 @@ def _load_ref(path: str, bf16: bool = False):
     """The frozen original model (NPO/DPO reference, KLR). Not sharded: each process holds a full copy."""
     from transformers import AutoModelForCausalLM
 
-    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 else torch.float32,
+                                               use_safetensors=True)
     ref.eval()
     ref.requires_grad_(False)
     return ref
@@ -172,7 +192,19 @@ def _inject_eval(model, tokenizer, args: TrainArgs, root) -> dict:
 
 
 def train(args: TrainArgs) -> Path:
-    """Run one training job; returns the output folder. Raises NonFiniteLossError on NaN/inf loss."""
+    """Run one training job; returns the output folder. Raises NonFiniteLossError on NaN/inf loss. The main
+    process holds a lock on the output folder for the whole run (a second run into it stops at once)."""
+    from accelerate import PartialState
+
+    lock = RunDirLock(args.output_dir, "RS.train run").acquire() if PartialState().is_main_process else None
+    try:
+        return _train(args)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(args: TrainArgs) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
@@ -324,7 +356,10 @@ def train(args: TrainArgs) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except ValueError as exc:  # validate_args: a bad flag value
+        raise UserError(str(exc)) from None
     try:
         train(args)
     except NonFiniteLossError as e:
@@ -333,4 +368,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from verl.utils.cli import run_main
+
+    run_main(main)

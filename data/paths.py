@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from verl.utils.cli import MissingFileError
+
 SAMPLE_ROOT = Path(__file__).resolve().parent / "sample"
 
 
@@ -17,13 +19,13 @@ def resolve_data_root(explicit: str | os.PathLike | None = None) -> Path:
     if explicit:
         root = Path(explicit).expanduser()
         if not root.is_dir():
-            raise FileNotFoundError(f"data root {root} does not exist (set --data_dir or RULE_DATA_DIR)")
+            raise MissingFileError(f"data root {root} does not exist (set --data_dir or RULE_DATA_DIR)")
         return root
     env = os.environ.get("RULE_DATA_DIR")
     if env:
         root = Path(env).expanduser()
         if not root.is_dir():
-            raise FileNotFoundError(f"RULE_DATA_DIR={env} does not exist")
+            raise MissingFileError(f"RULE_DATA_DIR={env} does not exist")
         return root
     return Path("data")
 

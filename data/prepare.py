@@ -200,4 +200,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from verl.utils.cli import run_main  # user errors in one line; tracebacks and logs with secrets scrubbed
+
+    run_main(main)

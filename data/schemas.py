@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from verl.utils.cli import UserError
 
-class DataValidationError(ValueError):
+
+class DataValidationError(UserError, ValueError):
     """A data file is missing, unreadable or has a record with a missing or mistyped key."""
 
 
@@ -88,6 +90,33 @@ def validate_records(records: Any, schema: str, path: str | Path) -> list:
                 )
         if "solution" in keys:
             _check_solution(rec, path, idx)
+    return records
+
+
+def validate_rl_records(records: Any, path: str | Path, prompt_key: str = "prompt", answer_key: str = "solution") -> list:
+    """The RL trainer's rows (``rl_rejection_*`` files, or any file with other column names): ``prompt_key`` a
+    non-empty string; ``answer_key`` present and not null; a list answer that carries a ``<...>`` label must be a
+    RULE solution (``["<reject>"|"<normal>", text, ...]``, strings). Raises DataValidationError naming the file,
+    the record and the key."""
+    path = Path(path)
+    if not isinstance(records, list):
+        raise DataValidationError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    if not records:
+        raise DataValidationError(f"{path}: the file has no records")
+    for idx, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise DataValidationError(f"{path}: record {idx}: expected an object, got {type(rec).__name__}")
+        for key, what in ((prompt_key, "data.prompt_key"), (answer_key, "data.answer_key")):
+            if key not in rec or rec[key] is None:
+                raise DataValidationError(f"{path}: record {idx}: missing key '{key}' ({what})")
+        prompt, sol = rec[prompt_key], rec[answer_key]
+        if not isinstance(prompt, str) or not prompt.strip():
+            got = type(prompt).__name__ if not isinstance(prompt, str) else "an empty string"
+            raise DataValidationError(f"{path}: record {idx}: key '{prompt_key}' should be a non-empty string, got {got}")
+        if isinstance(sol, list) and sol and isinstance(sol[0], str) and sol[0].startswith("<"):
+            _check_solution({"solution": sol}, path, idx)
+        elif isinstance(sol, list) and not sol:
+            raise DataValidationError(f"{path}: record {idx}: key '{answer_key}' is an empty list")
     return records
 
 

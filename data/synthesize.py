@@ -37,7 +37,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -501,4 +500,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from verl.utils.cli import run_main  # user errors in one line; tracebacks and logs with secrets scrubbed
+
+    run_main(main)

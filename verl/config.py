@@ -7,11 +7,16 @@ and critic paths default to the actor's start path) and checks batch-size divisi
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from omegaconf import OmegaConf
+
+from verl.utils.cli import ConfigError, MissingFileError
+
+logger = logging.getLogger("verl.config")
 
 
 @dataclass
@@ -273,6 +278,9 @@ class TrainerConfig:
     """Run directory (checkpoints, logs, resolved config); None: log/rebo/<experiment_name>."""
     resume: str = "auto"
     """auto (latest complete checkpoint in the run dir) | none | <path to a global_step_N dir>."""
+    allow_config_change: bool = False
+    """Resume even though the config (beyond the step budget, saving and logging) or the data differ from the
+    checkpoint's; the differences are recorded in run_info.json."""
     logger: list[str] = field(default_factory=lambda: ["console", "jsonl"])
     """Any of console, jsonl, tensorboard, wandb (wandb honours WANDB_MODE=offline)."""
     log_generations: int = 4
@@ -308,25 +316,26 @@ class PPOConfig:
         return self.trainer.save_dir or os.path.join("log", "rebo", self.trainer.experiment_name)
 
     def resolve(self) -> PPOConfig:
-        """Fill dependent defaults and check consistency; returns self."""
+        """Fill dependent defaults and check values and consistency (ConfigError naming the key); returns self."""
+        self._check_values()
         actor = self.worker.actor
         if self.worker.ref.model_path is None:
             self.worker.ref.model_path = actor.model_path
         if self.worker.critic.model_path is None:
             self.worker.critic.model_path = actor.model_path
         if actor.global_batch_size > self.data.rollout_batch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"worker.actor.global_batch_size={actor.global_batch_size} > data.rollout_batch_size="
                 f"{self.data.rollout_batch_size}: lower the global batch size"
             )
         if self.data.rollout_batch_size % actor.global_batch_size:
-            raise ValueError("data.rollout_batch_size must be a multiple of worker.actor.global_batch_size")
+            raise ConfigError("data.rollout_batch_size must be a multiple of worker.actor.global_batch_size")
         n_resp = self.data.rollout_batch_size * self.worker.rollout.n
         if n_resp % self.trainer.n_workers:
-            raise ValueError(f"rollout_batch_size x n = {n_resp} must be divisible by trainer.n_workers")
+            raise ConfigError(f"rollout_batch_size x n = {n_resp} must be divisible by trainer.n_workers")
         per_rank_mini = actor.global_batch_size * self.worker.rollout.n // self.trainer.n_workers
         if per_rank_mini == 0 or per_rank_mini % min(actor.micro_batch_size_per_device_for_update, per_rank_mini):
-            raise ValueError(
+            raise ConfigError(
                 f"per-worker mini-batch ({per_rank_mini} responses) must be a multiple of "
                 "worker.actor.micro_batch_size_per_device_for_update"
             )
@@ -338,8 +347,47 @@ class PPOConfig:
             *((f"worker.{r}.autocast", ("bf16", "none"), getattr(self.worker, r).autocast) for r in ("actor", "ref", "critic")),
         ):
             if value not in choices:
-                raise ValueError(f"{name}={value!r}: choose one of {choices}")
+                raise ConfigError(f"{name}={value!r}: choose one of {choices}")
         return self
+
+    def _check_values(self) -> None:
+        """Sizes, counts and lengths must be positive (a negative batch size once sampled 1,198 prompts a step, a
+        zero one divided by zero, a negative total_steps exited 0 with nothing saved)."""
+        d, w, t = self.data, self.worker, self.trainer
+        positive = {
+            "data.rollout_batch_size": d.rollout_batch_size, "data.val_batch_size": d.val_batch_size,
+            "data.max_prompt_length": d.max_prompt_length, "data.max_response_length": d.max_response_length,
+            "data.val_max_samples": d.val_max_samples, "worker.actor.global_batch_size": w.actor.global_batch_size,
+            "worker.actor.micro_batch_size_per_device_for_update": w.actor.micro_batch_size_per_device_for_update,
+            "worker.actor.micro_batch_size_per_device_for_experience": w.actor.micro_batch_size_per_device_for_experience,
+            "worker.actor.ppo_epochs": w.actor.ppo_epochs, "worker.rollout.n": w.rollout.n,
+            "worker.rollout.micro_batch_size": w.rollout.micro_batch_size,
+            "worker.rollout.tensor_parallel_size": w.rollout.tensor_parallel_size,
+            "worker.rollout.val.max_new_tokens": w.rollout.val.max_new_tokens,
+            "trainer.total_steps": t.total_steps, "trainer.n_workers": t.n_workers,
+        }
+        if self.use_critic:
+            positive["worker.critic.micro_batch_size_per_device_for_update"] = w.critic.micro_batch_size_per_device_for_update
+            positive["worker.critic.ppo_epochs"] = w.critic.ppo_epochs
+        for key, value in positive.items():
+            if value is not None and value <= 0:
+                raise ConfigError(f"{key}={value}: must be a positive number")
+        non_negative = {
+            "worker.actor.optim.lr": w.actor.optim.lr, "worker.critic.optim.lr": w.critic.optim.lr,
+            "worker.actor.optim.lr_warmup_steps": w.actor.optim.lr_warmup_steps, "worker.rollout.top_k": w.rollout.top_k,
+            "algorithm.kl_coef": self.algorithm.kl_coef, "worker.actor.max_grad_norm": w.actor.max_grad_norm,
+        }
+        for key, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"{key}={value}: must be >= 0")
+        for key, value in (("worker.rollout.temperature", w.rollout.temperature), ("worker.rollout.top_p", w.rollout.top_p),
+                           ("worker.rollout.val.top_p", w.rollout.val.top_p)):
+            if value <= 0 or (key.endswith("top_p") and value > 1):
+                raise ConfigError(f"{key}={value}: must be > 0" + (" and <= 1" if key.endswith("top_p") else ""))
+        if w.rollout.n == 1 and self.algorithm.adv_estimator in ("grpo", "rloo"):
+            logger.warning("worker.rollout.n=1 with algorithm.adv_estimator=%s: each prompt's group has one response, "
+                           "so every advantage is 0 and the policy does not learn; use n >= 2",
+                           self.algorithm.adv_estimator)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -349,19 +397,25 @@ def load_config(config_file: str | None = None, overrides: list[str] | None = No
     """``PPOConfig`` <- YAML file <- ``key=value`` overrides (unknown keys raise), then ``resolve()``."""
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
+    if config_file and not os.path.isfile(config_file):
+        raise MissingFileError(f"config file {config_file} does not exist (config=FILE.yaml; see examples/)")
     schema = OmegaConf.structured(PPOConfig)
     OmegaConf.set_struct(schema, True)
     # the reward's settings are free-form (each reward has its own); RewardConfig.check validates them instead
     OmegaConf.set_struct(schema.worker.reward.kwargs, False)
     try:
         if config_file:
-            schema = OmegaConf.merge(schema, OmegaConf.load(config_file))
+            try:
+                loaded = OmegaConf.load(config_file)
+            except Exception as exc:  # noqa: BLE001 - yaml raises several parser error types
+                raise ConfigError(f"config file {config_file} is not valid YAML: {exc}") from exc
+            schema = OmegaConf.merge(schema, loaded)
         if overrides:
             schema = OmegaConf.merge(schema, OmegaConf.from_dotlist(list(overrides)))
     except (ConfigKeyError, ConfigAttributeError) as exc:
-        raise ValueError(f"unknown config key: {exc}. See verl/config.py for the valid keys.") from exc
+        raise ConfigError(f"unknown config key: {exc}. See verl/config.py for the valid keys.") from exc
     except ValidationError as exc:
-        raise ValueError(f"bad config value: {exc}") from exc
+        raise ConfigError(f"bad config value: {exc}") from exc
     cfg: PPOConfig = OmegaConf.to_object(schema)
     cfg.worker.reward.check()
     return cfg.resolve()

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from verl.utils.cli import UserError
 from verl.utils.io import atomic_write_json, json_safe
 from verl.utils.runinfo import git_commit
 
@@ -81,12 +82,14 @@ def parse_utility_limit(spec: str | int | None, default: int | None) -> int | di
     if spec is None or spec == "":
         return default
     if isinstance(spec, int) or str(spec).isdigit():
+        if int(spec) <= 0:
+            raise UserError(f"--utility_limit {spec}: must be >= 1 (omit it to use every record)")
         return int(spec)
     out = {}
     for part in str(spec).split(","):
         key, _, val = part.partition("=")
-        if not val.strip().isdigit():
-            raise SystemExit(f"bad --utility_limit entry {part!r}: use N or Part=N (Gen, Rea, Tru, Fac, Flu)")
+        if not val.strip().isdigit() or int(val) <= 0 or key.strip() not in ("Gen", "Rea", "Tru", "Fac", "Flu"):
+            raise UserError(f"bad --utility_limit entry {part!r}: use N or Part=N with N >= 1 (Gen, Rea, Tru, Fac, Flu)")
         out[key.strip()] = int(val)
     return {k: out.get(k, default) for k in ("Gen", "Rea", "Tru", "Fac", "Flu")}
 
@@ -176,8 +179,115 @@ def _suites(args) -> list[str]:
     return names
 
 
+# files each suite reads: all must exist before the model loads (a missing one once left "All" the mean of the rest)
+RWKU_SUITE_FILES = {
+    "forget": ("forget_level1", "forget_level2", "forget_level3"),
+    "neighbor": ("neighbor_level1", "neighbor_level2"),
+    "mia": ("forget_mia", "retain_mia"),
+    "utility": ("retain_mmlu", "retain_bbh", "truthful", "triviaqa", "fluency"),
+    "naturalness": ("forget_level1", "forget_level2", "forget_level3"),
+    "robustness": ("forget_level1", "forget_level2", "forget_level3", "passage"),
+}
+MUSE_SUITE_FILES = {
+    "verbmem": ("verbmem/forget",),
+    "knowmem": ("knowmem/forget_qa", "knowmem/retain_qa", "knowmem/forget_qa_icl", "knowmem/retain_qa_icl"),
+    "privleak": ("privleak/forget", "privleak/holdout"),
+}
+MUSE_CORPORA = ("books",)
+
+
+def precheck(args: argparse.Namespace, suites: list[str]) -> None:
+    """Everything checkable before the model loads (UserError naming the flag or file): numeric flags, the MUSE
+    corpus, the output path, the judge's key, the data files of every suite."""
+    for flag in ("limit", "batch_size", "long_gen_tokens", "threads"):
+        value = getattr(args, flag, None)
+        if value is not None and value <= 0:
+            hint = " (omit --limit to use every record)" if flag == "limit" else ""
+            raise UserError(f"--{flag} {value}: must be >= 1{hint}")
+    if "utility" in suites:
+        parse_utility_limit(args.utility_limit, args.limit)
+    if args.benchmark == "muse" and args.target not in MUSE_CORPORA:
+        raise UserError(f"--benchmark muse --target {args.target}: only {MUSE_CORPORA} is supported (the MUSE-Books "
+                        "data and its retrain AUC); omit --target")
+    out = Path(args.output)
+    if out.is_dir():
+        raise UserError(f"--output {out} is a folder: give a file path such as {out / 'result.json'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"--output {out}: cannot write there ({exc.strerror or exc})") from None
+    if "naturalness" in suites:
+        import os
+
+        if args.judge not in ("auto", "openai", "proxy"):
+            raise UserError(f"--judge {args.judge!r}: choose auto, openai or proxy")
+        if args.judge == "openai" and not os.environ.get("OPENAI_API_KEY"):
+            raise UserError("--judge openai needs OPENAI_API_KEY in the environment (or use --judge proxy)")
+    from data.schemas import read_json
+
+    if args.benchmark == "rwku":
+        from data.rwku import resolve_target
+
+        tgt = resolve_target(args.target, args.data_dir)
+        paths = [tgt.file(stem) for suite in suites for stem in RWKU_SUITE_FILES.get(suite, ())]
+    else:
+        from data.muse import muse_dir
+
+        parts = list(MUSE_SUITE_FILES) if "muse" in suites else suites
+        root = muse_dir(args.data_dir)
+        paths = [root / f"{stem}.json" for part in parts for stem in MUSE_SUITE_FILES.get(part, ())]
+    missing = [str(p) for p in dict.fromkeys(paths) if not p.is_file()]
+    if missing:
+        raise UserError(f"missing data file(s) for suites {suites}: {', '.join(missing)}. Restore them "
+                        "(python -m data.prepare) or choose other --suites")
+    for p in dict.fromkeys(paths):  # syntax only (cheap); every suite validates its records when it loads them
+        read_json(p)
+
+
+def _fingerprint(args: argparse.Namespace) -> dict:
+    """What must match for a partial result to be reused: every flag that changes a number, plus the model
+    folder's weight files (size and mtime), so a retrained checkpoint at the same path is evaluated afresh."""
+    keep = {k: v for k, v in vars(args).items() if k not in ("output", "suites", "threads", "robustness")}
+    path = Path(str(args.model_path)).expanduser()
+    if path.is_dir():
+        keep["weights"] = {f.name: [f.stat().st_size, int(f.stat().st_mtime)] for f in sorted(path.glob("*.safetensors"))}
+    return json_safe(keep)
+
+
+def partial_path(output: str | Path) -> Path:
+    """Finished suites of an unfinished evaluation (removed once the result file is written)."""
+    out = Path(output)
+    return out.with_name(f".{out.name}.partial.json")
+
+
+def load_partial(args: argparse.Namespace) -> dict | None:
+    path = partial_path(args.output)
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        logger.warning("ignoring unreadable partial results %s", path)
+        return None
+    if saved.get("fingerprint") != _fingerprint(args):
+        logger.warning("ignoring partial results %s: made with other flags or another model", path)
+        return None
+    return saved
+
+
+def save_partial(args: argparse.Namespace, ctx: EvalContext, done: list[str]) -> None:
+    atomic_write_json(partial_path(args.output), {"fingerprint": _fingerprint(args), "done": done,
+                                                  "metrics": ctx.metrics, "generations": ctx.generations,
+                                                  "timing": ctx.timing})
+
+
 def run(args: argparse.Namespace) -> dict:
-    """Load the model, run the suites, write and return the result dict."""
+    """Check the inputs, load the model, run the suites (each finished suite saved, so a rerun of the same command
+    skips it), write and return the result dict."""
     import torch
 
     from verl.models.embedded import load_model_and_tokenizer, resolve_model_path
@@ -189,15 +299,16 @@ def run(args: argparse.Namespace) -> dict:
         try:
             config_from(args)  # an unknown --robustness probe fails before the model loads
         except ValueError as exc:
-            raise SystemExit(str(exc)) from None
+            raise UserError(str(exc)) from None
     if args.benchmark == "muse":
         args.target = args.target or "books"
     else:
         if not args.target:
-            raise SystemExit("--target is required for RWKU (e.g. 1_Stephen_King)")
+            raise UserError("--target is required for RWKU (e.g. 1_Stephen_King)")
         from data.rwku import resolve_target
 
         args.target = resolve_target(args.target, args.data_dir).folder
+    precheck(args, suites)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     if device == "cpu":
@@ -212,12 +323,24 @@ def run(args: argparse.Namespace) -> dict:
         gen_model = load_vllm(resolve_model_path(args.model_path), dtype=dtype, gpu_memory_utilization=0.45)
     ctx = EvalContext(args=args, model=model, tokenizer=tokenizer, gen_model=gen_model)
     ctx.timing["load"] = round(time.time() - t0, 2)
+    done: list[str] = []
+    saved = load_partial(args)
+    if saved:
+        done = [s for s in saved["done"] if s in suites]
+        ctx.metrics.update(saved["metrics"])
+        ctx.generations.update(saved["generations"])
+        ctx.timing.update({k: v for k, v in saved["timing"].items() if k != "load"})
+        logger.info("kept finished suites %s from %s", done, partial_path(args.output))
     for suite in suites:
+        if suite in done:
+            continue
         t = time.time()
         logger.info("suite %s ...", suite)
         SUITES[args.benchmark][suite](ctx, suite)
         ctx.timing[suite] = round(time.time() - t, 2)
         logger.info("suite %s done in %.1fs: %s", suite, ctx.timing[suite], _brief(ctx.metrics, suite))
+        done.append(suite)
+        save_partial(args, ctx, done)
     ctx.timing["total"] = round(time.time() - t0, 2)
     result = {
         "benchmark": args.benchmark,
@@ -233,6 +356,7 @@ def run(args: argparse.Namespace) -> dict:
         "timing": ctx.timing,
     }
     atomic_write_json(args.output, result)
+    partial_path(args.output).unlink(missing_ok=True)
     logger.info("wrote %s", args.output)
     return json_safe(result)
 
@@ -254,4 +378,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from verl.utils.cli import run_main
+
+    run_main(main)

@@ -30,7 +30,9 @@ MUSE_SUITES = ("verbmem", "knowmem", "privleak")
 
 
 def _limit(records: list, limit: int | None) -> list:
-    return records[:limit] if limit else records
+    from verl.eval.rwku import _limit as limit_records  # one rule for every suite: a limit must be positive
+
+    return limit_records(records, limit)
 
 
 def knowmem_prefix(icl: Sequence[dict]) -> str:
@@ -82,6 +84,8 @@ def evaluate_muse(model, tokenizer, suites: Sequence[str] = MUSE_SUITES, limit: 
                   gen_model=None, data_dir=None, corpus: str = "books") -> tuple[dict, dict, dict]:
     """Run the MUSE suites; returns ``(metrics, generations, timing)`` with metrics keyed as in the shared
     result format: VerbMem, KnowMem_forget, KnowMem_retain, PrivLeak, auc."""
+    if corpus != "books":  # only MUSE-Books data exist here; another label would score Books under its name
+        raise ValueError(f"MUSE corpus {corpus!r}: only 'books' is supported (the data are MUSE-Books)")
     metrics, gens, timing = {}, {}, {}
     if "verbmem" in suites:
         t0 = time.time()

@@ -217,11 +217,10 @@ class _JudgeRunner:
 
     # requests ------------------------------------------------------------------------------------
     def _scrub(self, text: str) -> str:
-        """Remove the API key (and long fragments of it) from an error text."""
-        if self._key and len(self._key) >= 8:
-            text = text.replace(self._key, "***")
-            text = re.sub(re.escape(self._key[:8]) + r"\S*", "***", text)
-        return text[:300]
+        """Remove the API key (and long fragments of it, and any other secret) from an error text."""
+        from verl.utils.secrets import scrub
+
+        return scrub(text, [self._key])[:300]
 
     def _classify(self, exc: Exception) -> tuple[bool, str]:
         """(retryable, short reason) for an exception from one judge attempt."""
@@ -410,12 +409,19 @@ def proxy_scores(query: str, output: str, answer: str = "") -> dict:
 def rescore_result_file(path: str | Path, cfg: NaturalnessConfig, write: bool = False) -> dict:
     """Score the forget-probe generations stored in a result JSON (forget levels 1-3); with ``write``,
     replace its ``metrics["naturalness"]`` atomically. Returns the naturalness metrics."""
+    from verl.utils.cli import MissingFileError, UserError
+
     path = Path(path)
-    result = json.loads(path.read_text(encoding="utf-8"))
+    if not path.is_file():
+        raise MissingFileError(f"result file {path} does not exist")
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not a readable result JSON ({exc})") from None
     gens = result.get("generations") or {}
     records = [g for stem in FORGET_PROBE_FILES for g in gens.get(stem, [])]  # not forget_mia: no responses
     if not records:
-        raise ValueError(f"{path} has no forget generations to score (run the evaluator with generations kept)")
+        raise UserError(f"{path} has no forget generations to score (run the evaluator with generations kept)")
     metrics, _ = evaluate_naturalness(records, cfg)
     if write:
         result.setdefault("metrics", {})["naturalness"] = metrics
@@ -423,7 +429,7 @@ def rescore_result_file(path: str | Path, cfg: NaturalnessConfig, write: bool = 
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(description="(Re)score the naturalness of result files' forget generations.")
@@ -442,11 +448,22 @@ def main(argv: list[str] | None = None) -> None:
         cache_path=args.cache_path,
         concurrency=args.concurrency,
     )
+    all_failed = []
     for path in args.results:
         m = rescore_result_file(path, cfg, write=args.write)
         scores = " ".join(f"{k} {'-' if m[k] is None else f'{m[k]:.3f}'}" for k in ("Read", "Help", "Truth", "Mean"))
         print(f"{path}: {scores} ({m['source']}, {m['n_scored']}/{m['n']} scored, failures {m['failures']})")
+        if m["n"] and not m["n_scored"]:
+            all_failed.append(path)
+    if all_failed:  # nothing was scored: a run that looks successful would hide it
+        from verl.utils.cli import UserError
+
+        raise UserError(f"every judge call failed for {', '.join(map(str, all_failed))} (see the failures above: "
+                        "key, --base_url, --model?)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    from verl.utils.cli import run_main
+
+    run_main(main)

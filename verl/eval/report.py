@@ -108,17 +108,25 @@ ORIGINAL_NAMES = ("original", "before", "base", "injected", "target")
 
 
 # ----------------------------------------------------------------------------------------------- loading
-def find_results(dirs: list[str | Path]) -> list[dict]:
-    """Every result JSON under ``dirs`` (recursively); each gets "_path". Non-result JSONs are skipped."""
+def find_results(dirs: list[str | Path], unreadable: list[str] | None = None) -> list[dict]:
+    """Every result JSON under ``dirs`` (recursively); each gets "_path". Readable non-result JSONs are skipped;
+    a file that cannot be read or parsed is appended to ``unreadable`` as "path: reason" (never skipped silently:
+    its row would just be missing from the table)."""
     out = []
     for d in dirs:
         d = Path(d)
+        if not d.exists():
+            from verl.utils.cli import MissingFileError
+
+            raise MissingFileError(f"{d} does not exist")
         files = [d] if d.is_file() else sorted(d.rglob("*.json"))
         for f in files:
             try:
                 with open(f, encoding="utf-8") as fh:
                     obj = json.load(fh)
-            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                if unreadable is not None:
+                    unreadable.append(f"{f}: {type(exc).__name__}: {exc}")
                 continue
             if isinstance(obj, dict) and "benchmark" in obj and isinstance(obj.get("metrics"), dict):
                 obj["_path"] = str(f)
@@ -163,8 +171,16 @@ def combine(results: list[dict]) -> tuple[list[dict], list[str]]:
                         metrics.setdefault(suite, {})[part] = v
                     source[name] = r["_path"]
         paths = list(dict.fromkeys(source.values()))
-        merged.append({**group[-1], "metrics": metrics, "_path": " + ".join(paths)})
+        merged.append({**group[-1], "metrics": metrics, "_path": " + ".join(paths),
+                       "_limits": sorted({limit_label(r) for r in group})})
     return merged, notes
+
+
+def limit_label(r: dict) -> str:
+    """How much of each file a result scored: "full", or its --limit / --utility_limit flags."""
+    cfg = r.get("config") if isinstance(r.get("config"), dict) else {}
+    parts = [f"--{k} {cfg[k]}" for k in ("limit", "utility_limit") if cfg.get(k) not in (None, "")]
+    return " ".join(parts) or "full"
 
 
 def _method_id(r: dict) -> str:
@@ -277,6 +293,15 @@ def build_table(
     ]
     if partial:
         notes.append("averaged over fewer targets: " + "; ".join(partial[:12]) + (" ..." if len(partial) > 12 else ""))
+    limits: dict[str, set[str]] = defaultdict(set)  # label -> methods
+    for r in results:
+        for label in r.get("_limits") or [limit_label(r)]:
+            limits[label].add(str(r.get("method")))
+    if len(limits) > 1:
+        notes.append("WARNING: mixed record limits, rows are not comparable: "
+                     + "; ".join(f"{lab}: {', '.join(sorted(ms))}" for lab, ms in sorted(limits.items())))
+    elif limits and "full" not in limits:
+        notes.append(f"every result used {next(iter(limits))} (a subset of each file, not the full benchmark)")
     return Table(benchmark, protocol, columns, rows, notes, all_key, kind)
 
 
@@ -392,7 +417,8 @@ def make_report(
     """Write every table, plot and the summary; returns {"report": path, "tables": [...], "markdown": str}."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results, dup_notes = combine(find_results(dirs))
+    unreadable: list[str] = []
+    results, dup_notes = combine(find_results(dirs, unreadable))
     if not results:
         raise SystemExit(f"no result JSONs (objects with 'benchmark' and 'metrics') found under {list(map(str, dirs))}")
     by_bp: dict[tuple[str, str], list[dict]] = defaultdict(list)
@@ -406,6 +432,7 @@ def make_report(
             "all_convention": all_key,
             "tables": [],
             "duplicates": dup_notes,
+            "unreadable": unreadable,
             "n_results": len(results),
         },
     )
@@ -447,14 +474,17 @@ def make_report(
             md_parts.append(to_markdown(rt, by_target))
             entry["robustness_rows"] = [{k: row[k] for k in ("method", "n_targets", "values")} for row in rt.rows]
         summary["tables"].append(entry)
+    if unreadable:
+        md_parts.append("**Unreadable JSON files (not in the tables):**\n\n" + "\n".join(f"- {u}" for u in unreadable) + "\n")
     markdown = "\n".join(md_parts)
     report = out / "report.md"
     atomic_write_text(report, "# Results\n\n" + markdown)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    return {"report": str(report), "tables": summary["tables"], "markdown": markdown, "duplicates": dup_notes}
+    return {"report": str(report), "tables": summary["tables"], "markdown": markdown, "duplicates": dup_notes,
+            "unreadable": unreadable}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -481,7 +511,12 @@ def main(argv: list[str] | None = None) -> None:
         print(note, file=sys.stderr)
     print(res["markdown"])
     print(res["report"])
+    for u in res["unreadable"]:
+        print(f"error: unreadable result file {u}", file=sys.stderr)
+    return 1 if res["unreadable"] else 0  # the report is written, but rows may be missing
 
 
 if __name__ == "__main__":
-    main()
+    from verl.utils.cli import run_main
+
+    run_main(main)

@@ -87,7 +87,13 @@ def _target(target: Target | str, data_dir=None) -> Target:
 
 
 def _limit(records: list, limit: int | None) -> list:
-    return records[:limit] if limit else records
+    """The first ``limit`` records (None: all). 0 or a negative limit is refused: ``records[:0]`` / ``[:-1]`` once
+    meant "everything" / "all but the last"."""
+    if limit is None:
+        return records
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        raise ValueError(f"limit must be a positive number of records or None, got {limit!r}")
+    return records[:limit]
 
 
 # ---------------------------------------------------------------- forget / neighbor probes
@@ -109,9 +115,7 @@ def evaluate_probes(
     """
     tgt = _target(target, data_dir)
     prompts, rows = [], []
-    for stem in files:
-        if not tgt.has(stem):
-            continue
+    for stem in files:  # a missing probe file fails (Target.load): "All" over the remaining levels would mislead
         level = FILE_LEVEL[stem]
         for probe in _limit(tgt.load(stem), limit):
             prompts.append(build_prompt(probe, level, tokenizer))
@@ -164,9 +168,7 @@ def evaluate_mia(model, tokenizer, target, limit=None, batch_size=4, data_dir=No
     """``{"FM": {loss, zlib, mink, minkpp}, "RM": {...}}`` averaged over fragments, plus per-fragment scores."""
     tgt = _target(target, data_dir)
     metrics, items = {}, {}
-    for key, stem in (("FM", "forget_mia"), ("RM", "retain_mia")):
-        if not tgt.has(stem):
-            continue
+    for key, stem in (("FM", "forget_mia"), ("RM", "retain_mia")):  # a missing file fails (Target.load)
         texts = [r["text"] for r in _limit(tgt.load(stem), limit)]
         scores = mia_scores(model, tokenizer, texts, batch_size=batch_size, desc=stem)
         metrics[key] = {m: M.mean([s[m] for s in scores]) for m in ("loss", "zlib", "mink", "minkpp")}

@@ -130,17 +130,37 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     name = str(name_or_path)
     if name in EMBEDDED_ALIASES:
         return str(ensure_embedded_model())
+    from verl.utils.cli import MissingFileError
+
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model path {path} has no config.json: is it a Hugging Face model folder?")
+            raise MissingFileError(f"model path {path} has no config.json: is it a Hugging Face model folder?")
+        check_safetensors(path)
         return str(path)
     looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
     if looks_local:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"model path {name} does not exist. Use a Hugging Face folder, a hub id, or '{EMBEDDED_MODEL}'."
         )
     return name
+
+
+def check_safetensors(folder: str | os.PathLike) -> None:
+    """Refuse a model folder without safetensors weights: a pickled ``pytorch_model.bin`` can run code when loaded.
+    (Hub ids are loaded with ``use_safetensors=True``, which refuses them the same way.)"""
+    from verl.utils.cli import UserError
+
+    folder = Path(folder)
+    if any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json")):
+        return
+    pickled = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+    if pickled:
+        raise UserError(
+            f"model folder {folder} holds only pickled weights ({', '.join(pickled[:3])}); this project loads "
+            "safetensors only, since unpickling can run code. Convert it once where you trust it: "
+            "AutoModelForCausalLM.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)")
+    raise UserError(f"model folder {folder} has no *.safetensors weights")
 
 
 def build_tiny_model(
@@ -190,7 +210,7 @@ def load_model_and_tokenizer(name_or_path: str, dtype: str = "float32", device: 
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+        path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True
     ).to(device)
     return model, tokenizer
 

@@ -18,6 +18,17 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 MARKER = "COMPLETE"
 STEP_DIR = re.compile(r"^global_step_(\d+)$")
+TMP_DIR = re.compile(r"^\.tmp-global_step_\d+(?:-(\d+))?$")  # -<pid> of the writer (absent in older runs)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 class CheckpointManager:
@@ -41,14 +52,24 @@ class CheckpointManager:
         return done[-1][1] if done else None
 
     def begin(self, step: int) -> Path:
-        """A fresh temp dir for step ``step`` (stale temp dirs and incomplete step dirs are removed first)."""
+        """A fresh temp dir ``.tmp-global_step_<step>-<pid>``. Stale temp dirs (their writer is dead) and incomplete
+        step dirs are removed first; a temp dir of another live process is left alone (the run-dir lock normally
+        keeps a second trainer out altogether)."""
         self.root.mkdir(parents=True, exist_ok=True)
         for d in self.root.iterdir():
-            incomplete = STEP_DIR.match(d.name) and not (d / MARKER).is_file()
-            if d.is_dir() and (d.name.startswith(".tmp-") or incomplete):
-                logger.warning("removing incomplete checkpoint %s", d)
-                shutil.rmtree(d, ignore_errors=True)
-        tmp = self.root / f".tmp-global_step_{step}"
+            if not d.is_dir():
+                continue
+            tmp_match = TMP_DIR.match(d.name)
+            if tmp_match:
+                pid = tmp_match.group(1)
+                if pid and int(pid) != os.getpid() and _pid_alive(int(pid)):
+                    logger.warning("leaving %s alone: process %s that writes it is alive", d, pid)
+                    continue
+            elif not (STEP_DIR.match(d.name) and not (d / MARKER).is_file()):
+                continue
+            logger.warning("removing incomplete checkpoint %s", d)
+            shutil.rmtree(d, ignore_errors=True)
+        tmp = self.root / f".tmp-global_step_{step}-{os.getpid()}"
         tmp.mkdir()
         return tmp
 

@@ -3,7 +3,6 @@ formatting, prompt-length filtering, left-padded batches and a resumable sampler
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -26,34 +25,39 @@ def resolve_data_path(spec: str, data_root: str | None = None) -> Path:
     elif spec.startswith("rwku:"):
         parts = spec.split(":")
         if len(parts) != 3:
-            raise ValueError(f"data path {spec!r}: expected rwku:<target>:<stem>, e.g. rwku:1_Stephen_King:rl_rejection_eval_target")
+            from verl.utils.cli import ConfigError
+
+            raise ConfigError(f"data path {spec!r}: expected rwku:<target>:<stem>, e.g. rwku:1_Stephen_King:rl_rejection_eval_target")
         from data.rwku import resolve_target
 
         path = resolve_target(parts[1], data_root).file(parts[2])
     else:
         path = Path(spec).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"data file {path} (from {spec!r}) does not exist")
+        from verl.utils.cli import MissingFileError
+
+        raise MissingFileError(f"data file {path} (from {spec!r}) does not exist")
     return path
 
 
 def read_rows(path: Path) -> list[dict]:
-    """Rows of a .json (list), .jsonl or .parquet file."""
+    """Rows of a .json (list), .jsonl or .parquet file; bad syntax is a DataValidationError naming the file."""
+    from data.schemas import DataValidationError, read_json
+
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-    if suffix == ".json":
-        with open(path, encoding="utf-8") as f:
-            rows = json.load(f)
+    if suffix in (".json", ".jsonl"):
+        rows = read_json(path)
         if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
+            raise DataValidationError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
         return rows
     if suffix == ".parquet":
         import pandas as pd
 
-        return pd.read_parquet(path).to_dict(orient="records")
-    raise ValueError(f"{path}: unsupported data format {suffix!r} (use .json, .jsonl or .parquet)")
+        try:
+            return pd.read_parquet(path).to_dict(orient="records")
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            raise DataValidationError(f"{path}: not a readable parquet file ({exc})") from exc
+    raise DataValidationError(f"{path}: unsupported data format {suffix!r} (use .json, .jsonl or .parquet)")
 
 
 class RLDataset:
@@ -65,15 +69,15 @@ class RLDataset:
 
     def __init__(self, spec: str, tokenizer, max_prompt_length: int, prompt_key: str = "prompt",
                  answer_key: str = "solution", data_root: str | None = None, max_samples: int | None = None):
+        from data.schemas import DataValidationError, validate_rl_records
+
         self.path = resolve_data_path(spec, data_root)
-        raw = read_rows(self.path)
+        raw = validate_rl_records(read_rows(self.path), self.path, prompt_key, answer_key)  # every row, at load
         if max_samples is not None and max_samples < len(raw):  # evenly spaced, so both labels stay represented
             raw = [raw[int(i)] for i in np.linspace(0, len(raw) - 1, num=max_samples).round()]
         self.rows: list[dict] = []
         self.n_filtered = 0
-        for i, row in enumerate(raw):
-            if prompt_key not in row:
-                raise KeyError(f"{self.path}: row {i} has no {prompt_key!r} column (data.prompt_key)")
+        for row in raw:
             text = format_prompt(tokenizer, str(row[prompt_key]))
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             if len(ids) > max_prompt_length:
@@ -87,7 +91,8 @@ class RLDataset:
         logger.info("%s: %d rows kept, %d dropped as longer than %d prompt tokens",
                     self.path.name, len(self.rows), self.n_filtered, max_prompt_length)
         if not self.rows:
-            raise ValueError(f"{self.path}: no rows left after prompt-length filtering (max_prompt_length={max_prompt_length})")
+            raise DataValidationError(f"{self.path}: no rows left: all {len(raw)} prompts are longer than data.max_prompt_length="
+                                      f"{max_prompt_length} tokens: raise it")
 
     def __len__(self) -> int:
         return len(self.rows)

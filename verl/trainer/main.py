@@ -38,12 +38,10 @@ def run(config: PPOConfig) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config_file, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        config = load_config(config_file, overrides)
-    except ValueError as exc:
-        raise SystemExit(f"config error: {exc}") from exc
-    run(config)
+    run(load_config(config_file, overrides))  # a ConfigError ends in one line through run_main
 
 
 if __name__ == "__main__":
-    main()
+    from verl.utils.cli import run_main
+
+    run_main(main)

@@ -28,11 +28,13 @@ from verl.protocol import DataProto
 from verl.single_controller import make_worker_group
 from verl.trainer.checkpoint import CheckpointManager
 from verl.trainer.dataset import RLDataset, StatefulSampler
+from verl.utils.cli import ConfigError, UserError
 from verl.utils.curves import write_curves
 from verl.utils.io import atomic_write_json, atomic_write_text
 from verl.utils.progress import progress
 from verl.utils.rouge import rougel_recall
-from verl.utils.runinfo import run_info
+from verl.utils.runinfo import file_sha256, run_info
+from verl.utils.runlock import RunDirLock
 from verl.utils.timer import timed
 from verl.utils.tracking import Tracker
 from verl.workers.reward.registry import get_reward_fn, score_batch
@@ -40,7 +42,28 @@ from verl.workers.reward.registry import get_reward_fn, score_batch
 logger = logging.getLogger("verl.trainer")
 
 
-class TrainingDivergedError(RuntimeError):
+# keys a resume may change: the step budget, and saving/logging (they change no trained number)
+RESUME_MUTABLE_KEYS = ("trainer.total_steps", "trainer.save_freq", "trainer.save_limit", "trainer.resume",
+                       "trainer.allow_config_change", "trainer.logger", "trainer.progress_bar",
+                       "trainer.log_generations", "trainer.save_dir", "trainer.experiment_name", "trainer.project_name")
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf that differs between two config dicts, except RESUME_MUTABLE_KEYS."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        key = f"{prefix}{k}"
+        if key in RESUME_MUTABLE_KEYS:
+            continue
+        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, key + ".")
+        elif a != b and not (isinstance(a, list) and isinstance(b, (list, tuple)) and list(a) == list(b)):
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out
+
+
+class TrainingDivergedError(UserError, RuntimeError):
     """A NaN/inf loss or gradient stopped the run; the last complete checkpoint is untouched."""
 
 
@@ -70,13 +93,20 @@ class RayPPOTrainer:
     """Builds datasets, reward, logger, checkpoints and the worker group from a resolved ``PPOConfig``."""
 
     def __init__(self, config: PPOConfig):
+        self.config = cfg = config
+        self.run_dir = Path(cfg.run_dir())
+        self.lock = RunDirLock(self.run_dir, "trainer").acquire()  # a second trainer on this dir stops here
+        try:
+            self._init(cfg)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _init(self, cfg: PPOConfig) -> None:
         from transformers import AutoTokenizer
 
         from verl.models.embedded import resolve_model_path
 
-        self.config = cfg = config
-        self.run_dir = Path(cfg.run_dir())
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.worker.actor.model_path))
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -97,13 +127,19 @@ class RayPPOTrainer:
             self.kl_ctrl = core_algos.FixedKLController(a.kl_coef)
         self.ckpt = CheckpointManager(self.run_dir, cfg.trainer.save_limit)
         self.global_step = 0
+        self.data_sha256 = {"train": file_sha256(self.train_ds.path),
+                            **({"val": file_sha256(self.val_ds.path)} if self.val_ds else {})}
         resume_dir = self._resume_dir()
-        self._write_run_info(resume_dir)
+        changes = self._check_resume(resume_dir) if resume_dir else []
+        self._write_run_info(resume_dir, changes)
         self.tracker = Tracker(cfg.trainer.logger, self.run_dir, cfg.trainer.project_name, cfg.trainer.experiment_name,
                                redact(asdict(cfg)))
-        self.tracker.log({"data/train_rows": len(self.train_ds), "data/train_filtered_long_prompts": self.train_ds.n_filtered,
-                          "data/val_rows": len(self.val_ds) if self.val_ds else 0,
-                          "data/val_filtered_long_prompts": self.val_ds.n_filtered if self.val_ds else 0}, 0)
+        if resume_dir:  # the steps after the checkpoint are redone: their old rows go
+            self.tracker.drop_after(self.ckpt.load_state(resume_dir)["step"])
+        else:
+            self.tracker.log({"data/train_rows": len(self.train_ds), "data/train_filtered_long_prompts": self.train_ds.n_filtered,
+                              "data/val_rows": len(self.val_ds) if self.val_ds else 0,
+                              "data/val_filtered_long_prompts": self.val_ds.n_filtered if self.val_ds else 0}, 0)
         use_gpu = cfg.trainer.device == "cuda" or (cfg.trainer.device == "auto" and torch.cuda.is_available())
         threads = None if use_gpu else max(1, torch.get_num_threads() // cfg.trainer.n_workers)
         self.wg = make_worker_group(cfg.trainer.backend, _worker_cls(), cfg.trainer.n_workers, use_gpu,
@@ -128,13 +164,55 @@ class RayPPOTrainer:
         self.ckpt.load_state(path)  # raises unless complete
         return path
 
-    def _write_run_info(self, resume_dir: Path | None) -> None:
+    def _check_resume(self, resume_dir: Path) -> list[str]:
+        """Differences between the checkpoint's config/data and this run's; refused unless
+        ``trainer.allow_config_change`` (a changed lr was once silently ignored, a changed train file accepted)."""
+        state = self.ckpt.load_state(resume_dir)
+        saved = state.get("config")
+        if saved is None and (self.run_dir / "config.yaml").is_file():  # checkpoints written before configs were
+            saved = OmegaConf.to_container(OmegaConf.load(self.run_dir / "config.yaml"))
+        if saved is None:
+            logger.warning("%s records no config: cannot check that the resume uses the same settings", resume_dir)
+            return []
+        changes = config_changes(saved, redact(asdict(self.config)))
+        for role, sha in state.get("data_sha256", {}).items():
+            if self.data_sha256.get(role) != sha:
+                changes.append(f"data {role} file content: sha256 {sha[:12]} -> {str(self.data_sha256.get(role))[:12]}")
+        if changes and not self.config.trainer.allow_config_change:
+            shown = "; ".join(changes[:8]) + (f"; ... ({len(changes)} in all)" if len(changes) > 8 else "")
+            raise ConfigError(
+                f"resume from {resume_dir}: the config differs from the checkpoint's ({shown}). Only the step budget, "
+                "saving and logging may change. Restore the settings, start a fresh run (another trainer.save_dir or "
+                "trainer.resume=none), or pass trainer.allow_config_change=true to resume anyway (recorded in "
+                "run_info.json)")
+        if changes:
+            logger.warning("resuming with a changed config (trainer.allow_config_change=true): %s", "; ".join(changes))
+        return changes
+
+    def _write_run_info(self, resume_dir: Path | None, changes: list[str] | None = None) -> None:
+        """config.yaml = this run's config; run_info.json: written by a fresh run, appended to (``resumes``) by a
+        resumed one, so the original provenance is kept."""
         cfg = self.config
         cfg_yaml = OmegaConf.to_yaml(OmegaConf.create(redact(asdict(cfg))))
         atomic_write_text(self.run_dir / "config.yaml", cfg_yaml)
         files = {"train": str(self.train_ds.path), **({"val": str(self.val_ds.path)} if self.val_ds else {})}
-        atomic_write_json(self.run_dir / "run_info.json", run_info(
-            cfg.trainer.seed, files, resumed_from=str(resume_dir) if resume_dir else None))
+        info = run_info(cfg.trainer.seed, files, resumed_from=str(resume_dir) if resume_dir else None)
+        path = self.run_dir / "run_info.json"
+        if resume_dir and path.is_file():
+            import json
+
+            try:
+                old = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                old = None
+            if isinstance(old, dict):
+                record = {k: info[k] for k in ("created", "git_commit", "argv", "data_sha256")}
+                record.update({"from": str(resume_dir), "step": self.ckpt.load_state(resume_dir)["step"],
+                               "config_changes": changes or [],
+                               "allow_config_change": bool(cfg.trainer.allow_config_change)})
+                old.setdefault("resumes", []).append(record)
+                info = old
+        atomic_write_json(path, info)
 
     # ------------------------------------------------------------------ phases
     def _gen_meta(self, validation: bool, step: int) -> dict:
@@ -287,7 +365,8 @@ class RayPPOTrainer:
     def save_checkpoint(self) -> Path:
         tmp = self.ckpt.begin(self.global_step)
         self.wg.save_checkpoint(str(tmp))
-        state = {"step": self.global_step, "sampler": self.sampler.state_dict(), "kl_coef": self.kl_ctrl.value}
+        state = {"step": self.global_step, "sampler": self.sampler.state_dict(), "kl_coef": self.kl_ctrl.value,
+                 "config": redact(asdict(self.config)), "data_sha256": self.data_sha256}  # checked on resume
         return self.ckpt.commit(tmp, self.global_step, state)
 
     # ------------------------------------------------------------------ loop
@@ -341,6 +420,12 @@ class RayPPOTrainer:
         return history
 
     def close(self) -> None:
+        try:
+            self._close()
+        finally:
+            self.lock.release()
+
+    def _close(self) -> None:
         self.tracker.finish()
         self.wg.shutdown()
         if "jsonl" in self.config.trainer.logger:

@@ -57,6 +57,29 @@ class Tracker:
             logger.info("[%s step %d] prompt=%r\n  response=%r score=%s", tag, step, r.get("prompt", "")[:200],
                         r.get("response", "")[:300], r.get("score"))
 
+    def drop_after(self, step: int) -> int:
+        """Remove the JSONL rows of steps after ``step`` (a resumed run redoes them; without this the file repeated
+        them). Returns the number of rows dropped; torn lines of a killed run are dropped too."""
+        from verl.utils.io import atomic_write_text
+
+        dropped = 0
+        for name in ("metrics.jsonl", "generations.jsonl"):
+            path = self.log_dir / name
+            if not path.is_file():
+                continue
+            keep = []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    ok = int(json.loads(line).get("step", 0)) <= step
+                except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+                    ok = False
+                if ok:
+                    keep.append(line)
+                else:
+                    dropped += 1
+            atomic_write_text(path, "".join(line + "\n" for line in keep))
+        return dropped
+
     def finish(self) -> None:
         if self._tb is not None:
             self._tb.close()

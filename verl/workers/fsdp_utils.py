@@ -85,7 +85,8 @@ def load_module(path: str, role: str, dtype: torch.dtype, gradient_checkpointing
     path = resolve_model_path(path)
     if role == "critic":
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        backbone = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        backbone = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                             use_safetensors=True)
         model = ValueModel(backbone, config.hidden_size).to(dtype)
         head = Path(path) / "value_head.safetensors"
         if head.is_file():
@@ -93,7 +94,8 @@ def load_module(path: str, role: str, dtype: torch.dtype, gradient_checkpointing
 
             model.value_head.load_state_dict(load_file(str(head)))
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                     use_safetensors=True)
     inner = model.backbone if role == "critic" else model
     inner.config.use_cache = False
     if gradient_checkpointing:
@@ -183,11 +185,15 @@ def move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device)
 
 
 def rng_state() -> dict:
+    """RNG states as tensors and plain values only, so ``torch.load(weights_only=True)`` reads them back."""
     import random
 
     import numpy as np
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -198,11 +204,30 @@ def set_rng_state(state: dict) -> None:
 
     import numpy as np
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]  # torch.load turns the tuples into lists
+    random.setstate((py[0], tuple(py[1]), py[2]) if isinstance(py, list) else py)
+    npst = state["numpy"]
+    if isinstance(npst, dict):
+        npst = (npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                npst["cached_gaussian"])
+    np.random.set_state(npst)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, optim_cfg) -> None:
+    """After loading a checkpoint's optimizer state, put back the config's lr, betas and weight decay (the loaded
+    state carries the saved run's values, so a changed lr was silently ignored). A no-op when they are equal."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = optim_cfg.lr
+        group["weight_decay"] = optim_cfg.weight_decay
+        group["betas"] = tuple(optim_cfg.betas)
+    scheduler.base_lrs = [optim_cfg.lr for _ in optimizer.param_groups]
+    factors = [fn(scheduler.last_epoch) for fn in scheduler.lr_lambdas]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, factors):
+        group["lr"] = base * factor
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
 def unsharded_params(module: nn.Module):
