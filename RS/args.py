@@ -107,15 +107,42 @@ def _coerce(name: str, value, typ: type):
         raise ValueError(f"option {name}: cannot read {value!r} as {typ.__name__}") from e
 
 
+def _field_comments() -> dict[str, str]:
+    """The ``# comment`` after each TrainArgs field: the flag's --help text."""
+    import inspect
+    import re
+
+    out = {}
+    for line in inspect.getsource(TrainArgs).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=.*?  # (.*)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def _stages_epilog() -> str:
+    from RS.stages import STAGES
+
+    rows = [f"  {s.name:<11} {s.doc} (data: {s.default_dataset})" for s in STAGES.values()]
+    return "\n".join(["stages (--stage):", *rows, "",
+                      "Precedence: defaults < --config YAML < flags. Unknown flags and YAML keys are errors.",
+                      "Booleans take true/false (a bare flag means true)."])
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m RS.train", description="Rejection Steering SFT and SFT-style baselines",
+    p = argparse.ArgumentParser(prog="python -m RS.train", description="Rejection Steering SFT, knowledge injection "
+                                "and the SFT-style unlearning baselines (one stage per run).",
+                                epilog=_stages_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)  # a typo must not silently match a longer flag
+    docs = _field_comments()
     for f in dataclasses.fields(TrainArgs):
         typ = _field_types()[f.name]
+        doc = f"{docs.get(f.name, '')} (default: {f.default!r})".replace("%", "%%")
         if typ is bool:  # both "--bf16" and "--bf16 true" work, as with LLaMA-Factory
-            p.add_argument(f"--{f.name}", type=_to_bool, nargs="?", const=True, default=argparse.SUPPRESS)
+            p.add_argument(f"--{f.name}", type=_to_bool, nargs="?", const=True, default=argparse.SUPPRESS, help=doc,
+                           metavar="BOOL")
         else:
-            p.add_argument(f"--{f.name}", type=typ, default=argparse.SUPPRESS)
+            p.add_argument(f"--{f.name}", type=typ, default=argparse.SUPPRESS, help=doc, metavar=typ.__name__.upper())
     return p
 
 

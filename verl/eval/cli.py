@@ -143,7 +143,7 @@ SUITES: dict[str, dict[str, Callable[[EvalContext, str], None]]] = {
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m verl.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--benchmark", choices=("rwku", "muse"), default="rwku")
+    p.add_argument("--benchmark", choices=("rwku", "muse"), default="rwku", help="which benchmark (default rwku)")
     p.add_argument("--model_path", required=True, help="HF folder, hub id, or 'smollm2-135m-instruct'")
     p.add_argument("--target", default=None, help="RWKU target (id, folder or name); MUSE corpus (default books)")
     p.add_argument("--data_dir", default=None, help="data root (default $RULE_DATA_DIR, then ./data)")
@@ -152,18 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use only the first N records of every file")
     p.add_argument("--utility_limit", default=None, help="first N records of each utility file (overrides "
                    "--limit for utility); N or per part, e.g. Gen=20,Tru=20,Fac=20,Rea=4,Flu=4")
-    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--batch_size", type=int, default=16, help="prompts per generation / scoring batch (default 16)")
     p.add_argument("--long_gen_tokens", type=int, default=256, help="new tokens for BBH and fluency (RWKU: 256; "
                    "lower only for smoke tests)")
     p.add_argument("--method", default=None, help="method name stored in the result (default: model folder name)")
-    p.add_argument("--protocol", choices=("paper", "sandbox"), default="paper")
+    p.add_argument("--protocol", choices=("paper", "sandbox"), default="paper",
+                   help="protocol recorded in the result (sandbox: knowledge-injected original; default paper)")
     p.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="generation engine (scoring is always HF)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:0 ...")
     p.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--judge", default="auto", help="naturalness judge: auto, openai or proxy")
-    p.add_argument("--judge_model", default=None)
-    p.add_argument("--judge_base_url", default=None)
+    p.add_argument("--judge_model", default=None, help="naturalness judge model (openai judge; default gpt-4o-mini)")
+    p.add_argument("--judge_base_url", default=None, help="OpenAI-compatible endpoint of the judge "
+                   "(default $OPENAI_BASE_URL; the key is read from $OPENAI_API_KEY)")
     p.add_argument("--robustness", default=None, help="robustness probes (suite robustness): comma-separated "
                    "relearn, quant, logit_lens (default all)")
     return p

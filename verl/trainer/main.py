@@ -12,8 +12,57 @@ import sys
 from verl.config import PPOConfig, load_config
 
 
+def _field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a config dataclass (the convention of verl/config.py)."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):  # base classes first, so subclasses' docs win
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
+                    and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def config_help(cls: type = PPOConfig, prefix: str = "") -> list[str]:
+    """One line per config key: ``key (default): doc``, nested sections recursively."""
+    import dataclasses
+
+    lines, docs = [], _field_docs(cls)
+    instance = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(instance, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{key}: {docs.get(f.name, '')}")
+            lines += config_help(type(value), key + ".")
+        else:
+            lines.append(f"  {key} (default {value!r}): {docs.get(f.name, '')}")
+    return lines
+
+
+USAGE = """usage: python -m verl.trainer.main [config=FILE.yaml] [key=value ...]
+
+ReBO (RULE stage 2): on-policy RL of the refuse/answer boundary. config= names a YAML file (optional, e.g.
+examples/grpo_rj_rl.yaml; examples/*_cpu.yaml for a CPU); every other argument is an OmegaConf dotlist override
+(key=value, lists as key=[a,b], null for None). Precedence: defaults < YAML < overrides. An unknown key is an error.
+Every key, with its default:
+"""
+
+
 def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
     config_file, overrides = None, []
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE + "\n".join(config_help()))
+        raise SystemExit(0)
     for arg in argv:
         if "=" not in arg:
             raise SystemExit(f"argument {arg!r} is not key=value (usage: config=FILE.yaml key=value ...)")
@@ -25,8 +74,25 @@ def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
     return config_file, overrides
 
 
+def check_devices(config: PPOConfig) -> None:
+    """Stop at once when the config asks for GPUs this machine does not have (Ray would wait for them forever)."""
+    if config.trainer.device != "cuda":
+        return
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if have == 0:
+        raise SystemExit("trainer.device=cuda but no CUDA GPU is visible: use a CPU config (examples/*_cpu.yaml) or "
+                         "trainer.device=cpu")
+    if config.trainer.n_workers > have:
+        raise SystemExit(f"trainer.n_workers={config.trainer.n_workers} GPU workers but only {have} GPU(s) visible: "
+                         f"set trainer.n_workers={have} or make more GPUs visible (CUDA_VISIBLE_DEVICES)")
+
+
 def run(config: PPOConfig) -> list[dict]:
     from verl.trainer.ray_trainer import RayPPOTrainer
+
+    check_devices(config)
 
     trainer = RayPPOTrainer(config)
     try:

@@ -1,7 +1,4 @@
 #!/usr/bin/env bash
-# RWKU experiment "ablation_without_boundary": METHODS="rule_grpo" with REBO_DATA=reject_only. Every run_rwku.sh variable applies
-# (MODEL, TARGETS, BUDGET, INJECT, GPUS, ...); the experiment name keeps results apart in log/rwku/<EXP>/.
-set -euo pipefail
-cd "$(dirname "$0")/../../.."
-export METHODS="${METHODS:-rule_grpo}" EXP="${EXP:-ablation_without_boundary}" REBO_DATA=reject_only
-exec bash run_rwku.sh "$@"
+# RWKU ablation "without boundary": ReBO sees only <reject> prompts (examples/ablations/without_boundary.yaml).
+# Every run_rwku.sh variable and flag applies (`--help`); results go to log/rwku/${EXP:-ablation_without_boundary}/.
+cd "$(dirname "$0")/../../.." && METHODS=${METHODS:-rule_grpo} EXP=${EXP:-ablation_without_boundary} exec python -m verl.pipeline rwku --overlay examples/ablations/without_boundary.yaml "$@"

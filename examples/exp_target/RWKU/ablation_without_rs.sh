@@ -1,7 +1,4 @@
 #!/usr/bin/env bash
-# RWKU experiment "ablation_without_rs": METHODS="rule_grpo" with REBO_START=original. Every run_rwku.sh variable applies
-# (MODEL, TARGETS, BUDGET, INJECT, GPUS, ...); the experiment name keeps results apart in log/rwku/<EXP>/.
-set -euo pipefail
-cd "$(dirname "$0")/../../.."
-export METHODS="${METHODS:-rule_grpo}" EXP="${EXP:-ablation_without_rs}" REBO_START=original
-exec bash run_rwku.sh "$@"
+# RWKU ablation "without RS": ReBO (GRPO) starts from the original model (examples/ablations/without_rs.yaml).
+# Every run_rwku.sh variable and flag applies (`--help`); results go to log/rwku/${EXP:-ablation_without_rs}/.
+cd "$(dirname "$0")/../../.." && METHODS=${METHODS:-rule_grpo} EXP=${EXP:-ablation_without_rs} exec python -m verl.pipeline rwku --overlay examples/ablations/without_rs.yaml "$@"

@@ -1,7 +1,4 @@
 #!/usr/bin/env bash
-# RWKU experiment "baselines": METHODS="ga npo simnpo rt". Every run_rwku.sh variable applies
-# (MODEL, TARGETS, BUDGET, INJECT, GPUS, ...); the experiment name keeps results apart in log/rwku/<EXP>/.
-set -euo pipefail
-cd "$(dirname "$0")/../../.."
-export METHODS="${METHODS:-ga npo simnpo rt}" EXP="${EXP:-baselines}"
-exec bash run_rwku.sh "$@"
+# RWKU experiment "baselines": GA, NPO, SimNPO and RT.
+# Every run_rwku.sh variable and flag applies (`--help`); results go to log/rwku/${EXP:-baselines}/.
+cd "$(dirname "$0")/../../.." && METHODS=${METHODS:-"ga npo simnpo rt"} EXP=${EXP:-baselines} exec python -m verl.pipeline rwku "$@"

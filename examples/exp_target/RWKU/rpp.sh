@@ -1,7 +1,4 @@
 #!/usr/bin/env bash
-# RWKU experiment "rpp": METHODS="rule_rpp". Every run_rwku.sh variable applies
-# (MODEL, TARGETS, BUDGET, INJECT, GPUS, ...); the experiment name keeps results apart in log/rwku/<EXP>/.
-set -euo pipefail
-cd "$(dirname "$0")/../../.."
-export METHODS="${METHODS:-rule_rpp}" EXP="${EXP:-rpp}"
-exec bash run_rwku.sh "$@"
+# RWKU experiment "rpp": RULE with Reinforce++.
+# Every run_rwku.sh variable and flag applies (`--help`); results go to log/rwku/${EXP:-rpp}/.
+cd "$(dirname "$0")/../../.." && METHODS=${METHODS:-rule_rpp} EXP=${EXP:-rpp} exec python -m verl.pipeline rwku "$@"

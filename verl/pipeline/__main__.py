@@ -1,0 +1,5 @@
+import sys
+
+from verl.pipeline.cli import main
+
+sys.exit(main())
