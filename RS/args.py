@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -36,8 +37,9 @@ class TrainArgs:
     lora_target: str = "all"  # comma list of module names, or "all" (every linear layer but lm_head)
     cutoff_len: int = 512  # max tokens per example (prompt + response, or text)
     # --- optimisation
-    per_device_train_batch_size: int = 8  # examples per device per micro-step
-    gradient_accumulation_steps: int = 1  # micro-steps per optimizer step
+    per_device_train_batch_size: int = 8  # examples per device per micro-step (the most, when total_batch_size is set)
+    gradient_accumulation_steps: int = 1  # micro-steps per optimizer step (derived when total_batch_size is set)
+    total_batch_size: int = 0  # effective batch per optimizer step = per-device x processes x accumulation, kept whatever the process count (0: off)
     learning_rate: float = 4e-7  # peak learning rate (paper RS value for Llama-3-8B)
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
@@ -195,10 +197,39 @@ def validate_args(args: TrainArgs) -> None:
         raise ValueError("--train_fraction must be in (0, 1]")
     if args.per_device_train_batch_size < 1 or args.gradient_accumulation_steps < 1:
         raise ValueError("batch size and gradient accumulation steps must be >= 1")
+    if args.total_batch_size < 0:
+        raise ValueError("--total_batch_size must be >= 0 (0: per-device x processes x accumulation as given)")
+
+
+def batch_plan(total_batch_size: int, per_device_max: int, num_processes: int,
+               gradient_accumulation_steps: int = 1) -> tuple[int, int]:
+    """(per-device batch, accumulation steps) for ``num_processes`` processes.
+
+    ``total_batch_size`` 0: the given per-device batch and accumulation. Otherwise the largest per-device batch
+    <= ``per_device_max`` that divides ``total_batch_size / num_processes``, and the accumulation that makes
+    per-device x processes x accumulation == ``total_batch_size`` (so e.g. the paper's 8 is 2 x 4 x 1 on 4 GPUs,
+    2 x 1 x 4 on one). Raises if ``total_batch_size`` is not a multiple of the process count.
+    """
+    if total_batch_size <= 0:
+        return per_device_max, gradient_accumulation_steps
+    if total_batch_size % num_processes:
+        raise ValueError(f"--total_batch_size {total_batch_size} is not a multiple of the {num_processes} processes; "
+                         "launch a divisor of it or change --total_batch_size")
+    per_process = total_batch_size // num_processes
+    per_device = max(b for b in range(1, min(per_device_max, per_process) + 1) if per_process % b == 0)
+    return per_device, per_process // per_device
+
+
+def steps_per_epoch(n_examples: int, per_device: int, num_processes: int, gradient_accumulation_steps: int) -> int:
+    """Optimizer steps in one epoch: accelerate shards ceil(n / (per_device x processes)) micro-batches to each
+    process and steps every ``gradient_accumulation_steps`` of them and at the end of the epoch."""
+    micro = math.ceil(n_examples / (per_device * num_processes))
+    return max(1, math.ceil(micro / gradient_accumulation_steps))
 
 
 def args_to_dict(args: TrainArgs) -> dict:
     return dataclasses.asdict(args)
 
 
-__all__ = ["TrainArgs", "parse_args", "build_parser", "load_yaml_config", "validate_args", "args_to_dict"]
+__all__ = ["TrainArgs", "parse_args", "build_parser", "load_yaml_config", "validate_args", "args_to_dict", "batch_plan",
+           "steps_per_epoch"]

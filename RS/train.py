@@ -23,7 +23,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from RS import losses
-from RS.args import TrainArgs, args_to_dict, parse_args
+from RS.args import TrainArgs, args_to_dict, batch_plan, parse_args
+from RS.args import steps_per_epoch as epoch_steps
 from RS.checkpoint import save_hf_checkpoint
 from RS.datasets import build_data, collate
 from RS.stages import Stage, get_stage
@@ -191,6 +192,14 @@ def _inject_eval(model, tokenizer, args: TrainArgs, root) -> dict:
     return out
 
 
+def _partial_state():
+    """accelerate's process state; on a machine without CUDA it must be created with cpu=True, or processes started
+    by torchrun / accelerate launch each run alone (accelerate reads LOCAL_RANK only for accelerators)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def train(args: TrainArgs) -> Path:
     """Run one training job; returns the output folder. Raises NonFiniteLossError on NaN/inf loss. The main
     process holds a lock on the output folder for the whole run (a second run into it stops at once)."""
@@ -205,13 +214,23 @@ def train(args: TrainArgs) -> Path:
 
 
 def _train(args: TrainArgs) -> Path:
+    import dataclasses
+
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
     torch.set_num_threads(max(1, args.num_threads))
     stage = get_stage(args.stage)
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
+    # --total_batch_size: the same effective batch (so the same steps per epoch) on any number of processes
+    n_proc = _partial_state().num_processes
+    per_device, accum = batch_plan(args.total_batch_size, args.per_device_train_batch_size, n_proc,
+                                   args.gradient_accumulation_steps)
+    if (per_device, accum) != (args.per_device_train_batch_size, args.gradient_accumulation_steps):
+        logger.info("total_batch_size %d on %d process(es): per-device batch %d x accumulation %d",
+                    args.total_batch_size, n_proc, per_device, accum)
+        args = dataclasses.replace(args, per_device_train_batch_size=per_device, gradient_accumulation_steps=accum)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=args.gradient_accumulation_steps,
                               mixed_precision="bf16" if args.bf16 else "no")
     set_seed(args.seed)
     out = _prepare_output_dir(args) if accelerator.is_main_process else Path(args.output_dir)
@@ -223,13 +242,18 @@ def _train(args: TrainArgs) -> Path:
     data = build_data(args, tokenizer, stage, root)
     if not data.train:
         raise ValueError("no training examples left (check --max_samples / --train_fraction / --val_size)")
+    steps_per_epoch = epoch_steps(len(data.train), args.per_device_train_batch_size, accelerator.num_processes,
+                                  args.gradient_accumulation_steps)
 
     if accelerator.is_main_process:
         atomic_write_json(out / "run_args.json", args_to_dict(args))
         atomic_write_json(out / "run_info.json", run_info(
             args.seed, [str(p) for p in data.files], stage=stage.name, model_path=path, n_train=len(data.train),
             n_val=len(data.val), n_heldout=len(data.heldout), n_retain=len(data.retain),
-            platform=platform.platform(), world_size=accelerator.num_processes))
+            platform=platform.platform(), world_size=accelerator.num_processes,
+            effective_batch=args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps,
+            per_device_batch=args.per_device_train_batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
+            steps_per_epoch=steps_per_epoch))
         if data.heldout:
             atomic_write_json(out / "heldout.json", data.heldout)
 
@@ -256,8 +280,6 @@ def _train(args: TrainArgs) -> Path:
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
-    micro_per_epoch = math.ceil(len(data.train) / (args.per_device_train_batch_size * accelerator.num_processes))
-    steps_per_epoch = max(1, math.ceil(micro_per_epoch / args.gradient_accumulation_steps))
     n_epochs = math.ceil(args.num_train_epochs)
     total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(steps_per_epoch * args.num_train_epochs))
     # accelerate's prepared scheduler advances num_processes times per optimizer step (its documented convention)

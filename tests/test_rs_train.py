@@ -215,3 +215,49 @@ def test_muse_reject_dataset_needs_no_target(tiny_model_path, shared_data, tmp_p
     n_prompt = sum(1 for x in ex["labels"] if x == IGNORE_INDEX)
     assert 0 < n_prompt < len(ex["labels"])
     assert "Harry" in tok.decode([t for t in ex["labels"] if t != IGNORE_INDEX])
+
+
+# ---------------------------------------------------------------------------------------- effective batch (issue 13)
+@pytest.mark.parametrize("procs, plan", [(1, (2, 4)), (2, (2, 2)), (4, (2, 1)), (8, (1, 1))])
+def test_paper_batch_plan_keeps_batch_8_and_76_steps(procs, plan):
+    from RS.args import batch_plan, steps_per_epoch
+
+    cfg = load_yaml_config(REPO / "RS/configs/rs_llama3_8b.yaml")
+    per_device, accum = batch_plan(cfg["total_batch_size"], cfg["per_device_train_batch_size"], procs)
+    assert (per_device, accum) == plan and per_device * procs * accum == 8
+    assert 2 * steps_per_epoch(300, per_device, procs, accum) == 76  # checkpoint-epoch-2 = the release's checkpoint-76
+
+
+def test_batch_plan_errors_and_off():
+    from RS.args import batch_plan
+
+    assert batch_plan(0, 2, 4, 3) == (2, 3)  # off: as given
+    assert batch_plan(12, 8, 2) == (6, 1) and batch_plan(12, 4, 2) == (3, 2)
+    with pytest.raises(ValueError, match="multiple of the 3 processes"):
+        batch_plan(8, 2, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("procs", [1, 2])
+def test_effective_batch_same_steps_on_1_and_2_gloo_processes(procs, tiny_model_path, target_name, tmp_path):
+    """torchrun on CPU (gloo): 10 examples, total batch 4 -> 3 steps per epoch whatever the process count."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / f"rs{procs}"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", "-m",
+           "RS.train", "--model_name_or_path", tiny_model_path, "--target", target_name, "--output_dir", str(out),
+           "--max_samples", "10", "--cutoff_len", "64", "--per_device_train_batch_size", "2", "--total_batch_size",
+           "4", "--num_train_epochs", "2", "--logging_steps", "1", "--plot_loss", "false", "--num_threads", "1",
+           "--warmup_steps", "0", "--eval_probes", "false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["world_size"] == procs and info["effective_batch"] == 4 and info["steps_per_epoch"] == 3
+    assert info["gradient_accumulation_steps"] == (2 if procs == 1 else 1)
+    assert json.loads((out / "DONE").read_text())["global_step"] == 6
+    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == [1, 2, 3, 4, 5, 6]
