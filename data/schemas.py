@@ -127,8 +127,16 @@ def read_json(path: str | Path) -> Any:
         raise DataValidationError(f"{path}: file not found")
     try:
         if path.suffix == ".jsonl":
+            rows = []
             with open(path, encoding="utf-8") as f:
-                return [json.loads(line) for line in f if line.strip()]
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:  # the file's line, not the position inside the record
+                        raise DataValidationError(f"{path}: invalid JSON at line {lineno} column {e.colno}: {e.msg}") from e
+            return rows
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
