@@ -357,7 +357,7 @@ def muse_out_dir(out: str | Path) -> Path:
 
 
 def _fewshot_prefix(src: Path, mode: str) -> str:
-    """One fixed prefix for every qa row whatever its label (the release chose it by label, DESIGN §11)."""
+    """One fixed prefix for every qa row whatever its label (the release chose it by label, docs/DESIGN.md §11)."""
     if mode == "none":
         return ""
     if mode != "icl":

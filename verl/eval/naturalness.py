@@ -297,7 +297,7 @@ class _JudgeRunner:
 
 
 # ----------------------------------------------------------------------------------------------- proxy
-# Refusal phrasings (kept local and strict-ish, with word boundaries; see DESIGN section 6 for the reward's own detector).
+# Refusal phrasings (kept local and strict-ish, with word boundaries; see verl/workers/reward/refusal.py for the reward's own detector).
 REFUSAL_RE = re.compile(
     r"\b(i\s+(do\s*n[o']?t|don't|cannot|can't|can\s*not|am\s+not\s+able\s+to|have\s+no)\s+"
     r"(know|have|recall|provide|help|answer|say|remember|find|information|idea|access)"

@@ -12,7 +12,7 @@ Two modes:
 - ``"official"``: behaviourally the detector of the RULE release (``rejection_patterns`` in its reward code):
   case-insensitive, no word boundaries, ``.*`` gaps that span the whole response, and bare substrings such as
   ``encountered``, ``limited to``, ``short with``, ``not ... able`` (matches "cannot be denied ... available"), ``out ...
-  reach`` (matches "about ... reach"). Kept only to reproduce the paper's reward; see DESIGN.md section 11.
+  reach`` (matches "about ... reach"). Kept only to reproduce the paper's reward; see docs/DESIGN.md §11.
   The release writes one ``re.VERBOSE`` pattern, so its literal spaces do not count ("familiar with" is
   "familiarwith", " not" is "not", "encountered " is "encountered"); the alternatives below are that pattern with
   the spaces already dropped. It has no "confident" (an earlier version of this file added it by mistake).
