@@ -20,12 +20,12 @@ import yaml
 @dataclass
 class TrainArgs:
     # --- what to train
-    stage: str = "rt"  # training stage: rt, inject, ga, ga_gdr, ga_klr, npo, npo_gdr, npo_klr, simnpo, simnpo_gdr, idkdpo
+    stage: str = "rt"  # training stage: rt, inject, ga, ga_gdr, ga_klr, npo, npo_gdr, npo_klr, simnpo, simnpo_gdr, simnpo_klr, idkdpo
     model_name_or_path: str = "smollm2-135m-instruct"  # HF folder, hub id or the embedded model's name
     target: str = ""  # RWKU target (id, folder or name); a comma list for --stage inject
     data_dir: str = ""  # data root holding RWKU/Target/...; empty: $RULE_DATA_DIR, then ./data
-    dataset: str = ""  # forget-side data: reject_target, rwku_rt, passage, inject, idk_pref, muse_reject (MUSE RS); empty: the stage's default
-    retain_dataset: str = "auto"  # retain corpus for *_gdr/*_klr: auto (other targets' passages), retain_mia, or targets "a,b"
+    dataset: str = ""  # forget-side data: reject_target, rwku_rt, passage, file:PATH (a JSON list of texts), inject, idk_pref, muse_reject (MUSE RS); empty: the stage's default
+    retain_dataset: str = "auto"  # retain corpus for *_gdr/*_klr: auto (other targets' passages), retain_mia, file:PATH, or targets "a,b"
     retain_num_targets: int = 2  # how many other targets' passages make the auto retain corpus
     output_dir: str = ""  # where checkpoints, logs and the final model go
     config: str = ""  # YAML file with defaults for any of these fields
@@ -62,8 +62,8 @@ class TrainArgs:
     forget_weight: float = 1.0  # weight of the forget-side loss
     retain_weight: float = 1.0  # weight of the retain loss (GDR NLL or KLR KL)
     npo_beta: float = 0.1  # NPO inverse temperature beta
-    simnpo_beta: float = 2.5  # SimNPO beta
-    simnpo_gamma: float = 0.0  # SimNPO reward margin gamma
+    simnpo_beta: float = 2.5  # SimNPO beta (the paper's; loss -2/beta logsigmoid(-beta/|y| log p - gamma))
+    simnpo_gamma: float = 0.0  # SimNPO reward margin gamma >= 0, subtracted inside the sigmoid as published (open-unlearning's delta = gamma / beta)
     dpo_beta: float = 0.1  # IdkDPO beta
     # --- knowledge injection (stage inject)
     inject_passages: bool = True  # include the target passages as raw-text LM examples

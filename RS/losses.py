@@ -48,7 +48,12 @@ def ga_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def kl_loss(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """KLR's retain term: token-mean KL(p_ref || p_theta) over labelled positions of the full next-token
-    distributions. ``ref_logits`` (B, T, V) come from the frozen original model on the same inputs."""
+    distributions. ``ref_logits`` (B, T, V) come from the frozen original model on the same inputs.
+
+    Normalisation: summed over the vocabulary, averaged over the batch's labelled (non-padding) positions. TOFU /
+    open-unlearning's KL uses ``kl_div(..., reduction="batchmean")`` over every flattened position, padding included,
+    which is this value times (labelled positions / all positions); the RULE release's KLR code was not available
+    to check (README: Fidelity)."""
     lg, _, mask = _shift(logits, labels)
     rlg = ref_logits[:, :-1, :]
     logp = torch.log_softmax(lg.float(), dim=-1)
@@ -65,8 +70,10 @@ def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.T
 
 
 def simnpo_loss(logp: torch.Tensor, lengths: torch.Tensor, beta: float, gamma: float = 0.0) -> torch.Tensor:
-    """SimNPO (Fan et al. 2024), reference-free and length-normalised: mean over the batch of
-    -2/beta * logsigmoid(-beta / |y| * log pi_theta(y|x) - gamma). ``lengths``: (B,) labelled-token counts."""
+    """SimNPO (Fan et al. 2024, eq. 4), reference-free and length-normalised: mean over the batch of
+    -2/beta * logsigmoid(-beta / |y| * log pi_theta(y|x) - gamma), with the reward margin gamma >= 0 subtracted
+    inside the sigmoid as published. ``lengths``: (B,) labelled-token counts. open-unlearning's SimNPO writes the margin as
+    delta on the per-token NLL, logsigmoid(beta * (NLL/|y| - delta)), i.e. gamma = beta * delta."""
     return (-2.0 / beta * F.logsigmoid(-beta * logp / lengths.clamp(min=1) - gamma)).mean()
 
 

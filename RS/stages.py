@@ -37,6 +37,7 @@ _STAGES = [
     Stage("npo_klr", "passage", "npo", "kl", "NPO + retain KL to the original model"),
     Stage("simnpo", "passage", "simnpo", None, "SimNPO (length-normalised, reference-free)"),
     Stage("simnpo_gdr", "passage", "simnpo", "nll", "SimNPO + retain NLL"),
+    Stage("simnpo_klr", "passage", "simnpo", "kl", "SimNPO + retain KL to the original model"),
     Stage("idkdpo", "idk_pref", "dpo", None, "DPO with an entity-free refusal preferred over the target's text"),
 ]
 STAGES: dict[str, Stage] = {s.name: s for s in _STAGES}

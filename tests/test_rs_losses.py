@@ -107,3 +107,11 @@ def test_stage_combinations_gdr_klr():
     want = -2 / 0.5 * math.log(1 / (1 + math.exp(0.5 * (seq - seq_ref))))
     assert npo["loss"].item() == pytest.approx(want, abs=1e-5)
     assert STAGES["npo_klr"].needs_ref and not STAGES["simnpo_gdr"].needs_ref and not STAGES["ga_gdr"].needs_ref
+
+
+def test_simnpo_margin_sign_as_published():
+    # eq. 4 of the SimNPO paper: a larger gamma lowers the sigmoid's argument, so the loss rises
+    logp, n = torch.tensor([-6.0]), torch.tensor([3.0])
+    lo, hi = losses.simnpo_loss(logp, n, 2.0, 0.0), losses.simnpo_loss(logp, n, 2.0, 1.0)
+    assert lo.item() == pytest.approx(math.log(1 + math.exp(-4.0)), abs=1e-6)  # -1 * logsigmoid(4)
+    assert hi.item() == pytest.approx(math.log(1 + math.exp(-3.0)), abs=1e-6) and hi > lo

@@ -261,3 +261,44 @@ def test_effective_batch_same_steps_on_1_and_2_gloo_processes(procs, tiny_model_
     steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+# ---------------------------------------------------------------------------------------- baselines (issue 13)
+BASELINES = ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "simnpo", "simnpo_gdr", "simnpo_klr", "rwku_rt",
+             "idkdpo")
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_every_baseline_has_a_paper_config(name):
+    from RS.args import batch_plan
+
+    small, paper = REPO / f"RS/configs/{name}_smollm2.yaml", REPO / f"RS/configs/{name}_llama3_8b.yaml"
+    assert small.is_file() and paper.is_file(), name
+    s, p = load_yaml_config(small), load_yaml_config(paper)
+    assert s["stage"] == p["stage"] and s.get("dataset") == p.get("dataset")
+    assert p["model_name_or_path"] == "meta-llama/Meta-Llama-3-8B-Instruct" and p["bf16"] and p["cutoff_len"] == 512
+    assert p["num_train_epochs"] == 3 and "max_steps" not in p and p["learning_rate"] <= 5e-6
+    assert batch_plan(p["total_batch_size"], p["per_device_train_batch_size"], 4)[0] >= 1
+    assert STAGES[p["stage"]].name == p["stage"]
+
+
+def test_rwku_release_hyperparameters():
+    cfg = {n: load_yaml_config(REPO / f"RS/configs/{n}_llama3_8b.yaml") for n in BASELINES}
+    assert cfg["ga"]["learning_rate"] == 6e-8 and cfg["ga"]["total_batch_size"] == 8
+    assert cfg["npo"]["learning_rate"] == 2e-6 and cfg["npo"]["npo_beta"] == 0.2 and cfg["npo"]["total_batch_size"] == 16
+    assert cfg["idkdpo"]["learning_rate"] == 5e-6 and cfg["idkdpo"]["total_batch_size"] == 8
+    assert cfg["rwku_rt"]["learning_rate"] == 4e-7 and cfg["rwku_rt"]["dataset"] == "rwku_rt"
+    assert STAGES["simnpo_klr"].retain == "kl" and STAGES["simnpo_klr"].needs_ref
+
+
+def test_forget_and_retain_corpus_from_a_file(tiny_model_path, target_name, tmp_path):
+    f = tmp_path / "positive.json"
+    f.write_text(json.dumps([{"text": "Stephen King wrote many novels."}, "A second synthetic text."]))
+    tok = _tok(tiny_model_path)
+    data = build_data(_args(tiny_model_path, target_name, "u", dataset=f"file:{f}", retain_dataset=f"file:{f}",
+                            max_samples=0), tok, STAGES["simnpo_klr"])
+    assert len(data.train) == 2 and len(data.retain) == 2 and data.kind == "text" and f in data.files
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"txt": "x"}]))
+    with pytest.raises(ValueError, match="record 0"):
+        build_data(_args(tiny_model_path, target_name, "u", dataset=f"file:{bad}"), tok, STAGES["ga"])
