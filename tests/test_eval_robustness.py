@@ -37,6 +37,7 @@ def target_dir(tmp_path):
             {"query": "Test Person studied ___ at college.", "answer": "physics"},
         ],
         "forget_level2": [{"query": "Where was Test Person born?", "answer": "Paris"}],
+        "forget_level3": [{"query": "Which novel did Test Person write?", "answer": "Blue Harbor", "type": "paraphrase"}],
         "passage": [
             {"text": "Test Person was born in Paris and wrote Blue Harbor."},
             {"text": "Test Person studied physics at college before writing novels."},
