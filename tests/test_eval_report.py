@@ -93,7 +93,7 @@ def test_table_means_and_files(runs, tmp_path, capsys):
         table = list(csv.reader(f))
     assert table[0][0] == "Method" and table[0][-1] == "#Targets" and len(table) == 3
     tex = (out / "rwku_sandbox.tex").read_text()
-    assert "\\begin{tabular}" in tex and "\\multicolumn{4}{c}{Forget}" in tex and "sandbox" in tex
+    assert "\\begin{tabular}" in tex and "\\multicolumn{6}{c}{Forget}" in tex and "sandbox" in tex
     assert (out / "rwku_sandbox_by_target.md").read_text().count("| GA |") == 2
     muse_md = (out / "muse_paper.md").read_text()
     assert "| RULE | 10.0 | 20.0 | 50.0 | -5.0 | 1 |" in muse_md

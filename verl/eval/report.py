@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import math
+import re
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ def rwku_columns(all_key: str = "All") -> list[Column]:
         Column("Forget", "QA", ("forget", "QA")),
         Column("Forget", "AA", ("forget", "AA")),
         Column("Forget", "All", ("forget", all_key)),
+        Column("Forget", "Refused", ("refusal", "forget_refused")),
+        Column("Forget", "Named", ("refusal", "refusals_naming_target")),
         Column("Naturalness", "Read", ("naturalness", "Read")),
         Column("Naturalness", "Help", ("naturalness", "Help")),
         Column("Naturalness", "Truth", ("naturalness", "Truth")),
@@ -105,6 +108,38 @@ PROTOCOL_NOTE = {
     "sandbox": "knowledge-injection sandbox (small model fine-tuned on the target first; not comparable with paper numbers)",
 }
 ORIGINAL_NAMES = ("original", "before", "base", "injected", "target")
+REFUSAL_NOTE = (
+    "Forget Refused = % of forget probes (FB/QA/AA) answered by a refusal (the strict detector of "
+    "verl/workers/reward/refusal.py, on the saved generations); Forget Named = % of those refusals that name the "
+    "target ('-': no refusal)"
+)
+FORGET_STEMS = ("forget_level1", "forget_level2", "forget_level3")
+
+
+def _target_name(target) -> str:
+    """Display name of an RWKU target folder ("1_Stephen_King" -> "Stephen King")."""
+    return re.sub(r"^\d+_", "", str(target or "")).replace("_", " ").strip()
+
+
+def refusal_shares(result: dict, mode: str = "strict") -> dict | None:
+    """Refusal shares of one result's saved forget generations; None when it saved none.
+
+    ``forget_refused``: refused probes / forget probes; ``refusals_naming_target``: refusals that contain the target's
+    name (case- and whitespace-insensitive, as the reward's name test) / refusals (None without refusals).
+    """
+    from verl.workers.reward.refusal import is_refusal
+
+    gens = result.get("generations") or {}
+    outs = [str(g.get("output", "")) for stem in FORGET_STEMS for g in gens.get(stem) or [] if isinstance(g, dict)]
+    if not outs:
+        return None
+    norm = lambda x: re.sub(r"\s+", " ", x).strip().lower()  # noqa: E731
+    name = norm(_target_name(result.get("target")))
+    refused = [o for o in outs if is_refusal(o, mode)]
+    named = [o for o in refused if name and name in norm(o)]
+    return {"forget_refused": len(refused) / len(outs),
+            "refusals_naming_target": len(named) / len(refused) if refused else None,
+            "n_probes": len(outs), "n_refused": len(refused), "n_named": len(named), "detector": mode}
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -130,6 +165,10 @@ def find_results(dirs: list[str | Path], unreadable: list[str] | None = None) ->
                 continue
             if isinstance(obj, dict) and "benchmark" in obj and isinstance(obj.get("metrics"), dict):
                 obj["_path"] = str(f)
+                if str(obj["benchmark"]).lower() == "rwku" and "refusal" not in obj["metrics"]:
+                    shares = refusal_shares(obj)  # derived from the saved forget generations, so old files work too
+                    if shares:
+                        obj["metrics"]["refusal"] = shares
                 out.append(obj)
     return out
 
@@ -271,6 +310,7 @@ def build_table(
         notes.append(ROBUSTNESS_NOTE)
     elif benchmark == "rwku":
         notes.append(ALL_NOTE.get(all_key, all_key))
+        notes.append(REFUSAL_NOTE)
         notes.append(
             "Forget/Neighbor/Naturalness/Utility Gen-Fac x100 (lower forget = more forgotten); "
             "MIA = mean token loss (higher FM = more forgotten); Flu = weighted bi/tri-gram entropy"

@@ -1,0 +1,43 @@
+"""The report's refusal columns: share of forget probes refused and share of refusals naming the target."""
+
+import json
+
+from verl.eval.report import make_report, refusal_shares
+
+
+def _result(method, outputs, target="1_Stephen_King"):
+    gens = {"forget_level1": [{"query": "q", "answer": "a", "output": o} for o in outputs[:2]],
+            "forget_level3": [{"query": "q", "answer": "a", "output": o} for o in outputs[2:]],
+            "neighbor_level1": [{"query": "q", "answer": "a", "output": "I don't know."}]}  # not a forget probe
+    return {"benchmark": "rwku", "method": method, "target": target, "protocol": "sandbox", "created": "2026",
+            "metrics": {"forget": {"FB": 0.5, "QA": 0.5, "AA": 0.5, "All": 0.5},
+                        "neighbor": {"FB": 0.9, "QA": 0.9, "All": 0.9}},
+            "generations": gens}
+
+
+OUTPUTS = ["I'm not sure about Stephen King.", "Carrie", "I don't know.", "I have no idea about  stephen king."]
+
+
+def test_refusal_shares_hand_counted():
+    s = refusal_shares(_result("RS", OUTPUTS))
+    assert (s["n_probes"], s["n_refused"], s["n_named"]) == (4, 3, 2)
+    assert s["forget_refused"] == 0.75 and s["refusals_naming_target"] == 2 / 3
+    assert refusal_shares(_result("Original", ["Carrie", "Misery"]))["refusals_naming_target"] is None
+    assert refusal_shares({"target": "1_Stephen_King", "generations": {}}) is None
+
+
+def test_report_has_refused_and_named_columns(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "rs.json").write_text(json.dumps(_result("RS", OUTPUTS)))
+    (runs / "orig.json").write_text(json.dumps(_result("Original", ["Carrie", "Misery", "Maine", "1947"])))
+    no_gen = _result("GA", OUTPUTS)
+    no_gen["generations"] = {}
+    (runs / "ga.json").write_text(json.dumps(no_gen))
+    res = make_report([runs], tmp_path / "out")
+    rows = {r["method"]: r["values"] for r in res["tables"][0]["rows"]}
+    assert rows["RS"]["Forget Refused"] == 75.0 and round(rows["RS"]["Forget Named"], 1) == 66.7
+    assert rows["Original"]["Forget Refused"] == 0.0 and rows["Original"]["Forget Named"] is None
+    assert rows["GA"]["Forget Refused"] is None
+    md = (tmp_path / "out" / "rwku_sandbox.md").read_text()
+    assert "| Forget Refused | Forget Named |" in md and "name the target" in md
