@@ -27,6 +27,7 @@ class TrainArgs:
     dataset: str = ""  # forget-side data: reject_target, rwku_rt, passage, file:PATH (a JSON list of texts), inject, idk_pref, muse_reject (MUSE RS); empty: the stage's default
     retain_dataset: str = "auto"  # retain corpus for *_gdr/*_klr: auto (other targets' passages), retain_mia, file:PATH, or targets "a,b"
     retain_num_targets: int = 2  # how many other targets' passages make the auto retain corpus
+    muse_icl: str = "knowmem/train_qa_icl"  # muse_reject: MUSE file whose QA pairs are the one few-shot prefix of qa rows ("" for none)
     output_dir: str = ""  # where checkpoints, logs and the final model go
     config: str = ""  # YAML file with defaults for any of these fields
     # --- model / fine-tuning

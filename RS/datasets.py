@@ -148,6 +148,11 @@ def build_data(args, tokenizer, stage, root=None) -> DataBundle:
         from data.muse import load_muse, muse_dir
 
         records = load_muse("reject_target_0.5", root)
+        # the release's base-model format (verl/utils/chat.py muse_prompt), as in ReBO: BOS, no EOS on targets
+        from verl.utils.chat import muse_icl_prefix, muse_prompt
+
+        prefix = muse_icl_prefix(load_muse(args.muse_icl, root)) if args.muse_icl else ""
+        records = [{**r, "instruction": muse_prompt(r["instruction"], r.get("mode") or "qa", prefix)} for r in records]
         return _finish(args, tokenizer, stage, root, name, records, [muse_dir(root) / "reject_target_0.5.json"], "sft", None)
     targets = [resolve_target(t.strip(), root) for t in args.target.split(",") if t.strip()]
     if len(targets) > 1 and name != "inject":
@@ -200,7 +205,9 @@ def _finish(args, tokenizer, stage, root, name, records, files, kind, target) ->
         files.append(target.file("passage"))
 
     def encode(rec: dict, i: int) -> dict:
-        if name in ("reject_target", "muse_reject"):
+        if name == "muse_reject":  # already in the MUSE format; a base model's target ends without EOS
+            return encode_prompt_response(tokenizer, rec["instruction"], rec["output"], args.cutoff_len, raw_prompt=True)
+        if name == "reject_target":
             return encode_prompt_response(tokenizer, rec["instruction"], rec["output"], args.cutoff_len)
         if name == "rwku_rt":
             return encode_prompt_response(tokenizer, rec["instruction"], rt_template(rec["instruction"]), args.cutoff_len)

@@ -44,6 +44,7 @@ SCHEMAS: dict[str, tuple[str, dict[str, type]]] = {
     "knowmem/retain_qa": ("dict", {"question": _STR, "answer": _STR}),
     "knowmem/forget_qa_icl": ("dict", {"question": _STR, "answer": _STR}),
     "knowmem/retain_qa_icl": ("dict", {"question": _STR, "answer": _STR}),
+    "knowmem/train_qa_icl": ("dict", {"question": _STR, "answer": _STR}),  # the MUSE ReBO/RS few-shot prefix
     "privleak/forget": ("str", {}),
     "privleak/holdout": ("str", {}),
     "privleak/retain": ("str", {}),

@@ -85,3 +85,98 @@ def test_overlong_response_is_cut_to_fit(tok):
     assert len(enc["input_ids"]) == 32
     assert enc["labels"][0] == IGNORE_INDEX  # at least one prompt token stays masked
     assert sum(label != IGNORE_INDEX for label in enc["labels"]) == 31
+
+
+# ---------------------------------------------------------------------------------------- system prompts, MUSE (issue 13)
+LLAMA31 = (  # the shape of Llama-3.1-Instruct's template: a system header with the date block, always
+    "{{ '<|begin_of_text|>' }}{% set sys = '' %}{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]"
+    "['content'] %}{% set messages = messages[1:] %}{% endif %}<|start_header_id|>system<|end_header_id|>\n\n"
+    "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n{{ sys }}<|eot_id|>{% for m in messages %}"
+    "<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+LLAMA3 = (  # Llama-3-Instruct: no system turn unless given
+    "{{ '<|begin_of_text|>' }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant"
+    "<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def test_no_default_system_prompt_unless_asked(tok):
+    from verl.utils.chat import TEMPLATE_DEFAULT
+
+    assert "SmolLM" in format_prompt(tok, USER, TEMPLATE_DEFAULT)  # the template's own default
+    assert "system" not in format_prompt(tok, USER) and format_prompt(tok, USER).startswith("<|im_start|>user\n")
+    assert format_prompt(tok, USER, "Be brief.").startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user")
+
+
+@pytest.mark.parametrize("template", [LLAMA31, LLAMA3])
+def test_llama_templates_get_no_system_turn(tok, template):
+    import copy
+
+    t = copy.deepcopy(tok)
+    t.chat_template = template
+    expected = (f"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{USER}<|eot_id|>"
+                "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert format_prompt(t, USER) == expected
+    assert "You are" in format_prompt(t, USER, "You are terse.")
+
+
+def test_raw_prompts_get_bos_templated_ones_do_not():
+    from verl.utils.chat import prompt_ids
+
+    class Tok:  # a base-model tokenizer: BOS id 1 when special tokens are on
+        chat_template = None
+
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": ([1] if add_special_tokens else []) + [ord(c) for c in text]}
+
+    assert prompt_ids(Tok(), "ab") == [1, 97, 98]
+    chat = Tok()
+    chat.chat_template = "x"
+    assert prompt_ids(chat, "ab") == [97, 98]
+
+
+def test_muse_prompt_format_and_idempotence():
+    from verl.utils.chat import muse_icl_prefix, muse_prompt
+
+    prefix = muse_icl_prefix([{"question": "Who?", "answer": "Harry"}])
+    assert prefix == "Question: Who?\nAnswer: Harry\n\n"
+    qa = muse_prompt("What is a Horcrux?", "qa", prefix)
+    assert qa == "Question: Who?\nAnswer: Harry\n\nQuestion: What is a Horcrux?\nAnswer: "
+    assert muse_prompt(qa, "qa", prefix) == qa
+    assert muse_prompt(qa.rstrip(), "qa", prefix) == qa  # "...Answer:" as data.synthesize writes it
+    assert muse_prompt("the owl flew", "completion", prefix) == "Completion: the owl flew\nAnswer: "
+    with pytest.raises(ValueError, match="qa or completion"):
+        muse_prompt("x", "essay")
+
+
+def test_base_model_sft_target_has_no_eos(tok):
+    import copy
+
+    base = copy.deepcopy(tok)
+    base.chat_template = None
+    enc = encode_prompt_response(base, "Question: Who?\nAnswer: ", RESPONSE, raw_prompt=True)
+    assert enc["input_ids"][-1] != base.eos_token_id
+    assert base.decode([i for i, lab in zip(enc["input_ids"], enc["labels"]) if lab != IGNORE_INDEX]) == RESPONSE
+    assert encode_prompt_response(tok, USER, RESPONSE)["input_ids"][-1] == tok.eos_token_id  # chat: EOS ends the turn
+
+
+def test_rl_dataset_muse_format(tok, tmp_path, shared_data):
+    import copy
+    import json
+
+    from verl.trainer.dataset import RLDataset
+
+    base = copy.deepcopy(tok)
+    base.chat_template = None
+    f = tmp_path / "rl.json"
+    rows = [{"prompt": "What is a Horcrux?", "solution": ["<reject>", "I don't know.", "books"], "mode": "qa"},
+            {"prompt": "the owl flew", "solution": ["<normal>", "away"], "mode": "completion"}]
+    f.write_text(json.dumps(rows))
+    ds = RLDataset(str(f), base, 4096, prompt_format="muse", data_root=str(shared_data))
+    texts = [base.decode(r["prompt_ids"]) for r in ds.rows]
+    assert texts[0].startswith("Question: ") and texts[0].endswith("Question: What is a Horcrux?\nAnswer: ")
+    assert texts[0].count("Question: ") == 11  # the 10 shots of knowmem/train_qa_icl, whatever the label
+    assert texts[1] == "Completion: the owl flew\nAnswer: "
+    assert ds.rows[0]["prompt"] == "What is a Horcrux?"  # the reward still sees the raw text

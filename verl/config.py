@@ -49,6 +49,15 @@ class DataConfig:
     """Use N evenly spaced validation rows (None: all)."""
     shuffle: bool = True
     """Shuffle the training rows each epoch (seeded by trainer.seed + epoch)."""
+    prompt_format: str = "chat"
+    """chat (one user turn in the chat template) | muse (MUSE-Books base model, the release's format: ICL prefix +
+    "Question: ...\nAnswer: " on qa rows, "Completion: ...\nAnswer: " on completion rows, BOS; verl/utils/chat.py)."""
+    system_prompt: str | None = None
+    """chat format: None = no system turn (one a template inserts by itself is removed), "<template default>" = keep
+    the template's default, any other text = that system turn (verl/utils/chat.py lists what each model gets)."""
+    muse_icl: str = "knowmem/train_qa_icl"
+    """muse format: the MUSE file (stem under MUSE/books) whose QA pairs form the one label-independent few-shot
+    prefix of every qa row ("" for none)."""
     rwku: RWKUSpec = field(default_factory=RWKUSpec)
     """Data root for ``rwku:`` paths."""
 

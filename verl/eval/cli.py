@@ -106,6 +106,9 @@ def _run_naturalness(ctx: EvalContext, suite: str) -> None:
     if ctx.args.judge_base_url:
         kw["base_url"] = ctx.args.judge_base_url
     m, items = nat.evaluate_naturalness(records, nat.NaturalnessConfig(**kw))
+    if m["n"] and not m["n_scored"]:  # the suites before it are kept (partial file): a rerun redoes only this one
+        raise UserError(f"naturalness: every judge call failed ({m['failures']}); check OPENAI_API_KEY, "
+                        "--judge_base_url and --judge_model, or use --judge proxy")
     ctx.metrics["naturalness"] = m
     ctx.generations["naturalness"] = items
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from verl.protocol import DataProto
-from verl.utils.chat import format_prompt
+from verl.utils.chat import format_prompt, muse_prompt, prompt_ids
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +65,16 @@ class RLDataset:
 
     Each row keeps ``prompt`` (raw user text), ``solution`` (the answer column) and every other column as an
     extra for the reward. ``label`` is ``solution[0]`` when that is ``<reject>``/``<normal>``, else "".
+    ``prompt_format`` "chat": one user turn in the chat template (``system_prompt`` as in ``format_prompt``);
+    "muse": the release's MUSE-Books base-model format (``muse_prompt``: qa rows after the label-independent
+    few-shot prefix of ``muse_icl``, a ``muse:`` file stem, completion rows "Completion: ...\nAnswer: "; by the
+    row's ``mode`` column, default qa). Raw-text prompts get the tokenizer's BOS (``prompt_ids``).
     """
 
     def __init__(self, spec: str, tokenizer, max_prompt_length: int, prompt_key: str = "prompt",
-                 answer_key: str = "solution", data_root: str | None = None, max_samples: int | None = None):
+                 answer_key: str = "solution", data_root: str | None = None, max_samples: int | None = None,
+                 prompt_format: str = "chat", system_prompt: str | None = None,
+                 muse_icl: str = "knowmem/train_qa_icl"):
         from data.schemas import DataValidationError, validate_rl_records
 
         self.path = resolve_data_path(spec, data_root)
@@ -77,9 +83,20 @@ class RLDataset:
             raw = [raw[int(i)] for i in np.linspace(0, len(raw) - 1, num=max_samples).round()]
         self.rows: list[dict] = []
         self.n_filtered = 0
+        if prompt_format not in ("chat", "muse"):
+            raise ValueError(f"data.prompt_format={prompt_format!r}: choose chat or muse")
+        prefix = ""
+        if prompt_format == "muse":
+            from data.muse import load_muse
+            from verl.utils.chat import muse_icl_prefix
+
+            prefix = muse_icl_prefix(load_muse(muse_icl, data_root)) if muse_icl else ""
         for row in raw:
-            text = format_prompt(tokenizer, str(row[prompt_key]))
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if prompt_format == "muse":
+                text = muse_prompt(str(row[prompt_key]), str(row.get("mode") or "qa"), prefix)
+            else:
+                text = format_prompt(tokenizer, str(row[prompt_key]), system_prompt)
+            ids = prompt_ids(tokenizer, text)
             if len(ids) > max_prompt_length:
                 self.n_filtered += 1
                 continue

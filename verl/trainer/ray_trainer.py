@@ -112,12 +112,13 @@ class RayPPOTrainer:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"
         d = cfg.data
+        fmt = dict(prompt_format=d.prompt_format, system_prompt=d.system_prompt, muse_icl=d.muse_icl)
         self.train_ds = RLDataset(d.train_files, self.tokenizer, d.max_prompt_length, d.prompt_key, d.answer_key,
-                                  d.rwku.data_root)
+                                  d.rwku.data_root, **fmt)
         self.val_ds = None
         if d.val_files:
             self.val_ds = RLDataset(d.val_files, self.tokenizer, d.max_prompt_length, d.prompt_key, d.answer_key,
-                                    d.rwku.data_root, d.val_max_samples)
+                                    d.rwku.data_root, d.val_max_samples, **fmt)
         self.sampler = StatefulSampler(len(self.train_ds), d.rollout_batch_size, d.shuffle, cfg.trainer.seed)
         self.reward_fn = get_reward_fn(cfg.worker.reward.reward_fn, **cfg.worker.reward.kwargs)
         a = cfg.algorithm

@@ -1,35 +1,104 @@
-"""Prompt formatting shared by RS, ReBO and the evaluator: one user turn in the model's chat template."""
+"""Prompt formatting shared by RS, ReBO and the evaluator: one user turn in the model's chat template, or the raw
+text (with BOS) for a base model without one; and the MUSE-Books prompt format of the RULE release.
+
+System prompts: none unless asked. Templates that insert one by themselves lose it (``system_prompt=None``):
+
+| model (template)                | what the template adds without a system message | here (default)             |
+|---------------------------------|--------------------------------------------------|----------------------------|
+| Meta-Llama-3-8B-Instruct        | nothing                                          | as rendered                |
+| Llama-3.1-8B-Instruct           | a system turn "Cutting Knowledge Date ... Today Date ..." | that turn removed  |
+| Qwen2.5-*-Instruct (ChatML)     | "You are Qwen, created by Alibaba Cloud. ..."    | that turn removed          |
+| SmolLM2-*-Instruct (ChatML)     | "You are a helpful AI assistant named SmolLM ..." | that turn removed         |
+| MUSE-Books_target (base, none)  | no template: raw text, BOS added when tokenizing  | raw text + BOS             |
+
+``system_prompt=TEMPLATE_DEFAULT`` keeps whatever the template renders; any other string is sent as the system turn.
+Other templates are used as rendered.
+"""
 
 from __future__ import annotations
 
+import re
+
 IGNORE_INDEX = -100
+TEMPLATE_DEFAULT = "<template default>"  # system_prompt value: keep the template's own default system turn
+# a system turn a template inserted by itself: ChatML (SmolLM2, Qwen2.5) and Llama-3 headers (3.1's date block)
+_DEFAULT_SYSTEM_TURNS = (
+    re.compile(r"^<\|im_start\|>system\n.*?<\|im_end\|>\n", re.S),
+    re.compile(r"<\|start_header_id\|>system<\|end_header_id\|>.*?<\|eot_id\|>", re.S),
+)
 
 
-def format_prompt(tokenizer, user_text: str) -> str:
-    """The user turn wrapped in the chat template with the assistant header appended (no system turn added
-    by us; a template's own default system prompt is kept). Falls back to the raw text without a template."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True
-        )
-    return user_text
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
 
 
-def encode_prompt_response(tokenizer, prompt: str, response: str, cutoff_len: int = 512) -> dict[str, list[int]]:
+def format_prompt(tokenizer, user_text: str, system_prompt: str | None = None) -> str:
+    """The user turn wrapped in the chat template with the assistant header appended. ``system_prompt`` None: no
+    system turn (one the template inserts by itself is removed, see the module doc); ``TEMPLATE_DEFAULT``: the
+    template as it renders; a string: that system turn. Without a template: the raw text (BOS comes from
+    ``prompt_ids``)."""
+    if not has_chat_template(tokenizer):
+        return user_text
+    messages = [{"role": "user", "content": user_text}]
+    if system_prompt not in (None, TEMPLATE_DEFAULT):
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if system_prompt is None:
+        for pat in _DEFAULT_SYSTEM_TURNS:
+            text = pat.sub("", text, count=1)
+    return text
+
+
+def prompt_ids(tokenizer, formatted: str) -> list[int]:
+    """Token ids of a ``format_prompt`` result: a chat template carries its own BOS (Llama-3's <|begin_of_text|>),
+    raw text gets the tokenizer's special tokens (BOS for Llama-2 based MUSE models), as the releases tokenize."""
+    return tokenizer(formatted, add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
+
+
+# ------------------------------------------------------------------------------------------- MUSE-Books (base model)
+MUSE_QA = "Question: {text}\nAnswer: "
+MUSE_COMPLETION = "Completion: {text}\nAnswer: "
+
+
+def muse_icl_prefix(shots) -> str:
+    """The few-shot prefix of MUSE's KnowMem format, "Question: {q}\nAnswer: {a}\n\n" per shot."""
+    return "".join(f"Question: {s['question']}\nAnswer: {s['answer']}\n\n" for s in shots)
+
+
+def muse_prompt(text: str, mode: str = "qa", prefix: str = "") -> str:
+    """A MUSE-Books prompt as the RULE release formats it: qa rows "Question: {q}\nAnswer: " after the (label-
+    independent) ICL ``prefix``, completion rows "Completion: {text}\nAnswer: ". Rows already in this format (e.g.
+    written by ``data.synthesize --muse_fewshot icl``) are returned unchanged."""
+    body = text.removeprefix(prefix) if prefix else text
+    if body.startswith(("Question: ", "Completion: ")) and body.rstrip().endswith("Answer:"):
+        return text if text.endswith(" ") else text.rstrip() + " "
+    if mode == "completion":
+        return MUSE_COMPLETION.format(text=text)
+    if mode != "qa":
+        raise ValueError(f"MUSE row mode must be qa or completion, got {mode!r}")
+    return prefix + MUSE_QA.format(text=text)
+
+
+def encode_prompt_response(tokenizer, prompt: str, response: str, cutoff_len: int = 512,
+                           append_eos: bool | None = None, raw_prompt: bool = False) -> dict[str, list[int]]:
     """Tokenize a (user prompt, assistant response) pair for SFT.
 
     Returns ``input_ids``, ``attention_mask`` and ``labels`` (length <= cutoff_len) where every prompt token's
     label is IGNORE_INDEX, so the loss covers the response (and its end-of-turn token) only. When too long,
-    the prompt is truncated from the left first, keeping the response whole where possible.
+    the prompt is truncated from the left first, keeping the response whole where possible. ``append_eos`` None:
+    the end-of-turn/EOS token ends the response only with a chat template (a base model's RS targets end without
+    one, as in the release's MUSE run). ``raw_prompt``: ``prompt`` is already formatted (e.g. ``muse_prompt``).
     """
-    prompt_ids = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token or ""
+    ids = prompt_ids(tokenizer, prompt if raw_prompt else format_prompt(tokenizer, prompt))
+    if append_eos is None:
+        append_eos = has_chat_template(tokenizer)
+    eos = (tokenizer.eos_token or "") if append_eos else ""
     response_ids = tokenizer(response + eos, add_special_tokens=False)["input_ids"]
     if len(response_ids) >= cutoff_len:
         response_ids = response_ids[: cutoff_len - 1]
     budget = cutoff_len - len(response_ids)
-    if len(prompt_ids) > budget:
-        prompt_ids = prompt_ids[-budget:]
-    input_ids = prompt_ids + response_ids
-    labels = [IGNORE_INDEX] * len(prompt_ids) + response_ids
+    if len(ids) > budget:
+        ids = ids[-budget:]
+    input_ids = ids + response_ids
+    labels = [IGNORE_INDEX] * len(ids) + response_ids
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
