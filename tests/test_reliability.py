@@ -616,3 +616,22 @@ def test_trainer_cli_subprocess_one_line():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: config file /missing.yaml does not exist (config=FILE.yaml; "
                                                 "see examples/)"]
+
+
+def test_evaluator_fails_when_every_judge_call_failed_and_keeps_the_suites_before(tmp_path, monkeypatch, echo_endpoint):
+    import verl.eval.cli as cli
+    import verl.models.embedded as emb
+
+    monkeypatch.setattr(emb, "load_model_and_tokenizer", lambda *a, **k: (type("M", (), {"eval": lambda s: s})(), None))
+
+    def forget(ctx, suite):
+        ctx.metrics["forget"] = {"All": 0.25}
+        ctx.generations["forget_level1"] = [{"query": "Who?", "answer": "A", "output": "I don't know."}]
+
+    monkeypatch.setitem(cli.SUITES["rwku"], "forget", forget)
+    args = _eval_args(tmp_path, "--suites", "forget,naturalness", "--judge", "openai")
+    monkeypatch.setenv("RULE_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(UserError, match="naturalness: every judge call failed") as info:
+        cli.run(args)
+    assert CANARY not in str(info.value)
+    assert json.loads(cli.partial_path(args.output).read_text())["done"] == ["forget"]
