@@ -124,3 +124,4 @@ def test_bf16_autocast_runs_and_stays_close_to_fp32(tiny):
     assert (lp16[mask] - lp32[mask]).abs().max() < 0.1
     with pytest.raises(ValueError, match="autocast='fp8'"):
         forward.autocast_context(torch.device("cpu"), "fp8")
+

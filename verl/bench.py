@@ -6,6 +6,10 @@
     weight-sync time (timed around the engine's methods). Greedy by default (``--sample``: the config's sampling),
     so the share of outputs identical to the first engine's is shown too. ``--engines`` defaults to hf plus vllm
     when it is importable.
+``python -m verl.bench update [--prompts 16] [--bf16] [key=value ...]``
+    Times the reference/log-prob pass and the update's forward+backward on the config's prompts (random
+    responses) with the plain forward and each optimization of ``verl/workers/forward.py`` (and under bf16
+    autocast), with the positions each one runs through the model: the load-independent part of the saving.
 ``python -m verl.bench step --config examples/grpo_rj_rl_cpu.yaml [--steps 1] [--paper-batch] [key=value ...]``
     Runs ``--steps`` ReBO steps (no validation, no checkpoint, nothing written outside a temp dir) and prints the
     trainer's own ``timing/<phase>`` seconds per step. ``--paper-batch`` = 32 prompts x 8 samples, 64 new tokens,
@@ -137,6 +141,8 @@ def bench_rollout(args) -> dict:
                 record.pop("load_weights", None)
                 times, out = [], None
                 for _ in range(args.repeats):
+                    if hasattr(wg.worker, "rollout_stale"):  # as in a training step: one weight sync, then generation
+                        wg.worker.rollout_stale = True
                     batch = prompts[list(range(len(prompts)))]
                     batch.meta_info = dict(meta)
                     t1 = time.perf_counter()
@@ -211,6 +217,131 @@ def bench_step(args) -> dict:
                       for m in steps]}
 
 
+# ---------------------------------------------------------------------------------------------- update
+def synthetic_rollouts(cfg, n_prompts: int, seed: int = 0):
+    """The config's first ``n_prompts`` training prompts x ``rollout.n``, with random responses of random length
+    (1..max_response_length, EOS-terminated): the shapes and padding of a real step without generating."""
+    from transformers import AutoTokenizer
+
+    from verl.models.embedded import resolve_model_path
+    from verl.trainer.dataset import RLDataset
+    from verl.workers.rollout import assemble, eos_ids
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(cfg.worker.actor.model_path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    d = cfg.data
+    ds = RLDataset(d.train_files, tok, d.max_prompt_length, d.prompt_key, d.answer_key, d.rwku.data_root)
+    prompts = ds.batch(list(range(min(n_prompts, len(ds)))), tok.pad_token_id).repeat(cfg.worker.rollout.n,
+                                                                                        interleave=True)
+    g = torch.Generator().manual_seed(seed)
+    T = d.max_response_length
+    responses = torch.randint(10, len(tok) - 1, (len(prompts), T), generator=g)
+    eos = eos_ids(tok)
+    lengths = torch.randint(1, T + 1, (len(prompts),), generator=g)
+    for i, n in enumerate(lengths.tolist()):
+        if n < T:
+            responses[i, n - 1] = eos[0]
+    out = assemble(prompts, responses, eos, tok.pad_token_id)
+    out.batch["advantages"] = torch.randn(len(out), T, generator=g)
+    return out
+
+
+def model_positions(data, micro: int, mode: str) -> tuple[int, int]:
+    """(token positions run through the model, positions through the LM head) for one pass over ``data``."""
+    from verl.workers import forward
+
+    T = data.batch["responses"].shape[1]
+    body = head = 0
+    for mb in data.split(micro):
+        mask = mb.batch["attention_mask"]
+        B, L = mask.shape
+        if mode == "plain":
+            body, head = body + B * L, head + B * L
+            continue
+        start, t = forward.trim_bounds(mask, T)
+        P = L - T
+        firsts, _ = forward.prompt_groups(mb.batch["input_ids"][:, start:P], mask[:, start:P])
+        if mode == "trim" or len(firsts) == B:
+            body += B * (P - start + t - 1)
+        else:
+            body += len(firsts) * (P - start) + B * (t - 1)
+        head += B * t
+    return body, head
+
+
+def bench_update(args) -> dict:
+    """Seconds of the no-grad log-prob pass and of the update's forward+backward, plain vs optimized forward."""
+    from verl.workers import forward, fsdp_utils
+    from verl.workers.actor import batched_log_probs, response_log_probs
+
+    cfg = _load(args.config, [*(PAPER_BATCH if args.paper_batch else []), *args.overrides])
+    a = cfg.worker.actor
+    data = synthetic_rollouts(cfg, args.prompts)
+    model = fsdp_utils.load_module(a.model_path, "actor", torch.float32, a.gradient_checkpointing)
+    mask = data.batch["response_mask"].float()
+    variants = [("plain", dict(optimized=False)), ("trim", dict(optimized=True, share_prompt=False)),
+                ("trim+share", dict(optimized=True))]
+    autocasts = ["none"] + (["bf16"] if args.bf16 else [])
+
+    def no_grad_pass(mode: str, kw: dict, ac: str):
+        if mode == "trim+share+sort":
+            return batched_log_probs(model, data, a.micro_batch_size_per_device_for_experience, torch.device("cpu"),
+                                     1.0, optimized=True, autocast=ac)
+        model.eval()
+        with torch.no_grad():
+            return torch.cat([response_log_probs(model, mb, autocast=ac, **kw)[0]
+                              for mb in data.split(a.micro_batch_size_per_device_for_experience)])
+
+    def grad_pass(mode: str, kw: dict, ac: str):
+        model.train()
+        for mb in data.split(a.micro_batch_size_per_device_for_update):
+            lp, _ = response_log_probs(model, mb, with_entropy=True, entropy_grad=False, autocast=ac, **kw)
+            m = mb.batch["response_mask"].float()
+            (-(lp * mb.batch["advantages"] * m).sum() / m.sum()).backward()
+        model.zero_grad(set_to_none=True)
+
+    jobs = []
+    for ac in autocasts:
+        for mode, kw in [*variants, ("trim+share+sort", {})]:
+            jobs.append(("log-probs (no grad)", mode, ac, lambda mode=mode, kw=kw, ac=ac: no_grad_pass(mode, kw, ac)))
+        for mode, kw in variants:
+            jobs.append(("update fwd+bwd", mode, ac, lambda mode=mode, kw=kw, ac=ac: grad_pass(mode, kw, ac)))
+    best: dict[tuple, float] = {}
+    lps = {}
+    for _ in range(args.repeats):  # interleaved repeats: a load spike hits every variant alike
+        for pass_name, mode, ac, fn in jobs:
+            t0 = time.perf_counter()
+            out = fn()
+            dt = time.perf_counter() - t0
+            key = (pass_name, mode, ac)
+            best[key] = min(best.get(key, float("inf")), dt)
+            if out is not None:
+                lps[key] = out
+    ref = lps[("log-probs (no grad)", "plain", "none")]
+    rows = []
+    for (pass_name, mode, ac), dt in best.items():
+        micro = (a.micro_batch_size_per_device_for_experience if pass_name.startswith("log")
+                 else a.micro_batch_size_per_device_for_update)
+        base_mode = "trim+share" if mode == "trim+share+sort" else mode
+        body, head = model_positions(data if mode != "trim+share+sort" else data[forward.length_order(data.batch)],
+                                     micro, base_mode)
+        lp = lps.get((pass_name, mode, ac))
+        err = float(((lp - ref).abs() * mask).max()) if lp is not None else None
+        rows.append([pass_name, mode, ac, dt, best[(pass_name, "plain", ac)] / dt, body, head,
+                     None if err is None else f"{err:.1e}"])
+    print(f"update phase: {len(data)} rows ({args.prompts} prompts x {cfg.worker.rollout.n}), "
+          f"{data.batch['input_ids'].shape[1]} columns ({data.batch['responses'].shape[1]} response), micro-batches "
+          f"{a.micro_batch_size_per_device_for_experience} (no grad) / {a.micro_batch_size_per_device_for_update} "
+          f"(update), best of {args.repeats}; {machine_line()}")
+    print(table(["pass", "forward", "autocast", "s", "speed-up", "model positions", "LM-head positions",
+                 "max |dlogp|"], rows))
+    return {"kind": "update", "machine": machine_line(), "rows": len(data),
+            "results": [dict(zip(["pass", "forward", "autocast", "s", "speedup", "model_positions", "head_positions",
+                                  "max_abs_logp_diff"], r)) for r in rows]}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m verl.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -227,14 +358,20 @@ def main(argv: list[str] | None = None) -> None:
     st.add_argument("--steps", type=int, default=1, help="steps to run (the mean of steps 2.. is shown too)")
     st.add_argument("--paper-batch", action="store_true", help="32 prompts x 8 samples, 64 new tokens: "
                     + " ".join(PAPER_BATCH))
-    for p in (ro, st):
+    up = sub.add_parser("update", help="log-prob and update passes: plain vs optimized forward (and bf16 autocast)")
+    up.add_argument("--config", default="examples/grpo_rj_rl_cpu.yaml", help="trainer YAML (model, lengths, micro)")
+    up.add_argument("--prompts", type=int, default=16, help="prompts (x worker.rollout.n rows)")
+    up.add_argument("--repeats", type=int, default=2, help="interleaved repeats (best shown)")
+    up.add_argument("--bf16", action="store_true", help="also time every variant under bf16 autocast")
+    up.add_argument("--paper-batch", action="store_true", help="the paper batch's n and lengths")
+    for p in (ro, st, up):
         p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
         p.add_argument("overrides", nargs="*", help="key=value config overrides (verl/config.py)")
     args = parser.parse_args(argv)
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         parser.error(f"overrides must be key=value, got {bad}")
-    result = bench_rollout(args) if args.cmd == "rollout" else bench_step(args)
+    result = {"rollout": bench_rollout, "step": bench_step, "update": bench_update}[args.cmd](args)
     if args.json:
         from verl.utils.io import atomic_write_json
 

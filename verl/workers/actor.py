@@ -15,20 +15,22 @@ from verl.workers.optim import build_optimizer, minibatch_update
 
 
 def response_log_probs(module: nn.Module, data: DataProto, temperature: float = 1.0, with_entropy: bool = False,
-                       optimized: bool = True, autocast: str = "none", entropy_grad: bool = True):
+                       optimized: bool = True, autocast: str = "none", entropy_grad: bool = True,
+                       share_prompt: bool = True):
     """Per-token log-probs of ``responses`` under ``module``: ``[B, T]`` (and entropy ``[B, T]`` if asked).
 
     ``input_ids = prompt (left-padded) + response (right-padded)``; logits at position t predict token t+1, so
     the response's scores are ``logits[:, -T-1:-1]``. ``optimized`` computes them without padding columns, prompt
     logits or repeated prompts (``verl.workers.forward``; positions after the longest response are 0);
     ``autocast='bf16'`` runs the model under bf16 autocast (log-softmax in fp32); ``entropy_grad=False`` computes
-    the entropy without a graph (it is only logged).
+    the entropy without a graph (it is only logged); ``share_prompt=False`` turns off the one-pass-per-prompt part
+    of ``optimized`` (benchmarks).
     """
     b = data.batch
     T = b["responses"].shape[1]
     if optimized:
         logits = forward.response_logits(module, b["input_ids"], b["attention_mask"], b["position_ids"], T,
-                                         autocast=autocast)
+                                         share_prompt=share_prompt, autocast=autocast)
     else:
         logits = forward.plain_response_logits(module, b["input_ids"], b["attention_mask"], b["position_ids"], T,
                                                autocast=autocast)
