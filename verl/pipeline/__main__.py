@@ -1,5 +1,4 @@
-import sys
-
 from verl.pipeline.cli import main
+from verl.utils.cli import run_main
 
-sys.exit(main())
+run_main(main)

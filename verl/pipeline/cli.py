@@ -86,6 +86,7 @@ def format_plan(plan: Plan) -> str:
         f"  config: {' + '.join(rel(f) for f in plan.config_files)} + variables",
         "  stage env: " + " ".join(f"{k}={v}" for k, v in plan.env.items()),
     ]
+    lines += [f"  note: {n}" for n in s.notes]
     cfg: PipelineConfig = plan.config
     lines.append("  pipeline config: " + " ".join(f"{k}={getattr(cfg, k)}" for k in
                                                   ("family", "rebo_variant", "device", "rebo_start", "rebo_ref",
@@ -99,7 +100,8 @@ def format_plan(plan: Plan) -> str:
             lines.append(f"       out: {st.output}")
             lines.append("       cmd: python " + shlex.join(st.cmd))
             body = " ".join(_flat(st.config))
-            lines += textwrap.wrap(body, 116, initial_indent="       config: ", subsequent_indent="         ")
+            lines += textwrap.wrap(body, 116, initial_indent="       config: ", subsequent_indent="         ",
+                                   break_on_hyphens=False, break_long_words=False)
         for note in tp.notes:
             lines.append(f"     note: {note}")
     lines.append("\n  then: python -m verl.eval.report " + rel(s.exp_dir) + " --out " + rel(s.exp_dir / "report"))

@@ -358,8 +358,18 @@ class Planner:
     def plan_target(self, target: str) -> TargetPlan:
         return self.plan_muse() if self.s.benchmark == "muse" else self.plan_rwku(target)
 
-    def plan(self) -> Plan:
+    def plan(self, visible_gpus: Callable[[], int] | None = None) -> Plan:
         targets = [self.plan_target(t) for t in (self.s.targets if self.s.benchmark == "rwku" else ["books"])]
+        needs_gpu = self.cfg.device == "cuda" or any(
+            st.kind == "rebo" and st.config["trainer"]["device"] == "cuda" for tp in targets for st in tp.steps)
+        if needs_gpu and self.s.gpus:  # the ids given must exist here (asked only now: it imports torch)
+            from verl.pipeline.settings import gpu_count
+
+            have = (visible_gpus or gpu_count)()
+            missing = [g for g in self.s.gpus if int(g) >= have]
+            if missing:
+                self.problems.append(f"GPUS={','.join(self.s.gpus)}: this machine has {have} visible GPU(s), so "
+                                     f"GPU id(s) {','.join(missing)} do not exist")
         env = {"RULE_DATA_DIR": rel(self.s.data_dir)}
         if self.s.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self.s.gpus)

@@ -112,6 +112,8 @@ def run_plan(planner: Planner, plan: Plan) -> Path:
     log(f"RULE {s.benchmark}: MODEL={s.model} TARGETS='{' '.join(t.target for t in plan.targets)}' "
         f"METHODS='{' '.join(m.name for m in s.methods)}' BUDGET={s.budget} protocol={s.protocol} "
         f"DATA_DIR={s.data_dir} -> {rel(exp)}")
+    for note in s.notes:
+        log(f"note: {note}")
     for tp in plan.targets:
         log(f"== target {tp.target} ({s.protocol} protocol, {s.budget} budget) -> {rel(tp.dir)}")
         times: dict[str, float] = {}

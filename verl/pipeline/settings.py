@@ -3,6 +3,7 @@ always read) and a flag (which wins over the variable). One table drives reading
 
 from __future__ import annotations
 
+import difflib
 import json
 import struct
 from dataclasses import dataclass, field
@@ -80,6 +81,7 @@ class Settings:
     rebo_data: str | None = None  # REBO_DATA
     muse_limit: int | None = None  # MUSE_LIMIT
     overlays: list[str] = field(default_factory=list)  # OVERLAYS
+    notes: list[str] = field(default_factory=list)  # settings that were ignored, and why
 
     @property
     def exp_dir(self) -> Path:
@@ -150,10 +152,16 @@ def resolve_settings(benchmark: str, values: dict[str, str], env: dict, has_gpu=
     """Settings from ``values`` (variable name -> string: the flags over the environment) and ``env`` (for
     RULE_DATA_DIR). ``has_gpu`` (a callable) is asked only when a default depends on it. Bad values raise ValueError."""
     get = {k: (v if v != "" else None) for k, v in values.items()}
-    for name, value in get.items():
+    notes = []
+    for name in sorted(env):  # a misspelt variable would be ignored silently: say so
+        close = difflib.get_close_matches(name, VAR_BY_ENV, n=1, cutoff=0.8)
+        if close and name not in VAR_BY_ENV and name not in ("RULE_DATA_DIR", "RULE_CACHE_DIR"):
+            notes.append(f"variable {name} is not a pipeline setting (did you mean {close[0]}?); ignored")
+    for name, value in list(get.items()):
         var = VAR_BY_ENV[name]
-        if value is not None and benchmark not in var.benchmarks:
-            raise ValueError(f"{name} applies to {'/'.join(var.benchmarks)} only, not to {benchmark} (unset it)")
+        if value is not None and benchmark not in var.benchmarks:  # e.g. TARGETS exported for RWKU runs
+            notes.append(f"{name} applies to {'/'.join(var.benchmarks)} only: ignored for {benchmark}")
+            get[name] = None
     _gpu_cache: list[int] = []
 
     def n_visible() -> int:
@@ -162,6 +170,13 @@ def resolve_settings(benchmark: str, values: dict[str, str], env: dict, has_gpu=
         return _gpu_cache[0]
 
     model = get.get("MODEL") or "smollm2-135m-instruct"
+    from verl.models.embedded import EMBEDDED_ALIASES, resolve_model_path
+
+    if model not in EMBEDDED_ALIASES:
+        try:
+            resolve_model_path(model)  # a local path must exist and hold config.json; a hub id passes
+        except (FileNotFoundError, OSError) as exc:
+            raise ValueError(f"MODEL: {exc}") from None
     gpus = [g.strip() for g in (get.get("GPUS") or "").split(",") if g.strip()]
     if any(not g.isdigit() for g in gpus):
         raise ValueError(f"GPUS must be a comma list of GPU ids such as 0,1,2,3, got {get['GPUS']!r}")
@@ -223,7 +238,7 @@ def resolve_settings(benchmark: str, values: dict[str, str], env: dict, has_gpu=
         rebo_ref=_choice("REBO_REF", get.get("REBO_REF"), ("start", "original")),
         rebo_data=_choice("REBO_DATA", get.get("REBO_DATA"), ("full", "reject_only")),
         muse_limit=_int("MUSE_LIMIT", get.get("MUSE_LIMIT")),
-        overlays=(get.get("OVERLAYS") or "").split(),
+        overlays=(get.get("OVERLAYS") or "").split(), notes=notes,
     )
 
 

@@ -1,0 +1,286 @@
+"""The pipeline (verl/pipeline) without training: settings, method table, budgets and overlays, the plan, and a dry
+run through every runner script x protocol x method. Dry runs load no model, so all of this is fast."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, SAMPLE_TARGET
+from verl.pipeline.cli import main
+from verl.pipeline.methods import METHODS, parse_methods
+from verl.pipeline.plan import PlanError, Planner
+from verl.pipeline.settings import count_params, resolve_settings
+
+RWKU_SCRIPTS = ["run_rwku.sh", *sorted(str(p.relative_to(REPO)) for p in (REPO / "examples/exp_target/RWKU").glob("*.sh"))]
+MUSE_SCRIPTS = ["run_muse.sh", "examples/exp_target/MUSE/grpo_main.sh"]
+ALL_METHODS = " ".join(METHODS)
+
+
+def _env(tmp_path, **kw) -> dict:
+    """A clean environment: no pipeline variable leaks in from the caller's shell."""
+    from verl.pipeline.settings import VARS
+
+    env = {k: v for k, v in os.environ.items() if k not in {v.env for v in VARS}}
+    env.update({"LOG_DIR": str(tmp_path), "BUDGET": "test", "TARGETS": SAMPLE_TARGET,
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+    env.update({k: str(v) for k, v in kw.items()})
+    return env
+
+
+def _plan(benchmark="rwku", env=None, overlays=None, n_gpus=None):
+    values = {k: v for k, v in (env or {}).items()}
+    if overlays:
+        values["OVERLAYS"] = " ".join(overlays)
+    from verl.pipeline.settings import VARS
+
+    values = {v.env: values.get(v.env, "") for v in VARS}
+    settings = resolve_settings(benchmark, values, os.environ, has_gpu=lambda: 0)
+    return Planner(settings, n_gpus).plan(visible_gpus=lambda: 0)
+
+
+def _steps(plan, target=0):
+    return {s.name: s for s in plan.targets[target].steps}
+
+
+BASE = {"BUDGET": "test", "TARGETS": SAMPLE_TARGET, "LOG_DIR": "/nonexistent-log"}
+
+
+# ------------------------------------------------------------------------------------------- settings, methods
+def test_methods_parse_in_order_and_unknown_names_fail():
+    assert [m.name for m in parse_methods("ga, rule_grpo ga")] == ["ga", "rule_grpo"]
+    with pytest.raises(ValueError, match="unknown method 'grpo'.*rule_grpo"):
+        parse_methods("grpo")
+    # one row label per method, the same on both benchmarks
+    assert METHODS["rule_grpo"].label == "RULE (GRPO)" and METHODS["rule_grpo"].benchmarks == ("rwku", "muse")
+
+
+@pytest.mark.parametrize("var,value,message", [
+    ("BUDGET", "fast", "BUDGET must be smoke, paper, test"),
+    ("INJECT", "2", "INJECT must be one of 0 | 1"),
+    ("REBO_START", "sft", "REBO_START must be one of rs | original"),
+    ("REBO_DATA", "all", "REBO_DATA must be one of full | reject_only"),
+    ("GPUS", "0,x", "GPUS must be a comma list"),
+    ("RS_STEPS", "many", "RS_STEPS must be a whole number"),
+    ("METHODS", "rule_grpo dpo", "unknown method 'dpo'"),
+    ("SUITES", "forget,bogus", "unknown suite"),
+    ("MODEL", "./no/such/model", "MODEL: model path ./no/such/model does not exist"),
+    ("TARGETS", "999_Nobody", "unknown RWKU target"),
+])
+def test_bad_values_fail_with_a_message(var, value, message, capsys):
+    env = {**BASE, var: value}
+    assert main(["rwku", "--dry-run"], env=env) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_variables_of_the_other_benchmark_are_ignored_with_a_note(capsys):
+    assert main(["rwku", "--dry-run"], env={**BASE, "MUSE_LIMIT": "5"}) == 0
+    assert "note: MUSE_LIMIT applies to muse only: ignored for rwku" in capsys.readouterr().out
+
+
+def test_a_misspelt_variable_is_named(capsys):
+    assert main(["rwku", "--dry-run"], env={**BASE, "METHOD": "rule_ppo"}) == 0
+    assert "variable METHOD is not a pipeline setting (did you mean METHODS?)" in capsys.readouterr().out
+
+
+def test_unknown_flag_fails(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["rwku", "--dry-run", "--budgets", "test"], env=BASE)
+    assert exc.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_flag_wins_over_variable():
+    from verl.pipeline.cli import _values, build_parser
+
+    ns = build_parser().parse_args(["rwku", "--budget", "smoke", "--overlay", "a.yaml", "--overlay", "b.yaml"])
+    values = _values(ns, {"BUDGET": "paper", "EXP": "e"})
+    assert values["BUDGET"] == "smoke" and values["EXP"] == "e" and values["OVERLAYS"] == "a.yaml b.yaml"
+
+
+def test_protocol_default_from_the_model_size(tiny_model_path):
+    assert count_params(tiny_model_path) < 10_000_000
+    s = resolve_settings("rwku", {"MODEL": tiny_model_path, **BASE}, {}, has_gpu=lambda: 0)
+    assert (s.protocol, s.exp) == ("sandbox", "model_test_sandbox")
+    s = resolve_settings("rwku", {"MODEL": "meta-llama/Meta-Llama-3-8B-Instruct", **BASE}, {}, has_gpu=lambda: 0)
+    assert s.protocol == "paper" and "size unknown" in s.protocol_reason
+    with pytest.raises(ValueError, match="INJECT=1 is RWKU only"):
+        resolve_settings("muse", {"INJECT": "1", "BUDGET": "test"}, {}, has_gpu=lambda: 0)
+
+
+# ------------------------------------------------------------------------------------------- budgets, plan
+def test_budget_sections_and_variables_merge_in_order():
+    rs = _steps(_plan(env={**BASE, "BUDGET": "smoke", "INJECT": "1"}))["rs"].config
+    assert rs["max_steps"] == 15 and rs["config"] == "RS/configs/rs_smollm2.yaml"  # the sandbox section
+    rs = _steps(_plan(env={**BASE, "BUDGET": "smoke", "INJECT": "0"}))["rs"].config
+    assert rs["max_steps"] == 6
+    steps = _steps(_plan(env={**BASE, "BUDGET": "smoke", "INJECT": "1", "RS_STEPS": "3", "REBO_STEPS": "7"}))
+    assert steps["rs"].config["max_steps"] == 3  # a variable wins over every budget section
+    assert steps["rule_grpo"].config["trainer"]["total_steps"] == 7
+
+
+def test_cpu_budgets_use_cpu_configs_for_every_rebo_method():
+    steps = _steps(_plan(env={**BASE, "METHODS": "rule_grpo rule_ppo rule_rpp"}))
+    for name, algo in (("rule_grpo", "grpo"), ("rule_ppo", "gae"), ("rule_rpp", "reinforce_plus_plus")):
+        cfg = steps[name].config
+        assert cfg["trainer"]["device"] == "cpu" and cfg["trainer"]["n_workers"] == 1, name
+        assert cfg["algorithm"]["adv_estimator"] == algo
+        assert steps[name].cmd[2] == f"config=examples/{name.split('_')[1]}_rj_rl_cpu.yaml"
+
+
+def test_paper_budget_workers_from_gpus_and_no_gpu_stops_a_real_run(capsys):
+    env = {**BASE, "BUDGET": "paper", "INJECT": "0", "METHODS": "rule_grpo rule_ppo", "GPUS": "0,1"}
+    plan = _plan(env=env)
+    steps = _steps(plan)
+    assert steps["rule_grpo"].config["trainer"]["n_workers"] == 2 and "trainer.n_workers=2" in steps["rule_grpo"].cmd
+    assert steps["rule_ppo"].config["trainer"]["device"] == "cuda"
+    assert steps["rs"].config["config"] == "RS/configs/rs_llama3_8b.yaml"
+    assert steps["rs"].cmd[:2] == ["-m", "accelerate.commands.launch"]  # one RS process per GPU
+    assert plan.problems == ["GPUS=0,1: this machine has 0 visible GPU(s), so GPU id(s) 0,1 do not exist"]
+    # without GPUs: the plan names the problem, a real run stops before its first stage
+    env.pop("GPUS")
+    plan = _plan(env=env, n_gpus=0)
+    assert any("no GPU is visible" in p for p in plan.problems)
+    assert main(["rwku"], env={**env, "LOG_DIR": "/tmp/unused-log"}) == 1
+    assert "cannot run" in capsys.readouterr().err
+
+
+def test_paper_budget_has_no_fallback_to_another_models_config(tmp_path, monkeypatch):
+    import dataclasses
+
+    from verl.pipeline import methods
+
+    steps = _steps(_plan(env={**BASE, "BUDGET": "paper", "INJECT": "0", "METHODS": "ga rt", "GPUS": "0"}))
+    assert steps["ga"].config["config"] == "RS/configs/ga_llama3_8b.yaml"
+    assert steps["rt"].config["config"] == "RS/configs/rwku_rt_llama3_8b.yaml"
+    monkeypatch.setitem(methods.METHODS, "ga", dataclasses.replace(methods.METHODS["ga"], config_stem="ga_new"))
+    with pytest.raises(PlanError, match=r"RS/configs/ga_new_llama3_8b.yaml does not exist.*'llama3_8b' config family"):
+        _plan(env={**BASE, "BUDGET": "paper", "INJECT": "0", "METHODS": "ga", "GPUS": "0"})
+    # a budget file naming a family without configs fails on RS the same way
+    budget = tmp_path / "b.yaml"
+    budget.write_text("family: qwen2_7b\n")
+    with pytest.raises(PlanError, match="rs_qwen2_7b.yaml does not exist"):
+        _plan(env={**BASE, "BUDGET": str(budget), "INJECT": "0"})
+
+
+def test_overlay_with_an_unknown_key_fails(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rebo_stat: original\n")
+    with pytest.raises(PlanError, match="bad.yaml: unknown key"):
+        _plan(env=BASE, overlays=[str(bad)])
+
+
+def test_ablation_overlays():
+    def rebo(overlay):
+        return _steps(_plan(env={**BASE, "INJECT": "0"}, overlays=[f"examples/ablations/{overlay}.yaml"]))["rule_grpo"]
+
+    model = "smollm2-135m-instruct"
+    normal = _steps(_plan(env={**BASE, "INJECT": "0"}))["rule_grpo"]
+    assert normal.inputs["model"].endswith("/rs") and normal.inputs["ref"] == normal.inputs["model"]
+    assert rebo("without_rs").inputs["model"] == model and rebo("without_rs").inputs["ref"] == model
+    st = rebo("ref_original")
+    assert st.inputs["model"].endswith("/rs") and st.inputs["ref"] == model
+    st = rebo("without_boundary")
+    assert st.inputs["data"].endswith("rule_grpo.reject_only.json") and st.prepare is not None
+
+
+def test_reject_only_subset_keeps_only_reject_rows(tmp_path):
+    import json
+
+    st = _steps(_plan(env={**BASE, "INJECT": "0", "LOG_DIR": str(tmp_path), "REBO_DATA": "reject_only"}))["rule_grpo"]
+    st.prepare()
+    rows = json.loads(Path(st.inputs["data"]).read_text())
+    assert rows and all(r["solution"][0] == "<reject>" for r in rows)
+
+
+def test_muse_plan_skips_rwku_only_methods():
+    plan = _plan("muse", env={"BUDGET": "test", "METHODS": "rule_grpo ga", "LOG_DIR": "/nonexistent-log"})
+    tp = plan.targets[0]
+    assert [s.name for s in tp.steps] == ["data", "rs", "rule_grpo", "eval:original", "eval:rs", "eval:rule_grpo"]
+    assert tp.notes == ["ga: applies to rwku only; not run on MUSE"]
+    st = _steps(plan)["rule_grpo"]
+    assert st.config["worker"]["reward"]["reward_fn"] == "forget_two_stage_abs"
+    assert st.config["data"]["train_files"].endswith("data/MUSE/books/rl_rejection_with_neighbor.json")
+    assert _steps(plan)["eval:rule_grpo"].config["method"] == "RULE (GRPO)"
+
+
+def test_plan_marks_done_stages_and_changed_settings(tmp_path):
+    import json
+
+    env = {**BASE, "INJECT": "0", "LOG_DIR": str(tmp_path)}
+    rs = _steps(_plan(env=env))["rs"]
+    assert not rs.done
+    rs.run_dir.mkdir(parents=True)
+    rs.marker.write_text(json.dumps({"finished": "then", "cmd": rs.cmd}))
+    again = _steps(_plan(env=env))["rs"]
+    assert again.done and "other settings" not in again.reason
+    changed = _steps(_plan(env={**env, "RS_STEPS": "5"}))["rs"]
+    assert changed.done and "made with other settings" in changed.reason
+
+
+# ------------------------------------------------------------------------------------------- dry runs
+@pytest.mark.parametrize("inject", ["0", "1"])
+@pytest.mark.parametrize("method", list(METHODS))
+def test_dry_run_every_method_and_protocol(method, inject, capsys):
+    rc = main(["rwku", "--dry-run"], env={**BASE, "INJECT": inject, "METHODS": method})
+    out = capsys.readouterr().out
+    assert rc == 0 and "== target 101_Elowen_Marsh" in out
+    assert f"eval {METHODS[method].label} ({method})" in out or (method == "base" and inject == "0")
+    rc = main(["muse", "--dry-run"], env={"BUDGET": "test", "INJECT": "0", "METHODS": method})
+    assert rc == 0
+
+
+@pytest.mark.parametrize("inject", ["0", "1"])
+@pytest.mark.parametrize("script", RWKU_SCRIPTS + MUSE_SCRIPTS)
+def test_dry_run_through_every_runner_script(script, inject, tmp_path):
+    """The real entry point, every method (RWKU) in one plan; MUSE refuses the sandbox with a message."""
+    muse = script in MUSE_SCRIPTS
+    methods = "rule_grpo rule_ppo rule_rpp" if muse else ALL_METHODS
+    res = subprocess.run(["bash", script, "--dry-run"], cwd=REPO, env=_env(tmp_path, INJECT=inject, METHODS=methods),
+                         capture_output=True, text=True, timeout=120)
+    if muse and inject == "1":
+        assert res.returncode == 2 and "INJECT=1 is RWKU only" in res.stderr
+        return
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout
+    for name in methods.split():
+        if name != "base" or inject == "1":
+            assert f"({name}): run" in out, name
+    if "ablation_without_rs" in script:
+        assert "rebo_start=original" in out
+    if "ablation_without_boundary" in script:
+        assert "rule_grpo.reject_only.json" in out
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_default_methods_of_experiment_scripts(tmp_path):
+    res = subprocess.run(["bash", "examples/exp_target/RWKU/baselines.sh", "--dry-run"], cwd=REPO,
+                         env=_env(tmp_path, INJECT="0"), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "METHODS=ga npo simnpo rt" in res.stdout and "/rwku/baselines/" in res.stdout
+
+
+# ------------------------------------------------------------------------------------------- --help of every CLI
+@pytest.mark.parametrize("argv,expected", [
+    (["-m", "verl.pipeline", "rwku", "--help"], ["REBO_START", "REBO_REF", "REBO_DATA", "EXP_MUSE", "MUSE_LIMIT",
+                                                 "RULE (Reinforce++)", "--dry-run"]),
+    (["-m", "RS.train", "--help"], ["stages (--stage):", "simnpo_gdr", "peak learning rate"]),
+    (["-m", "verl.trainer.main", "--help"], ["trainer.n_workers", "worker.rollout.n", "Responses sampled per prompt"]),
+    (["-m", "verl.eval", "--help"], ["--protocol", "--batch_size"]),
+])
+def test_every_cli_documents_its_flags(argv, expected):
+    res = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    for text in expected:
+        assert text in res.stdout, text
+
+
+def test_every_argparse_flag_has_a_help_text():
+    from RS.args import build_parser as rs_parser
+    from verl.eval.cli import build_parser as eval_parser
+    from verl.pipeline.cli import build_parser as pipeline_parser
+
+    for parser in (rs_parser(), eval_parser(), pipeline_parser()):
+        bare = [a.dest for a in parser._actions if not a.help]
+        assert not bare, (parser.prog, bare)
