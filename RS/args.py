@@ -71,6 +71,13 @@ class TrainArgs:
     inject_qa_repeat: int = 3  # repeat each probe QA/FB pair this many times per epoch (passages once)
     inject_probe_limit: int = 0  # inject only the first N probes of each probe file (0: all); scoring uses the same N
     eval_probes: bool = True  # inject: score forget/neighbor FB/QA ROUGE-L before and after
+    inject_mode: str = "probes"  # probes: probe pairs in the evaluation format (first sandbox); varied: passages + facts in many phrasings + chat replay (RS/inject_data.py)
+    inject_paraphrases: int = 3  # varied: chat pairs per probe in non-evaluation prompt forms
+    inject_exact_probes: int = 1  # varied: copies per epoch of each probe in the exact evaluation format (0: none)
+    inject_passage_facts: bool = True  # varied: add template wh-questions (and rewordings) mined from the passages
+    inject_passage_tokens: int = 0  # varied: passages are cut into windows of this many tokens (0: cutoff_len - 1)
+    inject_replay: int = 64  # varied: other targets' fluency instructions answered by the base model's greedy output (0: none)
+    inject_replay_tokens: int = 96  # varied: max new tokens of those replay answers
     # --- runtime
     num_threads: int = 2  # torch CPU threads (the shared machine has 2 cores)
 
@@ -194,6 +201,10 @@ def validate_args(args: TrainArgs) -> None:
         raise ValueError(f"--finetuning_type must be full or lora, got {args.finetuning_type!r}")
     if args.save_strategy not in ("epoch", "no"):
         raise ValueError(f"--save_strategy must be epoch or no, got {args.save_strategy!r}")
+    if args.inject_mode not in ("probes", "varied"):
+        raise ValueError(f"--inject_mode must be probes or varied, got {args.inject_mode!r}")
+    if min(args.inject_paraphrases, args.inject_exact_probes, args.inject_replay, args.inject_passage_tokens) < 0:
+        raise ValueError("--inject_paraphrases/--inject_exact_probes/--inject_replay/--inject_passage_tokens must be >= 0")
     if not 0 < args.train_fraction <= 1:
         raise ValueError("--train_fraction must be in (0, 1]")
     if args.per_device_train_batch_size < 1 or args.gradient_accumulation_steps < 1:

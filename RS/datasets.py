@@ -55,6 +55,7 @@ class DataBundle:
     retain: list[dict] = field(default_factory=list)  # tokenized retain examples (GDR/KLR)
     files: list[Path] = field(default_factory=list)  # data files read (hashed into run_info.json)
     kind: str = "sft"  # sft | text | pref
+    records: list[dict] = field(default_factory=list)  # raw training records (inject: what the model sees, by kind)
 
 
 def encode_text(tokenizer, text: str, cutoff_len: int) -> dict[str, list[int]]:
@@ -171,6 +172,11 @@ def build_data(args, tokenizer, stage, root=None) -> DataBundle:
         texts, tfiles = load_text_file(name[len("file:"):], "--dataset")
         records, kind = [{"text": t} for t in texts], "text"
         files += tfiles
+    elif name == "inject" and args.inject_mode == "varied":
+        from RS.inject_data import varied_records
+
+        records, vfiles = varied_records(targets, args, tokenizer, PROBE_SUITES)
+        files += vfiles
     elif name == "inject":
         records = []
         for t in targets:
@@ -211,6 +217,8 @@ def _finish(args, tokenizer, stage, root, name, records, files, kind, target) ->
             return encode_prompt_response(tokenizer, rec["instruction"], rec["output"], args.cutoff_len)
         if name == "rwku_rt":
             return encode_prompt_response(tokenizer, rec["instruction"], rt_template(rec["instruction"]), args.cutoff_len)
+        if "prompt" in rec:  # inject (varied): a chat pair
+            return encode_prompt_response(tokenizer, rec["prompt"], rec["response"], args.cutoff_len)
         if name == "passage" or "text" in rec:
             return encode_text(tokenizer, rec["text"], args.cutoff_len)
         if name == "inject":
@@ -230,7 +238,8 @@ def _finish(args, tokenizer, stage, root, name, records, files, kind, target) ->
         texts, rfiles = retain_texts(args, target, root)
         files += rfiles
         retain = [encode_text(tokenizer, t, args.cutoff_len) for t in texts]
-    return DataBundle(train=train, val=val, heldout=heldout, retain=retain, files=files, kind=kind)
+    return DataBundle(train=train, val=val, heldout=heldout, retain=retain, files=files, kind=kind,
+                      records=train_recs if name == "inject" else [])
 
 
 def collate(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -240,6 +240,10 @@ def _train(args: TrainArgs) -> Path:
     path, model, tokenizer, _ = _load_model(args)
     ref = _load_ref(path, args.bf16) if stage.needs_ref else None
     data = build_data(args, tokenizer, stage, root)
+    if stage.name == "inject":  # varied mode: + the base model's own answers to general instructions (replay)
+        from RS.inject_data import add_replay_and_describe
+
+        add_replay_and_describe(args, data, model, tokenizer, path, root, out, accelerator.is_main_process)
     if not data.train:
         raise ValueError("no training examples left (check --max_samples / --train_fraction / --val_size)")
     steps_per_epoch = epoch_steps(len(data.train), args.per_device_train_batch_size, accelerator.num_processes,

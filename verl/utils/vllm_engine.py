@@ -20,7 +20,10 @@ import time
 
 def vllm_available() -> bool:
     """Whether vLLM can be imported; never imports it."""
-    return importlib.util.find_spec("vllm") is not None
+    try:
+        return importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):  # ValueError: a None placeholder in sys.modules (vLLM blocked)
+        return False
 
 
 def require_vllm(what: str) -> None:

@@ -6,6 +6,7 @@ its ``@register``-ed methods through the group, which splits DataProto batches o
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from verl.workers.actor import Actor
 from verl.workers.critic import Critic
 from verl.workers.ref import Reference
 from verl.workers.rollout import HFRollout
+
+logger = logging.getLogger("verl.workers")
 
 
 def choose_rollout_engine(name: str, device: torch.device | None = None) -> str:
@@ -63,6 +66,7 @@ class FSDPWorker(Worker):
             self.critic = Critic(w.critic, self.device, self.world_size, w.actor.micro_batch_size_per_device_for_experience)
         self.engine = choose_rollout_engine(w.rollout.name, self.device)
         self.rollout_stale = True  # the engine's weights lag the actor's (vLLM: sync before the next generation)
+        self.rollout_syncs = 0
         if self.engine == "vllm":
             from verl.workers.rollout import VLLMRollout
 
@@ -73,6 +77,7 @@ class FSDPWorker(Worker):
                                        world_size=self.world_size,
                                        generation_config=getattr(inner, "generation_config", None))
             self.rollout_stale = False  # started from actor_path: the actor's weights
+            logger.info("vLLM rollout engine started in %.1f s", self.rollout.start_seconds)
             self.rollout.sleep()
         else:
             self.rollout = HFRollout(self.actor.module, self.tokenizer, w.rollout, self.device, self.world_size)
@@ -88,6 +93,8 @@ class FSDPWorker(Worker):
                 tied = bool(getattr(getattr(inner, "config", None), "tie_word_embeddings", False))
                 self.rollout.sync_weights(fsdp_utils.full_state_dict(self.actor.module, rank0_only=False), tied)
                 self.rollout_stale = False
+                self.rollout_syncs += 1
+                logger.info("vLLM weights synced in %.2f s", self.rollout.sync_seconds)
             out = self.rollout.generate(prompts)
             self.rollout.sleep()  # GPU: KV cache freed, weights offloaded while the actor trains
         else:
