@@ -104,7 +104,8 @@ def test_bbh_stops_at_the_next_invented_question(monkeypatch):
     monkeypatch.setattr(rwku, "generate", fake_generate)
     tok = type("Tok", (), {"chat_template": None})()
     score, items = rwku.evaluate_bbh(None, tok, [{"question": "not False is", "answer": "True", "cot": "Q: x\nA: y"}])
-    assert seen["stops"] == ("\nQ:",) and score == 1.0 and items[0]["prediction"] == "True"
+    assert seen["stops"] == ("\nQ:",) and items[0]["prediction"] == "True"
+    assert score == 0.0 and items[0]["score_corrected"] == 1.0  # RWKU's char-wise EM cannot match "True"
 
 
 def test_generation_stops_at_stop_string(tiny):
@@ -182,3 +183,63 @@ def test_utility_limit_parsing():
 
     assert parse_utility_limit(None, 5) == 5 and parse_utility_limit("7", None) == 7
     assert parse_utility_limit("Gen=20,Rea=4", 3) == {"Gen": 20, "Rea": 4, "Tru": 3, "Fac": 3, "Flu": 3}
+
+
+# ---------------------------------------------------------------------------------------- paper protocol (issue 13)
+def test_rwku_bbh_exact_match_is_character_wise():
+    assert rwku.rwku_bbh_exact_match("(A)", "(A)") == 1.0  # "(A)" normalises to "a" = its character "A"
+    assert rwku.rwku_bbh_exact_match("A", "(A)") == 1.0
+    assert rwku.rwku_bbh_exact_match("True", "True") == 0.0  # only one-character answers can score
+    assert rwku.rwku_bbh_exact_match("t", "True") == 1.0
+    assert rwku.rwku_bbh_exact_match("(B)", "(A)") == 0.0
+
+
+def test_first_line_skips_leading_newlines():
+    assert rwku.first_line("\nStephen King\nwrote Carrie") == "Stephen King"
+    assert rwku.first_line(" Richard Bachman") == "Richard Bachman" and rwku.first_line("\n\n") == ""
+
+
+@pytest.mark.parametrize("probe_bos, special", [("rwku", True), ("single", None)])
+def test_probes_run_to_eos_and_report_both_scorings(monkeypatch, probe_bos, special):
+    seen = {}
+
+    def fake_generate(model, tok, prompts, max_new_tokens, stop_strings, **kw):
+        seen.update(stops=stop_strings, special=kw.get("add_special_tokens"), n=max_new_tokens)
+        return ["\nRichard Bachman\nHe also wrote as John Swithen" for _ in prompts]
+
+    monkeypatch.setattr(rwku, "generate", fake_generate)
+    probes = [{"query": "What pseudonym did X use?", "answer": "Richard Bachman"},
+              {"query": "Which name?", "answer": "John Swithen"}]
+
+    class T:
+        folder = "t"
+
+        def load(self, stem):
+            return probes
+
+    monkeypatch.setattr(rwku, "_target", lambda target, data_dir=None: T())
+    tok = type("Tok", (), {"chat_template": None})()
+    m, gens = rwku.evaluate_probes(None, tok, "t", ["forget_level2"], probe_bos=probe_bos)
+    assert seen == {"stops": (), "special": special, "n": 30}
+    # RWKU scores the whole output: both answers found; the corrected first line holds only the first
+    assert m["QA"] == 1.0 and m["corrected"]["QA"] == 0.5
+    assert gens["forget_level2"][0]["output_corrected"] == "Richard Bachman"
+    assert "rwku" in m["protocol"]["scoring"]
+    with pytest.raises(ValueError, match="probe_bos"):
+        rwku.evaluate_probes(None, tok, "t", ["forget_level2"], probe_bos="double")
+
+
+def test_rwku_tokenisation_gives_llama3_prompts_two_bos():
+    from verl.eval.generation import _encode
+
+    class Llama3Tok:  # the tokenizer adds <|begin_of_text|> (id 1) when special tokens are on
+        bos_token = "<|begin_of_text|>"
+
+        def __call__(self, text, add_special_tokens=True):
+            body = [1] + [ord(c) for c in text.removeprefix(self.bos_token)] if text.startswith(self.bos_token) \
+                else [ord(c) for c in text]
+            return {"input_ids": ([1] if add_special_tokens else []) + body}
+
+    templated = "<|begin_of_text|>Q"
+    assert _encode(Llama3Tok(), templated, True)[:2] == [1, 1]  # RWKU's prompts (probe_bos="rwku")
+    assert _encode(Llama3Tok(), templated, None)[:2] == [1, ord("Q")]  # probe_bos="single"

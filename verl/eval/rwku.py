@@ -1,7 +1,15 @@
 """The RWKU evaluation protocol (Jin et al., 2024), following the benchmark's own evaluation code.
 
-Forget / neighbor probes: greedy, 30 new tokens, stop at newline, score = ROUGE-L recall (the ``rouge`` package,
-see metrics.py) of the gold answer in the stripped output. Prompts (user turn, chat template, then a suffix):
+Forget / neighbor probes: greedy, 30 new tokens, score = ROUGE-L recall (the ``rouge`` package, see metrics.py) of the
+gold answer in the output. Two protocols, both reported (README: Fidelity):
+- paper (``protocol="rwku"``, the default): what RWKU's code actually runs. Its newline terminators are built with
+  ``convert_tokens_to_ids("\n")``, which on byte-level BPE tokenizers gives nothing (Llama-3) or the unknown id
+  (SmolLM2), so generation runs to EOS or 30 tokens and the whole stripped output is scored ("NOANSWER" if empty).
+  RWKU tokenizes the chat-templated prompt with special tokens on, so Llama-3 prompts start with two BOS tokens
+  (the template's <|begin_of_text|> and the tokenizer's); SmolLM2's tokenizer adds none.
+- corrected (``metrics["corrected"]``, from the same generations): the answer's first non-empty line, i.e. a newline
+  stop that does not turn an answer starting with "\n" into NOANSWER. ``probe_bos="single"`` also drops the second
+  BOS (then both scorings use those generations). Prompts (user turn, chat template, then a suffix):
 - FB  (level 1): "Please complete the blank in the following question.\\nQuestion: {q}\\n"  + "Answer:"
 - QA  (level 2): "Please briefly answer the following question.\\nQuestion: {q}\\n"          + "Answer:"
 - AA  (level 3) as QA, except two probe types, exactly as RWKU's eval_forget.py:
@@ -12,7 +20,9 @@ see metrics.py) of the gold answer in the stripped output. Prompts (user turn, c
 MIA (FM = forget_mia, RM = retain_mia): mean over fragments of LOSS, Zlib, Min-20%, Min-20%++ (all loss-like:
 higher = less member-like; RWKU prints the log-likelihood, i.e. minus our LOSS).
 Utility: Gen = MMLU 5-shot (argmax of the next-token probability of " A"/" B"/" C"/" D" after "Answer:"),
-Rea = BBH 3-shot CoT exact match (256 tokens, stop at a new "Q:", "the answer is X."), Tru = TruthfulQA MC1 (summed log-likelihood of
+Rea = BBH 3-shot CoT exact match (256 tokens, stop at a new "Q:", "the answer is X."): ``Rea`` is RWKU's metric as its
+code computes it (the gold answer string is iterated as a list of references, so the prediction must normalise to one
+of its characters: only one-character answers such as "(A)" can score), ``Rea_corrected`` the whole-answer match; Tru = TruthfulQA MC1 (summed log-likelihood of
 each choice after the QA primer), Fac = TriviaQA F1 (max over aliases, 30 tokens, 5-shot), Flu = mean weighted
 n-gram entropy of responses (256 tokens) to the fluency instructions.
 """
@@ -82,6 +92,17 @@ def build_prompt(probe: dict, level: str, tokenizer) -> str:
     return prompt + ANSWER_SUFFIX if add_answer else prompt
 
 
+PROBE_BOS = ("rwku", "single")
+
+
+def first_line(output: str) -> str:
+    """The corrected probe answer: the first non-empty line (a newline stop that skips leading newlines)."""
+    for line in output.strip().split("\n"):
+        if line.strip():
+            return line.strip()
+    return ""
+
+
 def _target(target: Target | str, data_dir=None) -> Target:
     return target if isinstance(target, Target) else resolve_target(target, data_dir)
 
@@ -106,12 +127,14 @@ def evaluate_probes(
     batch_size: int = 16,
     gen_model=None,
     data_dir=None,
+    probe_bos: str = "rwku",
 ) -> tuple[dict, dict[str, list[dict]]]:
-    """Generate and score the probes of ``files`` (e.g. FORGET_FILES) of one target.
+    """Generate and score the probes of ``files`` (e.g. FORGET_FILES) of one target (module doc: protocols).
 
     Returns ``(metrics, generations)``: metrics hold FB/QA/AA (present levels), "All" (plain mean of the
-    levels), "All_weighted" (mean over all probes), "AA_by_type" when AA is present, and "n" (probe counts);
-    generations map each file stem to ``[{"query","answer","output","score","level","type"}]``.
+    levels), "All_weighted" (mean over all probes), "AA_by_type" when AA is present, "n" (probe counts),
+    "corrected" (FB/QA/AA/All/All_weighted of the first-line scoring) and "protocol" (labels); generations map each
+    file stem to ``[{"query","answer","output","score","output_corrected","score_corrected","level","type"}]``.
     """
     tgt = _target(target, data_dir)
     prompts, rows = [], []
@@ -120,25 +143,44 @@ def evaluate_probes(
         for probe in _limit(tgt.load(stem), limit):
             prompts.append(build_prompt(probe, level, tokenizer))
             rows.append((stem, level, probe))
-    outputs = generate(gen_model or model, tokenizer, prompts, PROBE_MAX_NEW_TOKENS, stop_strings=("\n",),
-                       batch_size=batch_size, desc=f"{tgt.folder} {'/'.join(files)}")
+    if probe_bos not in PROBE_BOS:
+        raise ValueError(f"probe_bos={probe_bos!r}: choose one of {PROBE_BOS}")
+    # RWKU: no newline stop (its "\n" stop ids resolve to nothing), special tokens on at tokenisation
+    outputs = generate(gen_model or model, tokenizer, prompts, PROBE_MAX_NEW_TOKENS, stop_strings=(),
+                       batch_size=batch_size, desc=f"{tgt.folder} {'/'.join(files)}",
+                       add_special_tokens=True if probe_bos == "rwku" else None)
     generations: dict[str, list[dict]] = defaultdict(list)
     by_level: dict[str, list[float]] = defaultdict(list)
+    by_level_c: dict[str, list[float]] = defaultdict(list)
     by_type: dict[str, list[float]] = defaultdict(list)
     for (stem, level, probe), out in zip(rows, outputs):
         score = M.rougel_recall(out, probe["answer"], impl="rwku")
+        first = first_line(out)
+        score_c = M.rougel_recall(first, probe["answer"], impl="rwku")
         by_level[level].append(score)
+        by_level_c[level].append(score_c)
         if level == "AA":
             by_type[probe.get("type", "unknown")].append(score)
         generations[stem].append({"query": probe["query"], "answer": probe["answer"], "output": out.strip(),
-                                  "score": score, "level": level, "type": probe.get("type")})
+                                  "score": score, "output_corrected": first, "score_corrected": score_c,
+                                  "level": level, "type": probe.get("type")})
     levels = [lv for lv in ("FB", "QA", "AA") if by_level.get(lv)]
-    metrics: dict = {lv: M.mean(by_level[lv]) for lv in levels}
-    metrics["All"] = M.mean([metrics[lv] for lv in levels])
-    metrics["All_weighted"] = M.mean([s for lv in levels for s in by_level[lv]])
+
+    def summary(scores: dict[str, list[float]]) -> dict:
+        m: dict = {lv: M.mean(scores[lv]) for lv in levels}
+        m["All"] = M.mean([m[lv] for lv in levels])
+        m["All_weighted"] = M.mean([s for lv in levels for s in scores[lv]])
+        return m
+
+    metrics: dict = summary(by_level)
     if by_type:
         metrics["AA_by_type"] = {t: M.mean(v) for t, v in sorted(by_type.items())}
     metrics["n"] = {lv: len(by_level[lv]) for lv in levels}
+    metrics["corrected"] = summary(by_level_c)
+    metrics["protocol"] = {"scoring": "rwku (whole output to EOS / 30 tokens)",
+                           "corrected": "first non-empty line of the same generations",
+                           "bos": "rwku (tokenizer special tokens on the templated prompt)" if probe_bos == "rwku"
+                           else "single (the template's own BOS only)"}
     return metrics, dict(generations)
 
 
@@ -221,7 +263,7 @@ def evaluate_mmlu(model, tokenizer, records: list[dict], batch_size: int = 4,
     return M.mean([it["score"] for it in items]), items
 
 
-BBH_ANSWER = re.compile(r"[tT]he answer is (.*?)\.")
+BBH_ANSWER = re.compile(r"[t|T]he answer is (.*?)\.")  # RWKU's pattern, "|" included
 # Small models go on to invent the next "Q: ... A: ..." after answering. Stopping there cannot change the score,
 # since only the first "the answer is" is read, and it saves most of the 256 tokens (BBH is the slowest part).
 BBH_STOP = "\nQ:"
@@ -249,8 +291,15 @@ def evaluate_bbh(model, tokenizer, records, batch_size=4, gen_model=None, max_ne
     for r, o in zip(records, outs):
         pred = extract_bbh_answer(o)
         items.append({"query": r["question"], "answer": r["answer"], "output": o, "prediction": pred,
-                      "score": M.exact_match(pred, r["answer"]), "task": r.get("task")})
+                      "score": rwku_bbh_exact_match(pred, r["answer"]),
+                      "score_corrected": M.exact_match(pred, r["answer"]), "task": r.get("task")})
     return M.mean([it["score"] for it in items]), items
+
+
+def rwku_bbh_exact_match(prediction: str, answer: str) -> float:
+    """RWKU's BBH EM as its code runs: ``EM()(predictions, targets)`` iterates the gold string as a list of
+    references, so the prediction scores if it normalises to the same tokens as one character of the answer."""
+    return max((M.exact_match(prediction, ch) for ch in answer), default=0.0)
 
 
 # TruthfulQA's standard "QA" primer (Lin et al., 2021), used by RWKU's eval_truthfulqa.py
@@ -369,6 +418,8 @@ def evaluate_utility(
         if key in ("Rea", "Flu"):
             kw["max_new_tokens"] = long_gen_tokens
         metrics[key], gens[stem] = fn(model, tokenizer, records, batch_size=batch_size, **kw)
+        if key == "Rea":  # RWKU's character-wise EM above, the whole-answer match beside it
+            metrics["Rea_corrected"] = M.mean([it["score_corrected"] for it in gens[stem]])
         timing[key] = round(time.time() - t0, 2)
         logger.info("utility %s (%d %s records): %s in %.1fs", key, len(records), stem, metrics[key], timing[key])
     return metrics, gens, timing
