@@ -111,3 +111,22 @@ def test_paper_configs_select_the_release_reward():
         cfg = load_config(f"examples/{f}.yaml")
         assert cfg.worker.reward.kwargs.get("refusal_mode") == "official", f
         assert cfg.worker.actor.micro_batch_size_per_device_for_update == 8, f
+
+
+def test_newline_stop_ids_cut_the_response_mask(tiny_model_path):
+    import torch
+    from transformers import AutoTokenizer
+
+    from verl.config import RolloutConfig
+    from verl.workers.rollout import eos_ids, response_mask_from, stop_ids
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    assert stop_ids(tok, RolloutConfig()) == eos_ids(tok)  # off by default
+    ids = stop_ids(tok, RolloutConfig(stop_at_newline=True))
+    nl = tok("a\nb", add_special_tokens=False)["input_ids"]
+    nl_id = next(i for i in nl if "\n" in tok.decode([i]))
+    assert nl_id in ids and set(eos_ids(tok)) <= set(ids)
+    word = tok("Harry", add_special_tokens=False)["input_ids"][0]
+    mask = response_mask_from(torch.tensor([[word, nl_id, word, word]]), ids)
+    assert mask.tolist() == [[1, 1, 0, 0]]  # up to and including the newline
+    assert load_config("examples/grpo_rj_rl_muse.yaml").worker.rollout.stop_at_newline

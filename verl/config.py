@@ -197,6 +197,8 @@ class RolloutConfig:
     cpu_threads_bind: str | None = None
     """vLLM on CPU: VLLM_CPU_OMP_THREADS_BIND (None: the cores this process may use with one worker, nobind with
     several; vLLM's own default reserves a core for its scheduler, ~30% slower on 2 cores)."""
+    stop_at_newline: bool = False
+    """Also stop a rollout at its first newline token (MUSE-Books, as the release; the response keeps the newline)."""
     val: ValRolloutConfig = field(default_factory=ValRolloutConfig)
     """Validation decoding."""
 

@@ -32,6 +32,24 @@ def eos_ids(tokenizer, generation_config=None) -> list[int]:
     return sorted(ids)
 
 
+def newline_token_ids(tokenizer) -> list[int]:
+    """Every vocabulary id whose text contains a newline (byte-level BPE has many: "\n", "\n\n", ".\n", ...;
+    SentencePiece Llama-2 has the byte token <0x0A>). ``worker.rollout.stop_at_newline`` stops rollouts at them."""
+    out = []
+    for i in range(len(tokenizer)):
+        if "\n" in tokenizer.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False):
+            out.append(i)
+    return out
+
+
+def stop_ids(tokenizer, cfg, generation_config=None) -> list[int]:
+    """EOS ids, plus the newline tokens when ``cfg.stop_at_newline`` (the response mask ends at the first of any)."""
+    ids = eos_ids(tokenizer, generation_config)
+    if getattr(cfg, "stop_at_newline", False):
+        ids = sorted(set(ids) | set(newline_token_ids(tokenizer)))
+    return ids
+
+
 def response_mask_from(responses: torch.Tensor, eos: list[int]) -> torch.Tensor:
     """``[B, T]`` mask: 1 for tokens up to and including the first EOS, 0 after it."""
     is_eos = torch.isin(responses, torch.tensor(eos, device=responses.device))
@@ -70,7 +88,7 @@ class HFRollout:
     def __init__(self, module, tokenizer, cfg: RolloutConfig, device: torch.device, world_size: int):
         self.module, self.tokenizer, self.cfg, self.device, self.world_size = module, tokenizer, cfg, device, world_size
         inner = getattr(module, "module", module)
-        self.eos = eos_ids(tokenizer, getattr(inner, "generation_config", None))
+        self.eos = stop_ids(tokenizer, cfg, getattr(inner, "generation_config", None))
 
     def generate(self, prompts: DataProto) -> DataProto:
         meta = prompts.meta_info
@@ -159,7 +177,7 @@ class VLLMRollout:
         self.in_process = env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
         self.sleeps = bool(kwargs.get("enable_sleep_mode"))
         self.llm, self.start_seconds = start_engine(resolve_model_path(model_path), env, **kwargs)
-        self.eos = eos_ids(tokenizer, generation_config)
+        self.eos = stop_ids(tokenizer, cfg, generation_config)
         self.asleep = False
         self.sync_seconds = 0.0
         self._shm: str | None = None
