@@ -51,7 +51,8 @@ def _run_probes(ctx: EvalContext, suite: str) -> None:
 
     files = rwku.FORGET_FILES if suite == "forget" else rwku.NEIGHBOR_FILES
     m, g = rwku.evaluate_probes(ctx.model, ctx.tokenizer, ctx.args.target, files, limit=ctx.args.limit,
-                                batch_size=ctx.args.batch_size, gen_model=ctx.gen_model, data_dir=ctx.args.data_dir)
+                                batch_size=ctx.args.batch_size, gen_model=ctx.gen_model, data_dir=ctx.args.data_dir,
+                                probe_bos=getattr(ctx.args, "probe_bos", "rwku"))
     ctx.metrics[suite] = m
     ctx.generations.update(g)
 
@@ -153,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="result JSON path")
     p.add_argument("--suites", default=None, help="comma-separated suites (see the module doc)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N records of every file")
+    p.add_argument("--probe_bos", choices=("rwku", "single"), default="rwku",
+                   help="forget/neighbor prompt BOS: rwku (as RWKU's code tokenizes: two on Llama-3) or single")
     p.add_argument("--utility_limit", default=None, help="first N records of each utility file (overrides "
                    "--limit for utility); N or per part, e.g. Gen=20,Tru=20,Fac=20,Rea=4,Flu=4")
     p.add_argument("--batch_size", type=int, default=16, help="prompts per generation / scoring batch (default 16)")
