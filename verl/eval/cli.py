@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=None, help="method name stored in the result (default: model folder name)")
     p.add_argument("--protocol", choices=("paper", "sandbox"), default="paper",
                    help="protocol recorded in the result (sandbox: knowledge-injected original; default paper)")
-    p.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="generation engine (scoring is always HF)")
+    p.add_argument("--engine", choices=("auto", "hf", "vllm"), default="auto", help="generation engine: auto = vllm "
+                   "when importable (CPU or GPU), else hf; log-prob scoring is always HF")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:0 ...")
     p.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -317,6 +318,12 @@ def run(args: argparse.Namespace) -> dict:
 
         args.target = resolve_target(args.target, args.data_dir).folder
     precheck(args, suites)
+    from verl.utils.vllm_engine import resolve_engine, shutdown_engine
+
+    try:
+        engine = resolve_engine(args.engine, "--engine")
+    except ImportError as exc:
+        raise UserError(str(exc)) from None
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     if device == "cpu":
@@ -325,10 +332,11 @@ def run(args: argparse.Namespace) -> dict:
     model, tokenizer = load_model_and_tokenizer(args.model_path, dtype=dtype, device=device)
     model.eval()
     gen_model = None
-    if args.engine == "vllm":
+    if engine == "vllm":
         from verl.eval.generation import load_vllm
 
-        gen_model = load_vllm(resolve_model_path(args.model_path), dtype=dtype, gpu_memory_utilization=0.45)
+        gen_model = load_vllm(resolve_model_path(args.model_path), dtype=dtype, device_type=device.split(":")[0])
+        logger.info("vLLM engine started in %.1f s", gen_model.start_seconds)
     ctx = EvalContext(args=args, model=model, tokenizer=tokenizer, gen_model=gen_model)
     ctx.timing["load"] = round(time.time() - t0, 2)
     done: list[str] = []
@@ -358,13 +366,15 @@ def run(args: argparse.Namespace) -> dict:
         "model_path": str(args.model_path),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
-        "config": {k: v for k, v in vars(args).items()} | {"suites": suites, "device": device, "dtype": dtype},
+        "config": {k: v for k, v in vars(args).items()} | {"suites": suites, "device": device, "dtype": dtype,
+                                                        "engine": engine},
         "metrics": ctx.metrics,
         "generations": ctx.generations,
         "timing": ctx.timing,
     }
     atomic_write_json(args.output, result)
     partial_path(args.output).unlink(missing_ok=True)
+    shutdown_engine(gen_model)
     logger.info("wrote %s", args.output)
     return json_safe(result)
 

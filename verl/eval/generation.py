@@ -74,13 +74,14 @@ def generate(
         return []
     if engine == "vllm" or _is_vllm(model):
         ids = [_encode(tokenizer, p, add_special_tokens) for p in prompts]  # same tokens as the HF path
-        return _generate_vllm(model, ids, max_new_tokens, stop_strings, greedy)
+        return _generate_vllm(model, tokenizer, ids, max_new_tokens, stop_strings, greedy)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [_encode(tokenizer, p, add_special_tokens) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     outputs: list[str] = [""] * len(prompts)
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_id)
+    gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_id,
+                      eos_token_id=_eos_ids(tokenizer, getattr(model, "generation_config", None)))
     if greedy:
         gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     else:
@@ -101,22 +102,51 @@ def generate(
     return outputs
 
 
-def _generate_vllm(llm, prompt_ids: list[list[int]], max_new_tokens, stop_strings, greedy) -> list[str]:
+def _eos_ids(tokenizer, generation_config=None) -> list[int]:
+    """Every EOS id of the generation config and the tokenizer (both engines stop at each)."""
+    from verl.workers.rollout import eos_ids
+
+    return eos_ids(tokenizer, generation_config)
+
+
+def _generate_vllm(llm, tokenizer, prompt_ids: list[list[int]], max_new_tokens, stop_strings, greedy) -> list[str]:
     from vllm import SamplingParams  # optional dependency, only imported on request
 
+    eos = _eos_ids(tokenizer, getattr(llm, "hf_generation_config", None))
     params = SamplingParams(
-        temperature=0.0 if greedy else 1.0, max_tokens=max_new_tokens, stop=[s for s in stop_strings if s] or None
+        temperature=0.0 if greedy else 1.0, max_tokens=max_new_tokens, stop=[s for s in stop_strings if s] or None,
+        stop_token_ids=eos,
     )
     # pre-tokenised prompts: vLLM would otherwise add a second BOS in front of chat-templated text
-    results = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=True)
+    results = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
     return [truncate_at_stop(r.outputs[0].text, stop_strings) for r in results]
 
 
-def load_vllm(model_path: str, **kwargs):
-    """A ``vllm.LLM`` for ``engine="vllm"`` (greedy generation); scoring still uses the HF model."""
-    from vllm import LLM
+def load_vllm(model_path: str, dtype: str = "float32", device_type: str = "cpu", kv_cache_bytes: int = 1 << 30,
+              seed: int = 0, **kwargs):
+    """An in-process ``vllm.LLM`` for ``engine="vllm"`` (generation only; scoring stays in the HF model).
 
-    return LLM(model=model_path, **kwargs)
+    CPU: explicit KV cache (``kv_cache_bytes``, 1 GiB ~ 23k tokens of the 135M model), eager mode (no ~45 s
+    compile), threads bound to this process's cores. GPU: 45% of the card (the HF scoring model shares it).
+    Stop it with ``verl.utils.vllm_engine.shutdown_engine``.
+    """
+    from verl.utils.vllm_engine import default_engine_env, start_engine
+
+    settings = dict(dtype=dtype, seed=seed, enable_prefix_caching=True)
+    if device_type == "cuda":
+        settings.update(gpu_memory_utilization=0.45)
+    else:
+        settings.update(kv_cache_memory_bytes=int(kv_cache_bytes), enforce_eager=True)
+    settings.update(kwargs)
+    llm, seconds = start_engine(model_path, default_engine_env(device_type), **settings)
+    llm.start_seconds = seconds
+    try:  # its EOS ids join the tokenizer's as stop tokens, as in the HF path
+        from transformers import GenerationConfig
+
+        llm.hf_generation_config = GenerationConfig.from_pretrained(model_path)
+    except OSError:
+        llm.hf_generation_config = None
+    return llm
 
 
 def _row_logits_fn(model, ids: torch.Tensor, mask: torch.Tensor):
