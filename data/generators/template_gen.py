@@ -223,7 +223,7 @@ _DANGLING = {"and", "or", "but", "the", "a", "an", "of", "to", "in", "on", "at",
 
 def _cut(s: str, max_words: int = 14) -> str | None:
     """A predicate tail up to its first clause break, or None when it is too long or dangles ("... honors and")."""
-    s = re.split(r",|;| which | who | where | while | although | but ", s)[0].strip()
+    s = re.split(r",(?!\d)|;| which | who | where | while | although | but | and (?=[a-z]+ed\b)", s)[0].strip()
     words = s.split()
     if not 0 < len(words) <= max_words or words[-1].lower() in _DANGLING or re.search(rf"\b{_YEAR}\b", s):
         return None
@@ -367,7 +367,7 @@ def extract_facts(sentence: str, name: str) -> list[Fact]:
     base = (base_form(first[0]) or (first[0] if aux else None)) if len(first) > 1 else None
     if base:
         verb, obj = first
-        stop = r"(?=[,.;:]| (?:in|on|at|for|with|and|from|as|to|during|after|before|by|of|when|while|which|who)\b|$)"
+        stop = r"(?=[,;:]|\.(?!\d)| (?:in|on|at|for|with|and|from|as|to|during|after|before|by|of|when|while|which|who)\b|$)"
         m = re.match(rf"^(?:({'|'.join(_PREPS)}) )?(?:the |a |an )?({_QUOTE}|{_CAPSPAN}){stop}", obj)
         kind = None
         if not m:  # "released his debut studio album Exclusive" -> Which album did X release?
