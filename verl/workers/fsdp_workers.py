@@ -25,9 +25,10 @@ from verl.workers.rollout import HFRollout
 logger = logging.getLogger("verl.workers")
 
 
-def choose_rollout_engine(name: str, device: torch.device | None = None) -> str:
-    """``auto`` -> vllm whenever it is importable (CPU or GPU), else hf; ``vllm`` without vLLM fails clearly."""
-    return resolve_engine(name, "worker.rollout.name")
+def choose_rollout_engine(name: str, device: torch.device | None = None, model_path: str | None = None) -> str:
+    """``auto`` -> vllm whenever it is importable (CPU or GPU) and can serve the model, else hf; ``vllm`` without
+    vLLM fails clearly."""
+    return resolve_engine(name, "worker.rollout.name", model_path, device.type if device is not None else "cpu")
 
 
 class FSDPWorker(Worker):
@@ -64,7 +65,7 @@ class FSDPWorker(Worker):
             if resume_dir:
                 w.critic.model_path = str(Path(resume_dir) / "critic")
             self.critic = Critic(w.critic, self.device, self.world_size, w.actor.micro_batch_size_per_device_for_experience)
-        self.engine = choose_rollout_engine(w.rollout.name, self.device)
+        self.engine = choose_rollout_engine(w.rollout.name, self.device, resolve_model_path(actor_path))
         self.rollout_stale = True  # the engine's weights lag the actor's (vLLM: sync before the next generation)
         self.rollout_syncs = 0
         if self.engine == "vllm":
