@@ -203,9 +203,7 @@ def _partial_state():
 def train(args: TrainArgs) -> Path:
     """Run one training job; returns the output folder. Raises NonFiniteLossError on NaN/inf loss. The main
     process holds a lock on the output folder for the whole run (a second run into it stops at once)."""
-    from accelerate import PartialState
-
-    lock = RunDirLock(args.output_dir, "RS.train run").acquire() if PartialState().is_main_process else None
+    lock = RunDirLock(args.output_dir, "RS.train run").acquire() if _partial_state().is_main_process else None
     try:
         return _train(args)
     finally:
