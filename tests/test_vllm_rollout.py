@@ -43,6 +43,28 @@ def test_sampling_kwargs_mean_what_hf_means():
     assert (s["temperature"], s["top_p"], s["top_k"]) == (0.7, 0.9, 0)  # top_k 0: off in both engines
 
 
+def test_hf_rollout_top_k_zero_is_off():
+    """transformers 5 reads top_k=None as its default top-k of 50: HFRollout must pass 0 (off), like vLLM."""
+    seen = {}
+
+    class Fake(torch.nn.Module):
+        generation_config = None
+
+        def generate(self, input_ids, attention_mask, **kw):
+            seen.update(kw)
+            return torch.cat([input_ids, torch.full((input_ids.shape[0], 2), 5)], 1)
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 2
+
+    batch = DataProto.from_dict(tensors={"input_ids": torch.ones(2, 3, dtype=torch.long),
+                                         "attention_mask": torch.ones(2, 3, dtype=torch.long)})
+    batch.meta_info = {"max_new_tokens": 2, "do_sample": True, "temperature": 0.7, "top_k": 0}
+    out = HFRollout(Fake(), Tok(), RolloutConfig(), torch.device("cpu"), 1).generate(batch)
+    assert seen["top_k"] == 0 and seen["temperature"] == 0.7 and seen["eos_token_id"] == [2]
+    assert out.batch["responses"].tolist() == [[5, 5], [5, 5]]
+
+
 def test_engine_choice(monkeypatch):
     monkeypatch.setattr(vllm_engine, "vllm_available", lambda: False)
     assert vllm_engine.resolve_engine("auto", "worker.rollout.name") == "hf"

@@ -97,8 +97,9 @@ class HFRollout:
         kwargs = dict(max_new_tokens=max_new, do_sample=do_sample, eos_token_id=self.eos,
                       pad_token_id=self.tokenizer.pad_token_id, synced_gpus=self.world_size > 1, use_cache=True)
         if do_sample:
+            # top_k=0 passed as 0: None would mean transformers' default top-k of 50, not "off"
             kwargs.update(temperature=float(meta.get("temperature", 1.0)), top_p=float(meta.get("top_p", 1.0)),
-                          top_k=int(meta.get("top_k", 0)) or None)
+                          top_k=int(meta.get("top_k", 0) or 0))
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if "seed" in meta:  # reproducible sampling (also across resume): seed per step and rank
