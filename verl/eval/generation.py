@@ -84,8 +84,8 @@ def generate(
                       eos_token_id=_eos_ids(tokenizer, getattr(model, "generation_config", None)))
     if greedy:
         gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    else:
-        gen_kwargs.update(do_sample=True)
+    else:  # plain sampling at T=1, as the vLLM path (top_k None would be transformers' default of 50)
+        gen_kwargs.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
     stops = [s for s in stop_strings if s]
     if stops:  # per-sequence stop inside generate; the decoded text is still cut below
         gen_kwargs.update(stop_strings=stops, tokenizer=tokenizer)
