@@ -90,7 +90,8 @@ class ModelRoleConfig:
     """Keep optimizer state on CPU between updates (moved to the device for the step)."""
     autocast: str = "none"
     """bf16 | none: forward passes under torch.autocast(bf16) with the weights kept in ``dtype`` (use float32 for
-    fp32 master weights); log-softmax, losses and the optimizer stay fp32."""
+    fp32 master weights); log-softmax, losses and the optimizer stay fp32. Fast on GPUs and AMX/AVX512-BF16 CPUs,
+    several times slower than fp32 on AVX2-only CPUs (a warning says so)."""
     optimized_forward: bool = True
     """Log-probs without padding columns, prompt logits or repeated prompts (verl/workers/forward.py; equal
     results); false: the plain full-width forward."""
