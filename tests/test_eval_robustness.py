@@ -123,6 +123,7 @@ def test_quant_skipped_on_cpu_and_full_robustness(tiny, target_dir):
 def test_cli_runs_the_probes_not_the_evaluator_suites(tiny_model_path, tmp_path):
     """--suites lists the evaluator's suites; the probes come from --robustness (the CLI once ran none of them)."""
     from verl.eval.cli import main
+    from verl.utils.cli import UserError
 
     common = ["--model_path", tiny_model_path, "--target", "101_Elowen_Marsh", "--limit", "2", "--batch_size", "2"]
     out = tmp_path / "res.json"
@@ -137,5 +138,5 @@ def test_cli_runs_the_probes_not_the_evaluator_suites(tiny_model_path, tmp_path)
     out2 = tmp_path / "lens.json"
     main([*common, "--suites", "robustness", "--robustness", "logit_lens", "--output", str(out2)])
     assert set(json.loads(out2.read_text())["metrics"]["robustness"]) == {"timing", "logit_lens"}
-    with pytest.raises(SystemExit, match="unknown robustness probe"):
+    with pytest.raises(UserError, match="unknown robustness probe"):
         main([*common, "--suites", "robustness", "--robustness", "relearn,lens", "--output", str(tmp_path / "x.json")])

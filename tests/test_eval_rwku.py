@@ -164,7 +164,7 @@ def test_cli_end_to_end_tiny_model(tiny_model_path, tmp_path):
     assert set(fg["n"]) == {"FB", "QA", "AA"} and all(0 <= fg[k] <= 1 for k in ("FB", "QA", "AA", "All"))
     assert res["metrics"]["neighbor"]["n"] == {"FB": 2, "QA": 2}
     assert set(res["metrics"]["mia"]) == {"FM", "RM"} and res["metrics"]["mia"]["FM"]["loss"] > 0
-    assert set(res["metrics"]["utility"]) == {"Gen", "Rea", "Tru", "Fac", "Flu"}
+    assert set(res["metrics"]["utility"]) == {"Gen", "Rea", "Rea_corrected", "Tru", "Fac", "Flu"}
     rec = res["generations"]["forget_level1"][0]
     assert {"query", "answer", "output", "score"} <= set(rec)
     assert {"forget", "neighbor", "mia", "utility", "total"} <= set(res["timing"])
