@@ -63,6 +63,7 @@ _METHODS = [
     _baseline("npo_klr", "NPO+KLR", "NPO + retain KL to the original"),
     _baseline("simnpo", "SimNPO", "SimNPO"),
     _baseline("simnpo_gdr", "SimNPO+GDR", "SimNPO + retain NLL"),
+    _baseline("simnpo_klr", "SimNPO+KLR", "SimNPO + retain KL to the original"),
     _baseline("rt", "RT", "RWKU's refusal tuning (entity-free refusals)", stage="rt", dataset="rwku_rt", stem="rwku_rt"),
     _baseline("idkdpo", "IdkDPO", "DPO preferring an entity-free refusal"),
 ]
