@@ -104,15 +104,10 @@ def bench_rollout(args) -> dict:
     results, outputs = [], {}
     for engine in engines:
         cfg = _load(args.config, [*base, f"worker.rollout.name={engine}"])
-        from transformers import AutoTokenizer
-
-        from verl.models.embedded import resolve_model_path
+        from verl.models.embedded import load_tokenizer
         from verl.workers.fsdp_workers import FSDPWorker
 
-        tok = AutoTokenizer.from_pretrained(resolve_model_path(cfg.worker.actor.model_path))
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        tok.padding_side = "left"
+        tok = load_tokenizer(cfg.worker.actor.model_path)
         d = cfg.data
         ds = RLDataset(d.train_files, tok, d.max_prompt_length, d.prompt_key, d.answer_key, d.rwku.data_root)
         prompts = ds.batch(list(range(min(args.prompts, len(ds)))), tok.pad_token_id)
@@ -221,16 +216,11 @@ def bench_step(args) -> dict:
 def synthetic_rollouts(cfg, n_prompts: int, seed: int = 0):
     """The config's first ``n_prompts`` training prompts x ``rollout.n``, with random responses of random length
     (1..max_response_length, EOS-terminated): the shapes and padding of a real step without generating."""
-    from transformers import AutoTokenizer
-
-    from verl.models.embedded import resolve_model_path
+    from verl.models.embedded import load_tokenizer
     from verl.trainer.dataset import RLDataset
     from verl.workers.rollout import assemble, eos_ids
 
-    tok = AutoTokenizer.from_pretrained(resolve_model_path(cfg.worker.actor.model_path))
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
+    tok = load_tokenizer(cfg.worker.actor.model_path)
     d = cfg.data
     ds = RLDataset(d.train_files, tok, d.max_prompt_length, d.prompt_key, d.answer_key, d.rwku.data_root)
     prompts = ds.batch(list(range(min(n_prompts, len(ds)))), tok.pad_token_id).repeat(cfg.worker.rollout.n,

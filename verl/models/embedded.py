@@ -199,16 +199,24 @@ def build_tiny_model(
     return out_dir
 
 
-def load_model_and_tokenizer(name_or_path: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False):
-    """Load a causal LM and its tokenizer (left padding, pad token set) from a name or folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    """The tokenizer of a model name or folder, set up for batched generation: left padding, a pad token."""
+    from transformers import AutoTokenizer
 
-    path = resolve_model_path(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model_and_tokenizer(name_or_path: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False):
+    """Load a causal LM and its tokenizer (left padding, pad token set) from a name or folder."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name_or_path)
+    tokenizer = load_tokenizer(path, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True
     ).to(device)

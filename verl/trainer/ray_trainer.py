@@ -103,14 +103,9 @@ class RayPPOTrainer:
             raise
 
     def _init(self, cfg: PPOConfig) -> None:
-        from transformers import AutoTokenizer
+        from verl.models.embedded import load_tokenizer
 
-        from verl.models.embedded import resolve_model_path
-
-        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.worker.actor.model_path))
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.tokenizer.padding_side = "left"
+        self.tokenizer = load_tokenizer(cfg.worker.actor.model_path)
         d = cfg.data
         fmt = dict(prompt_format=d.prompt_format, system_prompt=d.system_prompt, muse_icl=d.muse_icl)
         self.train_ds = RLDataset(d.train_files, self.tokenizer, d.max_prompt_length, d.prompt_key, d.answer_key,

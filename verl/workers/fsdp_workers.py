@@ -37,9 +37,7 @@ class FSDPWorker(Worker):
 
     def __init__(self, config: PPOConfig, resume_dir: str | None = None, num_threads: int | None = None):
         super().__init__()
-        from transformers import AutoTokenizer
-
-        from verl.models.embedded import resolve_model_path
+        from verl.models.embedded import load_tokenizer, resolve_model_path
 
         self.config = config
         self.device = fsdp_utils.resolve_device(config.trainer.device)
@@ -50,10 +48,7 @@ class FSDPWorker(Worker):
         torch.manual_seed(config.trainer.seed)
         w = config.worker
         actor_path = str(Path(resume_dir) / "actor") if resume_dir else w.actor.model_path
-        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(w.actor.model_path))
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.tokenizer.padding_side = "left"
+        self.tokenizer = load_tokenizer(w.actor.model_path)
         temperature = w.rollout.temperature
         self.actor = Actor(w.actor, actor_path, self.device, self.world_size, temperature)
         self.ref = None
