@@ -19,6 +19,8 @@ def test_engine_settings_cpu_in_process_explicit_kv_cache():
     assert kw["kv_cache_memory_bytes"] == 1 << 30 and kw["enforce_eager"] is True and kw["dtype"] == "float32"
     assert "enable_sleep_mode" not in kw and "gpu_memory_utilization" not in kw  # sleep mode raises on CPU
     assert kw["seed"] == 3 and kw["max_model_len"] == 512
+    # whole prompts per scheduler step: seeded requests crash vLLM's CPU runner when their prefill is chunked
+    assert kw["enable_chunked_prefill"] is False and kw["max_num_batched_tokens"] >= 512
 
 
 def test_engine_settings_gpu_sleep_and_several_ranks():

@@ -132,6 +132,11 @@ def engine_settings(cfg: RolloutConfig, device_type: str, actor_dtype: str, max_
     )
     if cfg.kv_cache_bytes is not None or cpu:
         kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_bytes or (1 << 30))
+    if cpu:
+        # vLLM 0.32's CPU runner crashes ("CPU Generator does not use offset") when a seeded request's prompt is split
+        # over scheduler steps (chunked prefill), as happens at the paper batch: schedule whole prompts instead.
+        kwargs["enable_chunked_prefill"] = False
+        kwargs["max_num_batched_tokens"] = max(max_model_len, 8192)
     if not cpu:
         kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         kwargs["enable_sleep_mode"] = cfg.free_cache_engine  # raises on CPU
