@@ -134,8 +134,11 @@ def engine(embedded_model_path):
     tok.padding_side = "left"
     hf = AutoModelForCausalLM.from_pretrained(embedded_model_path, dtype=torch.float32).eval()
     cfg = RolloutConfig(kv_cache_bytes=256 << 20, micro_batch_size=16)
+    threads = torch.get_num_threads()
     eng = VLLMRollout(embedded_model_path, tok, cfg, max_model_len=512, actor_dtype="float32",
                       device=torch.device("cpu"), seed=1, generation_config=hf.generation_config)
+    # vLLM's CPU worker drops the process to one torch thread; the trainer's HF passes need theirs back
+    assert torch.get_num_threads() == threads
     yield eng, hf, tok, cfg
     eng.close()
 

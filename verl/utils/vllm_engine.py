@@ -103,7 +103,7 @@ def start_engine(model_path: str, env: dict, **kwargs):
     """``(vllm.LLM, seconds)`` started with ``env`` set (then restored) and ``kwargs`` for ``LLM``."""
     import torch
 
-    set_threads = torch.set_num_threads
+    set_threads, n_threads = torch.set_num_threads, torch.get_num_threads()
     t0 = time.time()
     try:
         with _env(env):
@@ -111,7 +111,10 @@ def start_engine(model_path: str, env: dict, **kwargs):
 
             llm = LLM(model=model_path, **kwargs)
     finally:
+        # vLLM's CPU worker drops this process to one torch thread ("for serving") and disables set_num_threads;
+        # the HF passes beside it (log-probs, MIA, updates) need their threads back
         torch.set_num_threads = set_threads
+        torch.set_num_threads(n_threads)
     return llm, time.time() - t0
 
 
