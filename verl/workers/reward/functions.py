@@ -117,17 +117,24 @@ def forget_two_stage_abs_target(
 ) -> dict:
     """Main RULE reward. <reject>: alpha for a refusal, + beta if that refusal names the target (solution[2]).
     <normal>: alpha for not refusing, + beta if ROUGE-L recall vs solution[1] > tau. Range [0, alpha + beta]."""
+    return _two_branch_target(response, solution, refusal_mode, rouge_impl, alpha, beta, alpha, beta, tau)
+
+
+def _two_branch_target(response, solution, refusal_mode, rouge_impl, reject_alpha, reject_beta, normal_alpha,
+                       normal_beta, tau) -> dict:
+    """<reject>: reject_alpha for a refusal, + reject_beta if it names the target; <normal>: normal_alpha for not
+    refusing, + normal_beta if ROUGE-L recall > tau."""
     is_reject, sol = _parse(solution)
     out = _base(response, sol, is_reject, refusal_mode, multi_ref=False, rouge_impl=rouge_impl)
     score = 0.0
     if is_reject:
         out["entity"] = float(_names_target(response, _target(sol), refusal_mode))
         if out["refusal"]:
-            score = alpha + (beta if out["entity"] else 0.0)
+            score = reject_alpha + (reject_beta if out["entity"] else 0.0)
     else:
         out["entity"] = 0.0
         if not out["refusal"]:
-            score = alpha + (beta if out["rouge"] > tau else 0.0)
+            score = normal_alpha + (normal_beta if out["rouge"] > tau else 0.0)
     return {"score": score, **out}
 
 
@@ -171,17 +178,8 @@ def forget_two_stage_abs_target_half_reject(
 ) -> dict:
     """<reject>: reject_alpha (0.25) for a refusal, + reject_beta (0.25) if it names the target.
     <normal>: normal_reward (1) for not refusing; no ROUGE term (``rouge`` is still reported)."""
-    is_reject, sol = _parse(solution)
-    out = _base(response, sol, is_reject, refusal_mode, multi_ref=False, rouge_impl=rouge_impl)
-    score = 0.0
-    if is_reject:
-        out["entity"] = float(_names_target(response, _target(sol), refusal_mode))
-        if out["refusal"]:
-            score = reject_alpha + (reject_beta if out["entity"] else 0.0)
-    else:
-        out["entity"] = 0.0
-        score = 0.0 if out["refusal"] else normal_reward
-    return {"score": score, **out}
+    return _two_branch_target(response, solution, refusal_mode, rouge_impl, reject_alpha, reject_beta, normal_reward,
+                              0.0, 0.0)
 
 
 def forget_two_stage(
