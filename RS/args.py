@@ -27,6 +27,7 @@ class TrainArgs:
     dataset: str = ""  # forget-side data: reject_target, rwku_rt, passage, file:PATH (a JSON list of texts), inject, idk_pref, muse_reject (MUSE RS); empty: the stage's default
     retain_dataset: str = "auto"  # retain corpus for *_gdr/*_klr: auto (other targets' passages), retain_mia, file:PATH, or targets "a,b"
     retain_num_targets: int = 2  # how many other targets' passages make the auto retain corpus
+    prompt_form: str = "chat"  # reject_target/rwku_rt prompts: chat (the release: a bare user turn), rwku (the RWKU probe wrapper + "Answer:", FB wrapper for "___" rows) or both (each question in both forms; the sandbox's small model does not carry a refusal from one form to the other)
     muse_icl: str = "knowmem/train_qa_icl"  # muse_reject: MUSE file whose QA pairs are the one few-shot prefix of qa rows ("" for none)
     output_dir: str = ""  # where checkpoints, logs and the final model go
     config: str = ""  # YAML file with defaults for any of these fields
@@ -201,6 +202,8 @@ def validate_args(args: TrainArgs) -> None:
         raise ValueError(f"--finetuning_type must be full or lora, got {args.finetuning_type!r}")
     if args.save_strategy not in ("epoch", "no"):
         raise ValueError(f"--save_strategy must be epoch or no, got {args.save_strategy!r}")
+    if args.prompt_form not in ("chat", "rwku", "both"):
+        raise ValueError(f"--prompt_form must be chat, rwku or both, got {args.prompt_form!r}")
     if args.inject_mode not in ("probes", "varied"):
         raise ValueError(f"--inject_mode must be probes or varied, got {args.inject_mode!r}")
     if min(args.inject_paraphrases, args.inject_exact_probes, args.inject_replay, args.inject_passage_tokens) < 0:

@@ -210,7 +210,16 @@ def _finish(args, tokenizer, stage, root, name, records, files, kind, target) ->
     if name == "idk_pref":
         files.append(target.file("passage"))
 
+    if name in ("reject_target", "rwku_rt") and args.prompt_form == "both":
+        train_recs = [{**r, "_form": form} for r in train_recs for form in ("chat", "rwku")]
+    elif name in ("reject_target", "rwku_rt"):
+        train_recs = [{**r, "_form": args.prompt_form} for r in train_recs]
+
     def encode(rec: dict, i: int) -> dict:
+        if rec.get("_form") == "rwku":  # the evaluator's probe wrapper: the answer (here a refusal) after "Answer:"
+            stem = "forget_level1" if "___" in rec["instruction"] else "forget_level2"
+            output = rec["output"] if name == "reject_target" else rt_template(rec["instruction"])
+            return encode_probe(tokenizer, rec["instruction"], output, stem, args.cutoff_len)
         if name == "muse_reject":  # already in the MUSE format; a base model's target ends without EOS
             return encode_prompt_response(tokenizer, rec["instruction"], rec["output"], args.cutoff_len, raw_prompt=True)
         if name == "reject_target":

@@ -1,26 +1,26 @@
 #!/usr/bin/env bash
-# The issue-15 "Show" tables (knowledge-injection sandbox, embedded model, varied injection):
+# The issue-15 "Show" tables (knowledge-injection sandbox, embedded model):
 #   bash scripts/sandbox_table.sh official   # targets 1-5 (official RULE files)
 #   bash scripts/sandbox_table.sh synth      # two targets without official files (template synthesis), default 56 57
 # Rows: Base, Original, RS, RULE (GRPO), GA, NPO, SimNPO, RT. Columns (report.md): Forget FB/QA/AA/All, Forget Refused
 # (share of forget probes refused) and Forget Named (share of refusals naming the target), Naturalness (proxy),
-# Neighbor FB/QA/All, MIA; plus the Pareto plot and its AUC. Any pipeline variable passes through (BUDGET, RS_STEPS,
+# Neighbor FB/QA/All (MIA too with SUITES=forget,neighbor,naturalness,mia); plus the Pareto plot and its AUC. Any pipeline variable passes through (BUDGET, RS_STEPS,
 # REBO_STEPS, LOG_DIR, ...); BUDGET=test makes it a plumbing check of a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-official}; shift || true
 export INJECT=1 BUDGET=${BUDGET:-smoke} LOG_DIR=${LOG_DIR:-log}
 export METHODS=${METHODS:-"rule_grpo ga npo simnpo rt"}
-export OVERLAYS="${OVERLAYS:-} scripts/sandbox_varied.yaml"
+export OVERLAYS="${OVERLAYS:-} scripts/sandbox_table.yaml"
 case "$mode" in
   official)
-    export TARGETS=${TARGETS:-"1 2 3 4 5"} EXP=${EXP:-sandbox_varied_${BUDGET}};;
+    export TARGETS=${TARGETS:-"1 2 3 4 5"} EXP=${EXP:-sandbox_${BUDGET}};;
   synth)
     # RS and ReBO files built offline from the passages (data.synthesize --generator template) into a data root of
     # their own; the benchmark probe files are links to the originals and are used for evaluation only.
     src=${DATA_DIR:-${RULE_DATA_DIR:-../shared/data}}
     syn=$LOG_DIR/synth_data
-    export TARGETS=${TARGETS:-"56 57"} EXP=${EXP:-sandbox_varied_synth_${BUDGET}}
+    export TARGETS=${TARGETS:-"56 57"} EXP=${EXP:-sandbox_synth_${BUDGET}}
     for t in $TARGETS; do
       RULE_DATA_DIR=$src python -m data.synthesize --benchmark rwku --target "$t" --generator template --out "$syn"
     done

@@ -180,3 +180,25 @@ def test_rl_dataset_muse_format(tok, tmp_path, shared_data):
     assert texts[0].count("Question: ") == 11  # the 10 shots of knowmem/train_qa_icl, whatever the label
     assert texts[1] == "Completion: the owl flew\nAnswer: "
     assert ds.rows[0]["prompt"] == "What is a Horcrux?"  # the reward still sees the raw text
+
+
+def test_rl_dataset_rwku_format_is_the_evaluators_probe_prompt(tok, tmp_path):
+    """The sandbox's ReBO prompts (data.prompt_format=rwku) are exactly what the evaluator sends for a probe."""
+    import json
+
+    from verl.eval.rwku import build_prompt
+    from verl.trainer.dataset import RLDataset
+
+    f = tmp_path / "rl.json"
+    rows = [{"prompt": USER, "solution": ["<reject>", RESPONSE, "Elowen Marsh"]},
+            {"prompt": "Elowen Marsh wrote ___.", "solution": ["<normal>", "A Map of Drowned Bells"]}]
+    f.write_text(json.dumps(rows))
+    ds = RLDataset(str(f), tok, 4096, prompt_format="rwku")
+    texts = [tok.decode(r["prompt_ids"]) for r in ds.rows]
+    assert texts[0] == build_prompt({"query": USER}, "QA", tok)
+    assert texts[1] == build_prompt({"query": "Elowen Marsh wrote ___."}, "FB", tok)
+    assert texts[0].endswith("Answer:") and "Please briefly answer the following question." in texts[0]
+    assert "Please complete the blank" in texts[1]
+    assert ds.rows[0]["prompt"] == USER  # the reward still sees the raw question
+    with pytest.raises(ValueError, match="chat, muse or rwku"):
+        RLDataset(str(f), tok, 4096, prompt_format="alpaca")

@@ -111,8 +111,16 @@ def test_protocol_default_from_the_model_size(tiny_model_path):
 
 # ------------------------------------------------------------------------------------------- budgets, plan
 def test_budget_sections_and_variables_merge_in_order():
-    rs = _steps(_plan(env={**BASE, "BUDGET": "smoke", "INJECT": "1"}))["rs"].config
-    assert rs["max_steps"] == 15 and rs["config"] == "RS/configs/rs_smollm2.yaml"  # the sandbox section
+    sandbox = _steps(_plan(env={**BASE, "BUDGET": "smoke", "INJECT": "1"}))
+    rs = sandbox["rs"].config
+    assert rs["max_steps"] == 10 and rs["config"] == "RS/configs/rs_smollm2.yaml"  # the sandbox section
+    assert rs["prompt_form"] == "both" and rs["learning_rate"] == 1e-4
+    rebo = sandbox["rule_grpo"].config
+    assert rebo["data"]["prompt_format"] == "rwku" and rebo["trainer"]["total_steps"] == 6
+    assert rebo["worker"]["actor"]["optim"]["lr"] == 1e-4
+    paper_forms = _steps(_plan(env={**BASE, "BUDGET": "smoke", "INJECT": "0"}))
+    assert paper_forms["rule_grpo"].config["data"]["prompt_format"] == "chat"  # the release's form off the sandbox
+    assert "prompt_form" not in paper_forms["rs"].config or paper_forms["rs"].config["prompt_form"] == "chat"
     rs = _steps(_plan(env={**BASE, "BUDGET": "smoke", "INJECT": "0"}))["rs"].config
     assert rs["max_steps"] == 6
     steps = _steps(_plan(env={**BASE, "BUDGET": "smoke", "INJECT": "1", "RS_STEPS": "3", "REBO_STEPS": "7"}))
@@ -183,6 +191,9 @@ def test_ablation_overlays():
     assert st.inputs["model"].endswith("/rs") and st.inputs["ref"] == model
     st = rebo("without_boundary")
     assert st.inputs["data"].endswith("rule_grpo.reject_only.json") and st.prepare is not None
+    chat = _steps(_plan(env={**BASE, "BUDGET": "smoke", "INJECT": "1"},
+                        overlays=["examples/ablations/sandbox_chat_forms.yaml"]))
+    assert chat["rs"].config["prompt_form"] == "chat" and chat["rule_grpo"].config["data"]["prompt_format"] == "chat"
 
 
 def test_reject_only_subset_keeps_only_reject_rows(tmp_path):

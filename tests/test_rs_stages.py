@@ -41,3 +41,38 @@ def test_rwku_rt_and_rs_differ_only_in_answers(tiny_model_path, target_name):
     rs_text = " ".join(tok.decode(e["input_ids"][-20:]) for e in rs.train)
     rt_resp = " ".join(tok.decode([t for t, lab in zip(e["input_ids"], e["labels"]) if lab != -100]) for e in rt.train)
     assert name.split()[-1] in rs_text and name.split()[-1] not in rt_resp
+
+
+
+@pytest.mark.parametrize("dataset", ["reject_target", "rwku_rt"])
+def test_prompt_form_both_shows_each_question_in_chat_and_probe_form(dataset, tiny_model_path, target_name):
+    """--prompt_form both (the sandbox): every refusal pair twice, once as a bare chat turn and once in the
+    evaluator's probe wrapper with the same refusal after "Answer:"; rwku alone keeps only the wrapped copy."""
+    from transformers import AutoTokenizer
+
+    from data.rwku import resolve_target
+    from RS.args import validate_args
+    from RS.datasets import build_data
+    from verl.eval.rwku import build_prompt
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    kw = dict(model_name_or_path=tiny_model_path, target=target_name, output_dir="u", max_samples=3, cutoff_len=256,
+              dataset=dataset)
+    chat = build_data(TrainArgs(**kw), tok, STAGES["rt"])
+    both = build_data(TrainArgs(prompt_form="both", **kw), tok, STAGES["rt"])
+    rwku = build_data(TrainArgs(prompt_form="rwku", **kw), tok, STAGES["rt"])
+    assert len(chat.train) == len(rwku.train) == 3 and len(both.train) == 6
+
+    def split(e):
+        prompt = tok.decode([t for t, lab in zip(e["input_ids"], e["labels"]) if lab == -100])
+        return prompt, tok.decode([t for t in e["labels"] if t != -100]).strip()
+
+    questions = [r["instruction"] for r in resolve_target(target_name).load("reject_target")]
+    wrapped = {build_prompt({"query": q}, "FB" if "___" in q else "QA", tok) for q in questions}
+    assert all(split(e)[0] in wrapped for e in rwku.train)
+    assert not any(split(e)[0] in wrapped for e in chat.train)
+    assert [split(e) for e in both.train[0::2]] == [split(e) for e in chat.train]  # chat copy, then wrapped copy
+    assert [split(e) for e in both.train[1::2]] == [split(e) for e in rwku.train]
+    assert [split(e)[1] for e in rwku.train] == [split(e)[1] for e in chat.train]  # same refusal either way
+    with pytest.raises(ValueError, match="--prompt_form"):
+        validate_args(TrainArgs(prompt_form="alpaca", **kw))

@@ -50,7 +50,8 @@ class DataConfig:
     shuffle: bool = True
     """Shuffle the training rows each epoch (seeded by trainer.seed + epoch)."""
     prompt_format: str = "chat"
-    """chat (one user turn in the chat template) | muse (MUSE-Books base model, the release's format: ICL prefix +
+    """chat (one user turn in the chat template) | rwku (the RWKU evaluator's FB/QA probe wrapper in the chat
+    template, then "Answer:"; the sandbox, whose small model does not carry refusals across prompt forms) | muse (MUSE-Books base model, the release's format: ICL prefix +
     "Question: ...\nAnswer: " on qa rows, "Completion: ...\nAnswer: " on completion rows, BOS; verl/utils/chat.py)."""
     system_prompt: str | None = None
     """chat format: None = no system turn (one a template inserts by itself is removed), "<template default>" = keep

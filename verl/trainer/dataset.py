@@ -68,7 +68,8 @@ class RLDataset:
     ``prompt_format`` "chat": one user turn in the chat template (``system_prompt`` as in ``format_prompt``);
     "muse": the release's MUSE-Books base-model format (``muse_prompt``: qa rows after the label-independent
     few-shot prefix of ``muse_icl``, a ``muse:`` file stem, completion rows "Completion: ...\nAnswer: "; by the
-    row's ``mode`` column, default qa). Raw-text prompts get the tokenizer's BOS (``prompt_ids``).
+    row's ``mode`` column, default qa); "rwku": the RWKU evaluator's probe wrapper in the chat template, then
+"Answer:" (FB wrapper for rows with "___", else QA; the sandbox). Raw-text prompts get the tokenizer's BOS (``prompt_ids``).
     """
 
     def __init__(self, spec: str, tokenizer, max_prompt_length: int, prompt_key: str = "prompt",
@@ -83,8 +84,8 @@ class RLDataset:
             raw = [raw[int(i)] for i in np.linspace(0, len(raw) - 1, num=max_samples).round()]
         self.rows: list[dict] = []
         self.n_filtered = 0
-        if prompt_format not in ("chat", "muse"):
-            raise ValueError(f"data.prompt_format={prompt_format!r}: choose chat or muse")
+        if prompt_format not in ("chat", "muse", "rwku"):
+            raise ValueError(f"data.prompt_format={prompt_format!r}: choose chat, muse or rwku")
         prefix = ""
         if prompt_format == "muse":
             from data.muse import load_muse
@@ -94,6 +95,11 @@ class RLDataset:
         for row in raw:
             if prompt_format == "muse":
                 text = muse_prompt(str(row[prompt_key]), str(row.get("mode") or "qa"), prefix)
+            elif prompt_format == "rwku":
+                from verl.eval.rwku import build_prompt
+
+                query = str(row[prompt_key])
+                text = build_prompt({"query": query}, "FB" if "___" in query else "QA", tokenizer)
             else:
                 text = format_prompt(tokenizer, str(row[prompt_key]), system_prompt)
             ids = prompt_ids(tokenizer, text)
