@@ -28,5 +28,7 @@ case "$mode" in
   *) echo "usage: bash scripts/sandbox_table.sh official|synth [pipeline flags]" >&2; exit 2;;
 esac
 bash run_rwku.sh "$@"
+case " $* " in *" --dry-run "*) exit 0;; esac   # a plan only: nothing to report
 python -m verl.eval.report "$LOG_DIR/rwku/$EXP" --by_target --out "$LOG_DIR/rwku/$EXP/report"
-echo "table: $LOG_DIR/rwku/$EXP/report/report.md"
+python scripts/sandbox_goals.py "$LOG_DIR/rwku/$EXP" --out "$LOG_DIR/rwku/$EXP/report/goals.md"
+echo "table: $LOG_DIR/rwku/$EXP/report/report.md  goals: $LOG_DIR/rwku/$EXP/report/goals.md"
