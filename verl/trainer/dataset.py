@@ -69,7 +69,8 @@ class RLDataset:
     "muse": the release's MUSE-Books base-model format (``muse_prompt``: qa rows after the label-independent
     few-shot prefix of ``muse_icl``, a ``muse:`` file stem, completion rows "Completion: ...\nAnswer: "; by the
     row's ``mode`` column, default qa); "rwku": the RWKU evaluator's probe wrapper in the chat template, then
-"Answer:" (FB wrapper for rows with "___", else QA; the sandbox). Raw-text prompts get the tokenizer's BOS (``prompt_ids``).
+    "Answer:" (FB wrapper for rows with "___", else QA; the sandbox). Raw-text prompts get the tokenizer's BOS
+    (``prompt_ids``).
     """
 
     def __init__(self, spec: str, tokenizer, max_prompt_length: int, prompt_key: str = "prompt",
