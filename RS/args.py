@@ -55,6 +55,10 @@ class TrainArgs:
     max_samples: int = 0  # keep at most this many forget-side examples (0: all)
     train_fraction: float = 1.0  # train on this seeded share of the examples; the rest go to O/heldout.json
     val_size: float = 0.0  # holdout for a validation loss per epoch (<1: fraction, >=1: count)
+    refusal_stop: float = 0.0  # stop once this share of --refusal_holdout questions, asked in the RWKU probe wrapper, is refused (RS/refusal_stop.py; 0: off, --max_steps stays the ceiling)
+    refusal_holdout: int = 16  # reject_target questions kept out of training for --refusal_stop (written to heldout.json)
+    refusal_check_steps: int = 2  # check --refusal_stop every N optimizer steps
+    refusal_stop_after: int = 0  # optimizer steps to keep training once --refusal_stop is reached (within --max_steps)
     # --- saving / logging
     save_strategy: str = "epoch"  # epoch (a checkpoint per epoch) or no (final model only)
     logging_steps: int = 5  # write a loss line every N optimizer steps
@@ -204,6 +208,14 @@ def validate_args(args: TrainArgs) -> None:
         raise ValueError(f"--save_strategy must be epoch or no, got {args.save_strategy!r}")
     if args.prompt_form not in ("chat", "rwku", "both"):
         raise ValueError(f"--prompt_form must be chat, rwku or both, got {args.prompt_form!r}")
+    if not 0 <= args.refusal_stop <= 1:
+        raise ValueError(f"--refusal_stop is a share of refused questions in [0, 1] (0: off), got {args.refusal_stop}")
+    if args.refusal_stop and args.dataset not in ("reject_target", "rwku_rt"):
+        raise ValueError("--refusal_stop checks held-out refusal questions: use it with --dataset reject_target or "
+                         f"rwku_rt, not {args.dataset or 'the stage default'!r}")
+    if args.refusal_stop and (args.refusal_holdout < 1 or args.refusal_check_steps < 1 or args.refusal_stop_after < 0):
+        raise ValueError("--refusal_holdout and --refusal_check_steps must be >= 1 and --refusal_stop_after >= 0 "
+                         "with --refusal_stop")
     if args.inject_mode not in ("probes", "varied"):
         raise ValueError(f"--inject_mode must be probes or varied, got {args.inject_mode!r}")
     if min(args.inject_paraphrases, args.inject_exact_probes, args.inject_replay, args.inject_passage_tokens) < 0:

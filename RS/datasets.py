@@ -56,6 +56,7 @@ class DataBundle:
     files: list[Path] = field(default_factory=list)  # data files read (hashed into run_info.json)
     kind: str = "sft"  # sft | text | pref
     records: list[dict] = field(default_factory=list)  # raw training records (inject: what the model sees, by kind)
+    stop_check: list[dict] = field(default_factory=list)  # raw records held out for --refusal_stop (also in heldout)
 
 
 def encode_text(tokenizer, text: str, cutoff_len: int) -> dict[str, list[int]]:
@@ -202,7 +203,14 @@ def _finish(args, tokenizer, stage, root, name, records, files, kind, target) ->
     """Split, tokenize and bundle the records of ``build_data``."""
     if args.max_samples:
         records = split_records(records, 1.0, args.seed)[0][: args.max_samples]
+    stop_check: list[dict] = []
+    if getattr(args, "refusal_stop", 0):
+        if len(records) <= args.refusal_holdout:
+            raise ValueError(f"--refusal_holdout {args.refusal_holdout} leaves no {name} record to train on "
+                             f"({len(records)} in all); lower it")
+        records, stop_check = split_records(records, 1 - args.refusal_holdout / len(records), args.seed + 7)
     train_recs, heldout = split_records(records, args.train_fraction, args.seed)
+    heldout = heldout + stop_check
     n_val = _val_count(args.val_size, len(train_recs))
     val_recs, train_recs = train_recs[:n_val], train_recs[n_val:]
 
@@ -248,7 +256,7 @@ def _finish(args, tokenizer, stage, root, name, records, files, kind, target) ->
         files += rfiles
         retain = [encode_text(tokenizer, t, args.cutoff_len) for t in texts]
     return DataBundle(train=train, val=val, heldout=heldout, retain=retain, files=files, kind=kind,
-                      records=train_recs if name == "inject" else [])
+                      records=train_recs if name == "inject" else [], stop_check=stop_check)
 
 
 def collate(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from RS import losses
+from RS import losses, refusal_stop
 from RS.args import TrainArgs, args_to_dict, batch_plan, parse_args
 from RS.args import steps_per_epoch as epoch_steps
 from RS.checkpoint import save_hf_checkpoint
@@ -44,7 +44,7 @@ class NonFiniteLossError(RuntimeError):
 # what an RS.train run writes into --output_dir: --overwrite_output_dir removes these so runs never mix (the log
 # once read steps 1, 2, 3, 1, 2 and old checkpoint-epoch-* folders stayed); other files of the folder are kept
 RUN_OUTPUTS = ("DONE", "FAILED.json", "train_log.jsonl", "loss.png", "run_args.json", "run_info.json", "heldout.json",
-               "inject_eval.json", "inject_eval_before.json", "model.safetensors", "model.safetensors.index.json")
+               "refusal_checks.jsonl", "inject_eval.json", "inject_eval_before.json", "model.safetensors", "model.safetensors.index.json")
 RUN_OUTPUT_GLOBS = ("checkpoint-epoch-*", "model-*-of-*.safetensors", "adapter")
 
 
@@ -228,6 +228,9 @@ def _train(args: TrainArgs) -> Path:
         logger.info("total_batch_size %d on %d process(es): per-device batch %d x accumulation %d",
                     args.total_batch_size, n_proc, per_device, accum)
         args = dataclasses.replace(args, per_device_train_batch_size=per_device, gradient_accumulation_steps=accum)
+    if args.refusal_stop and n_proc > 1:
+        raise UserError("--refusal_stop generates with the whole model on one process; run RS on one process or "
+                        "drop --refusal_stop (use --max_steps)")
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=args.gradient_accumulation_steps,
                               mixed_precision="bf16" if args.bf16 else "no")
     set_seed(args.seed)
@@ -299,6 +302,8 @@ def _train(args: TrainArgs) -> Path:
 
     log_path = out / "train_log.jsonl"
     log_f = open(log_path, "a", encoding="utf-8") if accelerator.is_main_process else None
+    check_prompts = refusal_stop.check_prompts(data.stop_check, tokenizer) if args.refusal_stop else []
+    stopped_at: dict | None = None  # the --refusal_stop check that ended training
     bar = progress(total_steps, f"RS[{stage.name}]", disable=not accelerator.is_local_main_process)
     step, last_good = 0, None
     acc: dict[str, list[float]] = {}
@@ -335,7 +340,18 @@ def _train(args: TrainArgs) -> Path:
                     if log_f:
                         log_f.write(json.dumps(row) + "\n")
                         log_f.flush()
-                if step >= total_steps:
+                if check_prompts and not stopped_at and step % args.refusal_check_steps == 0 and step < total_steps:
+                    share, answers = refusal_stop.refusal_share(accelerator.unwrap_model(model), tokenizer, check_prompts)
+                    check = {"step": step, "refusal_share": round(share, 4), "n": len(answers)}
+                    with open(out / "refusal_checks.jsonl", "a", encoding="utf-8") as f:
+                        f.write(json.dumps({**check, "answers": answers}) + "\n")
+                    bar.set_postfix(loss=f"{parts['loss'].item():.4f}", refused=f"{share:.2f}")
+                    if share >= args.refusal_stop:
+                        stopped_at = {**check, "stop_step": min(total_steps, step + args.refusal_stop_after)}
+                        logger.info("refusal stop: %d of %d held-out questions refused at step %d (>= %.2f); "
+                                    "stopping at step %d", round(share * len(answers)), len(answers), step,
+                                    args.refusal_stop, stopped_at["stop_step"])
+                if step >= total_steps or (stopped_at and step >= stopped_at["stop_step"]):
                     break
             if data.val:
                 vl = _val_loss(model, val_loader, accelerator)
@@ -347,7 +363,7 @@ def _train(args: TrainArgs) -> Path:
                 save_hf_checkpoint(accelerator, model, tokenizer, ck, lora_scaling,
                                    extra={"epoch": epoch, "global_step": step, "stage": stage.name})
                 last_good = str(ck)
-            if step >= total_steps:
+            if step >= total_steps or (stopped_at and step >= stopped_at["stop_step"]):
                 break
     except NonFiniteLossError as e:
         if accelerator.is_main_process:
@@ -361,6 +377,8 @@ def _train(args: TrainArgs) -> Path:
     save_hf_checkpoint(accelerator, model, tokenizer, out, lora_scaling, into_existing=True,
                        extra={"epoch": args.num_train_epochs, "global_step": step, "stage": stage.name})
     summary = {"stage": stage.name, "global_step": step, "train_seconds": round(time.time() - t_start, 1)}
+    if args.refusal_stop:
+        summary["refusal_stop"] = stopped_at or {"step": None, "reason": f"not reached by max_steps {total_steps}"}
     if stage.name == "inject" and args.eval_probes and accelerator.is_main_process:
         t0 = time.time()
         after = _inject_eval(accelerator.unwrap_model(model), tokenizer, args, root)

@@ -4,8 +4,9 @@
 #   bash scripts/sandbox_table.sh synth      # two targets without official files (template synthesis), default 56 57
 # Rows: Base, Original, RS, RULE (GRPO), GA, NPO, SimNPO, RT. Columns (report.md): Forget FB/QA/AA/All, Forget Refused
 # (share of forget probes refused) and Forget Named (share of refusals naming the target), Naturalness (proxy),
-# Neighbor FB/QA/All (MIA too with SUITES=forget,neighbor,naturalness,mia); plus the Pareto plot and its AUC. Any pipeline variable passes through (BUDGET, RS_STEPS,
-# REBO_STEPS, LOG_DIR, ...); BUDGET=test makes it a plumbing check of a few minutes.
+# Neighbor FB/QA/All (MIA too with SUITES=forget,neighbor,naturalness,mia); plus the Pareto plot and its AUC.
+# Any pipeline variable passes through (BUDGET, RS_STEPS, REBO_STEPS, LOG_DIR, ...); BUDGET=test makes it a plumbing
+# check of a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-official}; shift || true

@@ -125,6 +125,7 @@ def test_budget_sections_and_variables_merge_in_order():
     assert rs["max_steps"] == 6
     steps = _steps(_plan(env={**BASE, "BUDGET": "smoke", "INJECT": "1", "RS_STEPS": "3", "REBO_STEPS": "7"}))
     assert steps["rs"].config["max_steps"] == 3  # a variable wins over every budget section
+    assert steps["rs"].config["refusal_stop"] == 0  # RS_STEPS means exactly that many steps
     assert steps["rule_grpo"].config["trainer"]["total_steps"] == 7
 
 

@@ -76,3 +76,46 @@ def test_prompt_form_both_shows_each_question_in_chat_and_probe_form(dataset, ti
     assert [split(e)[1] for e in rwku.train] == [split(e)[1] for e in chat.train]  # same refusal either way
     with pytest.raises(ValueError, match="--prompt_form"):
         validate_args(TrainArgs(prompt_form="alpaca", **kw))
+
+
+def test_refusal_stop_ends_rs_at_the_first_check_that_reaches_the_share(tiny_model_path, target_name, tmp_path,
+                                                                        monkeypatch):
+    """--refusal_stop: held-out reject_target questions (never trained on, written to heldout.json) are asked in the
+    probe wrapper every --refusal_check_steps steps; RS ends at the first check whose refused share reaches it."""
+    from transformers import AutoTokenizer
+
+    from RS import refusal_stop
+    from RS.args import validate_args
+    from RS.train import train
+    from verl.eval.rwku import build_prompt
+
+    shares = iter([0.0, 0.25, 0.75, 1.0])
+    seen = []
+
+    def fake_share(model, tokenizer, prompts, batch_size=16):
+        seen.append(list(prompts))
+        share = next(shares)
+        return share, [f"answer {share}"] * len(prompts)
+
+    monkeypatch.setattr(refusal_stop, "refusal_share", fake_share)
+    args = TrainArgs(stage="rt", dataset="reject_target", model_name_or_path=tiny_model_path, target=target_name,
+                     output_dir=str(tmp_path), max_samples=10, per_device_train_batch_size=2, cutoff_len=48,
+                     max_steps=20, warmup_steps=0, learning_rate=1e-4, save_strategy="no", plot_loss=False,
+                     refusal_stop=0.7, refusal_holdout=3, refusal_check_steps=2, refusal_stop_after=3,
+                     overwrite_output_dir=True)
+    out = train(args)
+    done = json.loads((out / "DONE").read_text())
+    assert done["global_step"] == 9 and done["refusal_stop"]["step"] == 6  # reached at 6, + 3 steps, no more checks
+    assert done["refusal_stop"]["refusal_share"] == 0.75
+    checks = [json.loads(line) for line in (out / "refusal_checks.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in checks] == [2, 4, 6] and checks[-1]["answers"] == ["answer 0.75"] * 3
+    heldout = json.loads((out / "heldout.json").read_text())
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    level = {r["instruction"]: "FB" if "___" in r["instruction"] else "QA" for r in heldout}
+    assert len(heldout) == 3 and seen[0] == [build_prompt({"query": q}, lv, tok) for q, lv in level.items()]
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["n_train"] == 7  # 10 records, 3 held out for the check
+    for bad, match in ((dict(refusal_stop=1.5), "--refusal_stop"), (dict(refusal_stop=0.5, dataset="passage"), "rwku_rt"),
+                       (dict(refusal_stop_after=-1), "refusal_stop_after")):
+        with pytest.raises(ValueError, match=match):
+            validate_args(TrainArgs(**{**vars(args), **bad}))

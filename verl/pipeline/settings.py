@@ -44,8 +44,8 @@ VARS = [
         "every stage, and the worker count of GPU ReBO runs (GPUS=0,1 -> trainer.n_workers=2)"),
     Var("SUITES", "--suites", "by budget (smoke/test: forget,neighbor,mia; paper: + utility; MUSE: muse)",
         "evaluation suites, comma separated (python -m verl.eval --help)"),
-    Var("RS_STEPS", "--rs-steps", "by budget (smoke: 6, sandbox 15; test: 2; paper: epochs decide)",
-        "Rejection Steering optimizer steps (RS.train --max_steps)"),
+    Var("RS_STEPS", "--rs-steps", "by budget (smoke: 6, sandbox 10; test: 2; paper: epochs decide)",
+        "Rejection Steering optimizer steps (RS.train --max_steps; exactly that many, no refusal stop)"),
     Var("REBO_STEPS", "--rebo-steps", "by budget and config (smoke: 4; test: 1; paper: 20)", "ReBO steps "
         "(trainer.total_steps)"),
     Var("REBO_START", "--rebo-start", "rs", "ReBO start model: rs | original (ablation)"),
@@ -247,8 +247,8 @@ def variable_overrides(s: Settings) -> tuple[dict, dict]:
     stage flags by stage kind, merged last onto every stage of that kind)."""
     top = {k: getattr(s, k) for k in ("rebo_start", "rebo_ref", "rebo_data") if getattr(s, k) is not None}
     stages: dict = {}
-    if s.rs_steps is not None:
-        stages["rs"] = {"max_steps": s.rs_steps}
+    if s.rs_steps is not None:  # exactly that many steps: also turns off the sandbox's refusal stop
+        stages["rs"] = {"max_steps": s.rs_steps, "refusal_stop": 0}
     if s.rebo_steps is not None:
         stages["rebo"] = {"trainer": {"total_steps": s.rebo_steps}}
     ev = {k: v for k, v in (("suites", s.suites), ("limit", s.muse_limit)) if v is not None}
