@@ -204,7 +204,7 @@ def _finish(args, tokenizer, stage, root, name, records, files, kind, target) ->
     if args.max_samples:
         records = split_records(records, 1.0, args.seed)[0][: args.max_samples]
     stop_check: list[dict] = []
-    if getattr(args, "refusal_stop", 0):
+    if args.refusal_stop:  # the held-out questions of RS/refusal_stop.py
         if len(records) <= args.refusal_holdout:
             raise ValueError(f"--refusal_holdout {args.refusal_holdout} leaves no {name} record to train on "
                              f"({len(records)} in all); lower it")

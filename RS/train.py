@@ -44,7 +44,8 @@ class NonFiniteLossError(RuntimeError):
 # what an RS.train run writes into --output_dir: --overwrite_output_dir removes these so runs never mix (the log
 # once read steps 1, 2, 3, 1, 2 and old checkpoint-epoch-* folders stayed); other files of the folder are kept
 RUN_OUTPUTS = ("DONE", "FAILED.json", "train_log.jsonl", "loss.png", "run_args.json", "run_info.json", "heldout.json",
-               "refusal_checks.jsonl", "inject_eval.json", "inject_eval_before.json", "model.safetensors", "model.safetensors.index.json")
+               "refusal_checks.jsonl", "inject_eval.json", "inject_eval_before.json", "model.safetensors",
+               "model.safetensors.index.json")
 RUN_OUTPUT_GLOBS = ("checkpoint-epoch-*", "model-*-of-*.safetensors", "adapter")
 
 
