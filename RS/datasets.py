@@ -77,6 +77,11 @@ def encode_probe(tokenizer, query: str, answer: str, stem: str, cutoff_len: int)
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
+def probe_stem(question: str) -> str:
+    """The probe file whose wrapper a refusal question is asked in: FB for a "___" cloze, else QA."""
+    return "forget_level1" if "___" in question else "forget_level2"
+
+
 def rt_template(question: str) -> str:
     """Deterministic entity-free refusal for a question (stable across runs and machines)."""
     h = int(hashlib.sha256(question.encode("utf-8")).hexdigest(), 16)
@@ -225,9 +230,8 @@ def _finish(args, tokenizer, stage, root, name, records, files, kind, target) ->
 
     def encode(rec: dict, i: int) -> dict:
         if rec.get("_form") == "rwku":  # the evaluator's probe wrapper: the answer (here a refusal) after "Answer:"
-            stem = "forget_level1" if "___" in rec["instruction"] else "forget_level2"
             output = rec["output"] if name == "reject_target" else rt_template(rec["instruction"])
-            return encode_probe(tokenizer, rec["instruction"], output, stem, args.cutoff_len)
+            return encode_probe(tokenizer, rec["instruction"], output, probe_stem(rec["instruction"]), args.cutoff_len)
         if name == "muse_reject":  # already in the MUSE format; a base model's target ends without EOS
             return encode_prompt_response(tokenizer, rec["instruction"], rec["output"], args.cutoff_len, raw_prompt=True)
         if name == "reject_target":
@@ -283,6 +287,7 @@ __all__ = [
     "collate",
     "encode_probe",
     "encode_text",
+    "probe_stem",
     "retain_texts",
     "rt_template",
     "split_records",

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import torch
 
+from RS.datasets import probe_stem
+from RS.quick_eval import probe_prompt
 from verl.eval.generation import generate
-from verl.eval.rwku import PROBE_MAX_NEW_TOKENS, build_prompt, first_line
+from verl.eval.rwku import PROBE_MAX_NEW_TOKENS, first_line
 from verl.workers.reward.refusal import is_refusal
 
 
 def check_prompts(records: list[dict], tokenizer) -> list[str]:
-    """The evaluator's prompts for held-out reject_target records (FB wrapper for "___" questions, else QA)."""
-    return [build_prompt({"query": r["instruction"]}, "FB" if "___" in r["instruction"] else "QA", tokenizer)
-            for r in records]
+    """The evaluator's prompts for held-out reject_target records, in the wrapper RS trains them in."""
+    return [probe_prompt(tokenizer, r["instruction"], probe_stem(r["instruction"])) for r in records]
 
 
 @torch.no_grad()
