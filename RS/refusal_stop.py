@@ -15,7 +15,8 @@ import torch
 from RS.datasets import probe_stem
 from RS.quick_eval import probe_prompt
 from verl.eval.generation import generate
-from verl.eval.rwku import PROBE_MAX_NEW_TOKENS, first_line
+from verl.eval.rwku import PROBE_MAX_NEW_TOKENS
+from verl.utils.text import first_line
 from verl.workers.reward.refusal import is_refusal
 
 

@@ -117,9 +117,11 @@ def test_budget_sections_and_variables_merge_in_order():
     assert rs["prompt_form"] == "both" and rs["learning_rate"] == 1e-4
     rebo = sandbox["rule_grpo"].config
     assert rebo["data"]["prompt_format"] == "rwku" and rebo["trainer"]["total_steps"] == 6
+    assert rebo["data"]["stratify_labels"] is True  # 4 + 4 of 8 prompts a step (README, experiment log #19)
     assert rebo["worker"]["actor"]["optim"]["lr"] == 1e-4
     paper_forms = _steps(_plan(env={**BASE, "BUDGET": "smoke", "INJECT": "0"}))
     assert paper_forms["rule_grpo"].config["data"]["prompt_format"] == "chat"  # the release's form off the sandbox
+    assert "stratify_labels" not in paper_forms["rule_grpo"].config["data"]  # the release's random batches
     assert "prompt_form" not in paper_forms["rs"].config or paper_forms["rs"].config["prompt_form"] == "chat"
     rs = _steps(_plan(env={**BASE, "BUDGET": "smoke", "INJECT": "0"}))["rs"].config
     assert rs["max_steps"] == 6

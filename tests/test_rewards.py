@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from verl.eval.report import refusal_shares
 from verl.workers.reward import (
     REFUSAL_MODES,
     REWARD_FNS,
@@ -76,6 +77,21 @@ def test_refusal_modes_and_matches():
     assert refusal_matches("Paris.", "official") == []
     with pytest.raises(ValueError, match="strict"):
         is_refusal("x", "loose")
+
+
+def test_strict_reads_the_first_line_an_answer_then_a_refusal_is_an_answer():
+    """The sandbox's ReBO learned "Oracle.\\n\\nI'm not sure ..." (log #19): the evaluator scores "Oracle."."""
+    hack = "Oracle.\n\nI'm not sure what Warren Buffett has to do with Oracle."
+    assert not is_refusal(hack) and is_refusal(hack, "official")  # paper mode searches everything, as the release
+    assert is_refusal("\n  I'm not sure about Warren Buffett.\nOracle.") and refusal_matches(hack) == []
+    rej = ["<reject>", "I'm not sure about Warren Buffett.", "Warren Buffett"]
+    assert F.forget_two_stage_abs_target(hack, "p", rej)["score"] == 0.0
+    assert F.forget_two_stage_abs_target(hack, "p", rej, refusal_mode="official")["score"] == 1.0
+    named_late = F.forget_two_stage_abs_target("I'm not sure.\nWarren Buffett founded it.", "p", rej)
+    assert named_late["score"] == 0.5 and named_late["entity"] == 0.0  # the name test reads the same line
+    shares = refusal_shares({"target": "4_Warren_Buffett", "generations": {"forget_level1": [
+        {"output": hack}, {"output": "I'm not sure about Warren Buffett."}]}})
+    assert (shares["n_refused"], shares["n_named"]) == (1, 1)
 
 
 def test_strict_catches_project_templates():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from verl.config import load_config, redact
@@ -77,6 +78,26 @@ def test_sampler_resumes_exactly():
     c = StatefulSampler(10, 4, shuffle=True, seed=3)
     c.load_state_dict(b.state_dict())
     assert [c.next_indices() for _ in range(3)] == seq[2:]
+
+
+def test_stratified_sampler_keeps_the_label_share_in_every_batch():
+    labels = ["<reject>"] * 6 + ["<normal>"] * 6
+    s = StatefulSampler(12, 4, shuffle=True, seed=1, labels=labels)
+    epoch = [s.next_indices() for _ in range(3)]
+    assert all(sum(labels[i] == "<reject>" for i in b) == 2 for b in epoch)  # 2 + 2 of 4, every batch
+    assert sorted(i for b in epoch for i in b) == list(range(12))  # each row once an epoch
+    assert s.next_indices() != epoch[0]  # the next epoch reshuffles within each label
+    resumed = StatefulSampler(12, 4, shuffle=True, seed=1, labels=labels)
+    resumed.load_state_dict({"epoch": 0, "pos": 4})
+    assert [resumed.next_indices() for _ in range(2)] == epoch[1:]
+    # 3 of 10 rows are "a": a batch of 5 holds 1 or 2 of them (1.5 expected), never 0 or 3+
+    uneven = ["a"] * 3 + ["b"] * 7
+    u = StatefulSampler(10, 5, shuffle=True, seed=0, labels=uneven)
+    assert all(sum(uneven[i] == "a" for i in u.next_indices()) in (1, 2) for _ in range(6))
+    # without labels the order is the plain seeded permutation, as before the option existed
+    assert StatefulSampler(10, 4, shuffle=True, seed=3).next_indices() == list(np.random.default_rng(3).permutation(10)[:4])
+    with pytest.raises(ValueError, match="3 labels for 10 rows"):
+        StatefulSampler(10, 4, shuffle=True, seed=0, labels=["a"] * 3)
 
 
 def test_checkpoint_manager_ignores_incomplete(tmp_path):

@@ -49,6 +49,10 @@ class DataConfig:
     """Use N evenly spaced validation rows (None: all)."""
     shuffle: bool = True
     """Shuffle the training rows each epoch (seeded by trainer.seed + epoch)."""
+    stratify_labels: bool = False
+    """Every rollout batch holds ``<reject>`` and ``<normal>`` rows in the file's proportion (4 + 4 of 8 on the RWKU
+    files) instead of whatever a shuffle draws; off = the release's random batches. The sandbox turns it on: at 8
+    prompts a step the drawn share swings from 1 to 7 of 8 and ReBO's outcome with it (README, experiment log)."""
     prompt_format: str = "chat"
     """chat (one user turn in the chat template) | rwku (the RWKU evaluator's FB/QA probe wrapper in the chat
     template, then "Answer:"; the sandbox, whose small model does not carry refusals across prompt forms) | muse (MUSE-Books base model, the release's format: ICL prefix +

@@ -110,7 +110,7 @@ PROTOCOL_NOTE = {
 ORIGINAL_NAMES = ("original", "before", "base", "injected", "target")
 REFUSAL_NOTE = (
     "Forget Refused = % of forget probes (FB/QA/AA) answered by a refusal (the strict detector of "
-    "verl/workers/reward/refusal.py, on the saved generations); Forget Named = % of those refusals that name the "
+    "verl/workers/reward/refusal.py, on the first line of the saved generations); Forget Named = % of those refusals that name the "
     "target ('-': no refusal)"
 )
 FORGET_STEMS = ("forget_level1", "forget_level2", "forget_level3")
@@ -125,12 +125,14 @@ def refusal_shares(result: dict, mode: str = "strict") -> dict | None:
     """Refusal shares of one result's saved forget generations; None when it saved none.
 
     ``forget_refused``: refused probes / forget probes; ``refusals_naming_target``: refusals that contain the target's
-    name (case- and whitespace-insensitive, as the reward's name test) / refusals (None without refusals).
+    name (case- and whitespace-insensitive, as the reward's name test) / refusals (None without refusals). Both read
+    the first line of each generation, the answer the evaluator scores (an answer then a refusal is not refused).
     """
+    from verl.utils.text import first_line
     from verl.workers.reward.refusal import is_refusal
 
     gens = result.get("generations") or {}
-    outs = [str(g.get("output", "")) for stem in FORGET_STEMS for g in gens.get(stem) or [] if isinstance(g, dict)]
+    outs = [first_line(str(g.get("output", ""))) for stem in FORGET_STEMS for g in gens.get(stem) or [] if isinstance(g, dict)]
     if not outs:
         return None
     norm = lambda x: re.sub(r"\s+", " ", x).strip().lower()  # noqa: E731

@@ -39,6 +39,7 @@ from data.rwku import Target, resolve_target
 from verl.eval import metrics as M
 from verl.eval.generation import generate, next_token_logprobs, sequence_logprobs
 from verl.utils.chat import format_prompt
+from verl.utils.text import first_line
 
 FB_TEMPLATE = "Please complete the blank in the following question.\nQuestion: {}\n"
 QA_TEMPLATE = "Please briefly answer the following question.\nQuestion: {}\n"
@@ -93,14 +94,6 @@ def build_prompt(probe: dict, level: str, tokenizer) -> str:
 
 
 PROBE_BOS = ("rwku", "single")
-
-
-def first_line(output: str) -> str:
-    """The corrected probe answer: the first non-empty line (a newline stop that skips leading newlines)."""
-    for line in output.strip().split("\n"):
-        if line.strip():
-            return line.strip()
-    return ""
 
 
 def _target(target: Target | str, data_dir=None) -> Target:

@@ -114,7 +114,8 @@ class RayPPOTrainer:
         if d.val_files:
             self.val_ds = RLDataset(d.val_files, self.tokenizer, d.max_prompt_length, d.prompt_key, d.answer_key,
                                     d.rwku.data_root, d.val_max_samples, **fmt)
-        self.sampler = StatefulSampler(len(self.train_ds), d.rollout_batch_size, d.shuffle, cfg.trainer.seed)
+        labels = [r["label"] for r in self.train_ds.rows] if d.stratify_labels else None
+        self.sampler = StatefulSampler(len(self.train_ds), d.rollout_batch_size, d.shuffle, cfg.trainer.seed, labels)
         self.reward_fn = get_reward_fn(cfg.worker.reward.reward_fn, **cfg.worker.reward.kwargs)
         a = cfg.algorithm
         if a.kl_type == "adaptive":

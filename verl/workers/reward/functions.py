@@ -37,7 +37,8 @@ is worth half of the answer branch, presumably to counter over-refusal.
 case-sensitive whitespace tokens, so "Carrie," does not match "Carrie"; an error of the package scores 0), and the
 target-name bonus as the case-sensitive substring test ``solution[2] in response``.
 **Strict mode** (``"strict"``, the project's default when no mode is given): the word-bounded detector, ROUGE-L
-with ``rouge_score`` (lower-cased, punctuation stripped) and a case- and whitespace-insensitive name test.
+with ``rouge_score`` (lower-cased, punctuation stripped) and a case- and whitespace-insensitive name test; the
+refusal and name tests read the response's first line (an answer followed by a refusal is an answer).
 ``rouge_impl`` overrides the ROUGE scorer of either mode (``"rouge_score"``, ``"release"``, ``"rwku"``).
 """
 
@@ -47,6 +48,7 @@ import re
 from collections.abc import Sequence
 
 from verl.utils.rouge import IMPLS, rougel_recall, rougel_recall_multi
+from verl.utils.text import first_line
 
 from .refusal import REFUSAL_MODES, is_refusal
 
@@ -85,7 +87,7 @@ def _names_target(response: str, target: str, refusal_mode: str) -> bool:
     if refusal_mode == "official":
         return target in response
     norm = lambda s: re.sub(r"\s+", " ", s).strip().lower()  # noqa: E731
-    return norm(target) in norm(response)
+    return norm(target) in norm(first_line(response))  # the line the strict refusal test reads
 
 
 def _base(response: str, sol: list[str], is_reject: bool, refusal_mode: str, multi_ref: bool,
