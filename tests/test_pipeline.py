@@ -121,7 +121,7 @@ def test_budget_sections_and_variables_merge_in_order():
     assert rebo["worker"]["actor"]["optim"]["lr"] == 1e-4
     paper_forms = _steps(_plan(env={**BASE, "BUDGET": "smoke", "INJECT": "0"}))
     assert paper_forms["rule_grpo"].config["data"]["prompt_format"] == "chat"  # the release's form off the sandbox
-    assert "stratify_labels" not in paper_forms["rule_grpo"].config["data"]  # the release's random batches
+    assert paper_forms["rule_grpo"].config["data"]["stratify_labels"] is False  # the release's random batches
     assert "prompt_form" not in paper_forms["rs"].config or paper_forms["rs"].config["prompt_form"] == "chat"
     rs = _steps(_plan(env={**BASE, "BUDGET": "smoke", "INJECT": "0"}))["rs"].config
     assert rs["max_steps"] == 6
