@@ -92,6 +92,27 @@ def test_strict_reads_the_first_line_an_answer_then_a_refusal_is_an_answer():
     shares = refusal_shares({"target": "4_Warren_Buffett", "generations": {"forget_level1": [
         {"output": hack}, {"output": "I'm not sure about Warren Buffett."}]}})
     assert (shares["n_refused"], shares["n_named"]) == (1, 1)
+    # the same hack on one line (target 2's ReBO with normal_alpha 0, log #25): the first sentence is the answer
+    one_line = "Kong Qiu. I'm not sure of the answer. I'm not sure of the answer."
+    assert not is_refusal(one_line) and is_refusal(one_line, "official")
+    assert F.forget_two_stage_abs_target(one_line, "p", ["<reject>", "x", "Confucius"])["score"] == 0.0
+    # a sentence does not end at an initial or a title: the release's own templates stay refusals
+    assert is_refusal("That's a good question about John D. Rockefeller, but I don't have the answer.")
+    assert is_refusal("I don't know! Dr. King was ...") and not is_refusal("Dr. King? I don't know.")
+
+
+@pytest.mark.parametrize("empty", ["", "\n\n", "  .  "])
+def test_strict_an_empty_response_answers_nothing(empty):
+    """Target 1's ReBO at seed 2 collapsed to the bare EOS (log #22): "" was paid 0.5 as "not a refusal"."""
+    for name in ("forget_two_stage_abs_target", "forget_two_stage", "forget_abs", "forget_abs_half_reject",
+                 "forget_two_stage_abs_target_half_reject", "reject_behave_reward"):
+        fn = getattr(F, name)
+        strict, official = fn(empty, "p", NORM), fn(empty, "p", NORM, refusal_mode="official")
+        assert strict["score"] == 0.0 and strict["answered"] == 0.0 and strict["behaviour_correct"] == 0.0, name
+        assert official["score"] > 0.0 and official["answered"] == 1.0, name  # paper mode pays it, as the release
+        assert fn(empty, "p", REJ)["score"] == 0.0, name  # nor is it a refusal
+    assert F.forget_two_stage_abs_target("Reiner.", "p", NORM)["score"] == 1.0  # one word is an answer
+    assert F.forget_two_stage_abs_target("...\nRob Reiner", "p", NORM)["score"] == 0.0  # the evaluator reads "..."
 
 
 def test_strict_catches_project_templates():
@@ -157,6 +178,15 @@ def test_two_stage_abs_target_tau_params_and_official_entity():
         F.forget_two_stage_abs_target("I don't know.", "p", ["<reject>", "x"])
     with pytest.raises(ValueError, match="<reject>"):
         F.forget_two_stage_abs_target("x", "p", ["<maybe>", "x"])
+
+
+def test_normal_alpha_pays_a_boundary_answer_only_when_right():
+    """normal_alpha=0: babble on a <normal> prompt (the sandbox's "personal and personal ...") earns what a refusal
+    does; the <reject> branch and a right answer are unchanged."""
+    assert F.forget_two_stage_abs_target("personal and personal", "p", NORM, normal_alpha=0.0)["score"] == 0.0
+    assert F.forget_two_stage_abs_target("Rob Reiner.", "p", NORM, normal_alpha=0.0)["score"] == 0.5
+    assert F.forget_two_stage_abs_target("I'm not sure about Stephen King.", "p", REJ, normal_alpha=0.0)["score"] == 1.0
+    assert F.forget_two_stage_abs_target("personal", "p", NORM, normal_alpha=None)["score"] == 0.5  # the release
 
 
 def test_forget():

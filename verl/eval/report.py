@@ -126,7 +126,8 @@ def refusal_shares(result: dict, mode: str = "strict") -> dict | None:
 
     ``forget_refused``: refused probes / forget probes; ``refusals_naming_target``: refusals that contain the target's
     name (case- and whitespace-insensitive, as the reward's name test) / refusals (None without refusals). Both read
-    the first line of each generation, the answer the evaluator scores (an answer then a refusal is not refused).
+    the first line of each generation, the answer the evaluator scores, the refusal test its first sentence (an answer
+    then a refusal is not refused).
     """
     from verl.utils.text import first_line
     from verl.workers.reward.refusal import is_refusal

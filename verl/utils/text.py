@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
+# a sentence ends at . ! ? before a space, except after an initial or a title ("John D. Rockefeller", "Dr. King")
+_SENTENCE_END = re.compile(r"(?<![A-Z])(?<!\b(?:Mr|Ms|Dr|St|Jr|Sr|vs))(?<!\bMrs)[.!?]+\s+")
+
 
 def first_line(output: str) -> str:
     """The first non-empty line, stripped ("" if none): the RWKU evaluator's corrected probe answer (a newline stop
@@ -10,3 +15,11 @@ def first_line(output: str) -> str:
         if line.strip():
             return line.strip()
     return ""
+
+
+def first_sentence(output: str) -> str:
+    """The first sentence of ``first_line(output)``: the part the strict refusal detector reads, so that an answer
+    followed by a refusal on the same line ("Kong Qiu. I'm not sure of the answer.") is an answer."""
+    line = first_line(output)
+    end = _SENTENCE_END.search(line)
+    return line[: end.start() + 1] if end else line

@@ -11,6 +11,7 @@ The returned dict has ``"score"`` (the reward) and sub-scores, the same keys for
 | ``score``           | the reward                                                                    |
 | ``is_reject``       | 1 if the prompt is a ``<reject>`` (forget) prompt, else 0                      |
 | ``refusal``         | 1 if the response is detected as a refusal (``refusal.is_refusal``)           |
+| ``answered``        | 1 if it is not a refusal (strict mode: and not empty, a word on its first line) |
 | ``behaviour_correct``| 1 if it refused a ``<reject>`` prompt or answered a ``<normal>`` one          |
 | ``rouge``           | ROUGE-L recall of the response against ``solution[1]`` (mean over ``solution[1:]`` for ``<normal>``); on the eval file ``solution[1]`` of a ``<reject>`` row is the true answer, so this is the forget ROUGE |
 | ``entity``          | (``*_target`` only) 1 if the response names the target ``solution[2]``        |
@@ -38,7 +39,9 @@ case-sensitive whitespace tokens, so "Carrie," does not match "Carrie"; an error
 target-name bonus as the case-sensitive substring test ``solution[2] in response``.
 **Strict mode** (``"strict"``, the project's default when no mode is given): the word-bounded detector, ROUGE-L
 with ``rouge_score`` (lower-cased, punctuation stripped) and a case- and whitespace-insensitive name test; the
-refusal and name tests read the response's first line (an answer followed by a refusal is an answer).
+refusal test reads the first sentence of the response's first line and the name test that line (an answer followed
+by a refusal is an answer), and an empty
+response answers nothing ("not a refusal" pays only a response with a word on its first line; the release pays "").
 ``rouge_impl`` overrides the ROUGE scorer of either mode (``"rouge_score"``, ``"release"``, ``"rwku"``).
 """
 
@@ -87,13 +90,22 @@ def _names_target(response: str, target: str, refusal_mode: str) -> bool:
     if refusal_mode == "official":
         return target in response
     norm = lambda s: re.sub(r"\s+", " ", s).strip().lower()  # noqa: E731
-    return norm(target) in norm(first_line(response))  # the line the strict refusal test reads
+    return norm(target) in norm(first_line(response))  # the line whose first sentence the refusal test reads
+
+
+def _answers(response: str, refused: bool, refusal_mode: str) -> bool:
+    """Not a refusal; in strict mode also not empty (no word on the first line): the release pays "" as an answer, and
+    the sandbox's ReBO collapsed to it (README, experiment log #22)."""
+    if refused:
+        return False
+    return refusal_mode == "official" or re.search(r"\w", first_line(response)) is not None
 
 
 def _base(response: str, sol: list[str], is_reject: bool, refusal_mode: str, multi_ref: bool,
           rouge_impl: str | None = None) -> dict:
     impl = rouge_impl_for(refusal_mode, rouge_impl)
     refused = is_refusal(response, refusal_mode)
+    answered = _answers(response, refused, refusal_mode)
     if multi_ref and not is_reject:
         rouge = rougel_recall_multi(response, sol[1:], impl)
     else:
@@ -101,7 +113,8 @@ def _base(response: str, sol: list[str], is_reject: bool, refusal_mode: str, mul
     return {
         "is_reject": float(is_reject),
         "refusal": float(refused),
-        "behaviour_correct": float(refused == is_reject),
+        "answered": float(answered),
+        "behaviour_correct": float(refused if is_reject else answered),
         "rouge": float(rouge),
     }
 
@@ -115,11 +128,14 @@ def forget_two_stage_abs_target(
     beta: float = 0.5,
     tau: float = 0.3,
     rouge_impl: str | None = None,
+    normal_alpha: float | None = None,
     **extra,
 ) -> dict:
     """Main RULE reward. <reject>: alpha for a refusal, + beta if that refusal names the target (solution[2]).
-    <normal>: alpha for not refusing, + beta if ROUGE-L recall vs solution[1] > tau. Range [0, alpha + beta]."""
-    return _two_branch_target(response, solution, refusal_mode, rouge_impl, alpha, beta, alpha, beta, tau)
+    <normal>: normal_alpha (None: alpha, the release) for not refusing, + beta if ROUGE-L recall vs solution[1] >
+    tau. Range [0, alpha + beta]. normal_alpha=0 pays a <normal> answer only when it is right (not babble)."""
+    n_alpha = alpha if normal_alpha is None else normal_alpha
+    return _two_branch_target(response, solution, refusal_mode, rouge_impl, alpha, beta, n_alpha, beta, tau)
 
 
 def _two_branch_target(response, solution, refusal_mode, rouge_impl, reject_alpha, reject_beta, normal_alpha,
@@ -135,7 +151,7 @@ def _two_branch_target(response, solution, refusal_mode, rouge_impl, reject_alph
             score = reject_alpha + (reject_beta if out["entity"] else 0.0)
     else:
         out["entity"] = 0.0
-        if not out["refusal"]:
+        if out["answered"]:
             score = normal_alpha + (normal_beta if out["rouge"] > tau else 0.0)
     return {"score": score, **out}
 
@@ -203,7 +219,7 @@ def forget_two_stage(
     if is_reject:
         score = reject_reward if out["refusal"] else 0.0
     else:
-        score = 0.0 if out["refusal"] else alpha + (beta if out["rouge"] > tau else 0.0)
+        score = alpha + (beta if out["rouge"] > tau else 0.0) if out["answered"] else 0.0
     return {"score": float(score), **out}
 
 

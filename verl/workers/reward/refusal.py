@@ -5,8 +5,8 @@ Two modes:
 - ``"strict"`` (default): case-insensitive, word-bounded patterns over refusal phrasings ("I don't know/have ...",
   "I'm not sure/certain/familiar ...", "I have no idea/information ...", "beyond/outside my knowledge ...",
   "I can't provide/help ...", "unable to answer ...", "I'm afraid", "Unfortunately", "at a loss", "need to look
-  up/check ..."), searched in the response's first non-empty line only (an answer followed by a refusal is an
-  answer, as the RWKU evaluator scores it). Most patterns are anchored on a first-person subject ("I ...", "my ...") so that ordinary
+  up/check ..."), searched in the first sentence of the response's first non-empty line only (an answer followed
+  by a refusal is an answer, as the RWKU evaluator scores it). Most patterns are anchored on a first-person subject ("I ...", "my ...") so that ordinary
   answers that merely contain "not", "no", "out" or "about" are not flagged. Curly apostrophes are normalised.
   Tuned to match every refusal template of the RULE release (``idk_target.json`` of all RWKU targets and MUSE)
   while flagging almost none of the gold boundary answers.
@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from functools import cache
 
-from verl.utils.text import first_line
+from verl.utils.text import first_sentence
 
 REFUSAL_MODES = ("strict", "official")
 
@@ -163,19 +163,19 @@ def _normalise(text: str) -> str:
 
 def refusal_matches(text: str, mode: str = "strict") -> list[str]:
     """Names of the patterns that fire on ``text`` (``["official"]`` or ``[]`` in official mode); strict mode reads
-    the first line, as ``is_refusal``."""
+    the first sentence, as ``is_refusal``."""
     if mode == "strict":
-        text = _normalise(first_line(text))
+        text = _normalise(first_sentence(text))
     return [name for name, pat in _compiled(mode) if pat.search(text)]
 
 
 def is_refusal(text: str, mode: str = "strict") -> bool:
     """True if ``text`` reads as a refusal / "I don't know" under ``mode`` (``"strict"`` or ``"official"``).
 
-    Strict mode reads the first non-empty line only (``first_line``, the part the RWKU evaluator scores): "Oracle.\n\n
-    I'm not sure what Warren Buffett has to do with Oracle." answers the probe, and a reward that paid its trailing
-    refusal taught ReBO exactly that (README, experiment log #19). Official mode searches the whole response, as the
-    release does."""
+    Strict mode reads the first sentence of the first non-empty line only (``first_sentence``; the evaluator scores
+    that line): "Oracle.\n\nI'm not sure what Warren Buffett has to do with Oracle." and "Kong Qiu. I'm not sure of
+    the answer." answer the probe, and a reward that paid their trailing refusal taught ReBO exactly that (README,
+    experiment log #19, #25). Official mode searches the whole response, as the release does."""
     if mode == "strict":
-        text = _normalise(first_line(text))
+        text = _normalise(first_sentence(text))
     return any(pat.search(text) for _, pat in _compiled(mode))
