@@ -110,8 +110,8 @@ PROTOCOL_NOTE = {
 ORIGINAL_NAMES = ("original", "before", "base", "injected", "target")
 REFUSAL_NOTE = (
     "Forget Refused = % of forget probes (FB/QA/AA) answered by a refusal (the strict detector of "
-    "verl/workers/reward/refusal.py, on the first line of the saved generations); Forget Named = % of those refusals that name the "
-    "target ('-': no refusal)"
+    "verl/workers/reward/refusal.py, on the first sentence of the saved generations' first line); Forget Named = % of those refusals that name "
+    "the target ('-': no refusal)"
 )
 FORGET_STEMS = ("forget_level1", "forget_level2", "forget_level3")
 
