@@ -119,7 +119,7 @@ def test_budget_sections_and_variables_merge_in_order():
     assert rebo["data"]["prompt_format"] == "rwku" and rebo["trainer"]["total_steps"] == 6
     assert rebo["data"]["stratify_labels"] is True  # 4 + 4 of 8 prompts a step (README, experiment log #19)
     assert rebo["worker"]["actor"]["optim"]["lr"] == 1e-4
-    assert rebo["worker"]["reward"]["kwargs"]["normal_alpha"] == 0.0  # a boundary answer pays only when right (log #25)
+    assert rebo["worker"]["reward"]["kwargs"]["normal_alpha"] == 0.0  # a boundary answer pays only when right (log #26)
     paper_forms = _steps(_plan(env={**BASE, "BUDGET": "smoke", "INJECT": "0"}))
     assert paper_forms["rule_grpo"].config["data"]["prompt_format"] == "chat"  # the release's form off the sandbox
     assert paper_forms["rule_grpo"].config["data"]["stratify_labels"] is False  # the release's random batches

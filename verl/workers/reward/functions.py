@@ -20,7 +20,7 @@ Rewards (defaults are the paper's; alpha, beta, tau are keyword parameters):
 
 | name                          | ``<reject>`` prompt                              | ``<normal>`` prompt                                  |
 |-------------------------------|--------------------------------------------------|------------------------------------------------------|
-| ``forget_two_stage_abs_target`` (main) | alpha if refusal, + beta if it also names the target | alpha if not a refusal, + beta if ROUGE-L recall > tau (0.3) |
+| ``forget_two_stage_abs_target`` (main) | alpha if refusal, + beta if it also names the target | normal_alpha (default alpha) if not a refusal, + beta if ROUGE-L recall > tau (0.3) |
 | ``forget``                    | 1 if refusal                                     | 1 if ROUGE-L recall > tau (0.5)                      |
 | ``forget_abs``                | 1 if refusal                                     | 1 if not a refusal                                   |
 | ``forget_two_stage``          | reject_reward (1.0) if refusal                   | alpha if not a refusal, + beta if ROUGE-L recall > tau (0.3) |
@@ -40,8 +40,8 @@ target-name bonus as the case-sensitive substring test ``solution[2] in response
 **Strict mode** (``"strict"``, the project's default when no mode is given): the word-bounded detector, ROUGE-L
 with ``rouge_score`` (lower-cased, punctuation stripped) and a case- and whitespace-insensitive name test; the
 refusal test reads the first sentence of the response's first line and the name test that line (an answer followed
-by a refusal is an answer), and an empty
-response answers nothing ("not a refusal" pays only a response with a word on its first line; the release pays "").
+by a refusal is an answer), and an empty response answers nothing ("not a refusal" pays only a response with a word
+on its first line; the release pays "").
 ``rouge_impl`` overrides the ROUGE scorer of either mode (``"rouge_score"``, ``"release"``, ``"rwku"``).
 """
 
