@@ -176,6 +176,4 @@ def is_refusal(text: str, mode: str = "strict") -> bool:
     that line): "Oracle.\n\nI'm not sure what Warren Buffett has to do with Oracle." and "Kong Qiu. I'm not sure of
     the answer." answer the probe, and a reward that paid their trailing refusal taught ReBO exactly that (README,
     experiment log #19, #25). Official mode searches the whole response, as the release does."""
-    if mode == "strict":
-        text = _normalise(first_sentence(text))
-    return any(pat.search(text) for _, pat in _compiled(mode))
+    return bool(refusal_matches(text, mode))
