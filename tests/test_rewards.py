@@ -189,6 +189,28 @@ def test_normal_alpha_pays_a_boundary_answer_only_when_right():
     assert F.forget_two_stage_abs_target("personal", "p", NORM, normal_alpha=None)["score"] == 0.5  # the release
 
 
+
+def test_grpo_tells_normal_alpha_values_apart_only_in_a_group_with_a_right_answer():
+    """Why a normal_alpha between 0 and 0.5 is not a middle setting under GRPO: its per-group std normalisation keeps
+    only the order of a group's rewards, so babble-and-refusal groups (nearly every <normal> group of the sandbox)
+    get the same advantages at 0.1 as at 0.5 (babble above refusal), and all-zero ones at 0 (README, experiment log)."""
+    import numpy as np
+    import torch
+
+    from verl.core_algos import compute_grpo_outcome_advantage
+
+    def advantages(responses, normal_alpha):
+        s = [F.forget_two_stage_abs_target(r, "p", NORM, normal_alpha=normal_alpha)["score"] for r in responses]
+        adv, _ = compute_grpo_outcome_advantage(torch.tensor(s)[:, None], torch.ones(len(s), 1), np.zeros(len(s)))
+        return adv[:, 0]
+
+    babble = ["personal and personal", " 551. 551.1.1", "I'm not sure about this.", "the way of the way"]
+    assert torch.allclose(advantages(babble, 0.1), advantages(babble, 0.5), atol=1e-4)  # up to the eps in the std
+    assert advantages(babble, 0.1)[2] < 0 and torch.all(advantages(babble, 0.0) == 0)  # the refusal: pushed down, or not
+    right = babble[:3] + ["Rob Reiner."]
+    assert not torch.allclose(advantages(right, 0.1), advantages(right, 0.5), atol=1e-2)
+
+
 def test_forget():
     assert F.forget("I don't know.", "p", REJ)["score"] == 1.0
     assert F.forget("Stephen King.", "p", REJ)["score"] == 0.0

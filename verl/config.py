@@ -53,6 +53,12 @@ class DataConfig:
     """Every rollout batch holds ``<reject>`` and ``<normal>`` rows in the file's proportion (4 + 4 of 8 on the RWKU
     files) instead of whatever a shuffle draws; off = the release's random batches. The sandbox turns it on: at 8
     prompts a step the drawn share swings from 1 to 7 of 8 and ReBO's outcome with it (README, experiment log)."""
+    normal_reference: str = "gold"
+    """What a ``<normal>`` response's ROUGE-L is scored against: gold (the file's answer, the release) | policy (the
+    initial policy's greedy answer to that prompt, generated once before step 1 for every ``<normal>`` row the run
+    will sample, kept in the run dir as ``normal_references.json``): "keep answering as before". For a model that
+    cannot answer the release's general questions, whose gold ROUGE term then never pays (README, experiment log); the
+    reward's ``rouge`` sub-score of those rows then measures against that answer."""
     prompt_format: str = "chat"
     """chat (one user turn in the chat template) | rwku (the RWKU evaluator's FB/QA probe wrapper in the chat
     template, then "Answer:"; the sandbox, whose small model does not carry refusals across prompt forms) | muse (MUSE-Books base model, the release's format: ICL prefix +
@@ -360,6 +366,7 @@ class PPOConfig:
             ("trainer.backend", ("ray", "local", "auto"), self.trainer.backend),
             ("worker.rollout.name", ("hf", "vllm", "auto"), self.worker.rollout.name),
             ("algorithm.adv_estimator", ("grpo", "rloo", "reinforce_plus_plus", "gae"), self.algorithm.adv_estimator),
+            ("data.normal_reference", ("gold", "policy"), self.data.normal_reference),
             ("trainer.device", ("cpu", "cuda", "auto"), self.trainer.device),
             *((f"worker.{r}.autocast", ("bf16", "none"), getattr(self.worker, r).autocast) for r in ("actor", "ref", "critic")),
         ):

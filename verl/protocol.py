@@ -24,7 +24,7 @@ import torch
 Index = int | slice | list | np.ndarray | torch.Tensor
 
 
-def _to_object_array(values: Any) -> np.ndarray:
+def to_object_array(values: Any) -> np.ndarray:
     """A 1-D object array from a list/array (keeps lists and dicts as single elements)."""
     if isinstance(values, np.ndarray) and values.dtype == object and values.ndim == 1:
         return values
@@ -65,7 +65,7 @@ class DataProto:
     """Batch-level information, not indexed by row."""
 
     def __post_init__(self) -> None:
-        self.non_tensor_batch = {k: _to_object_array(v) for k, v in self.non_tensor_batch.items()}
+        self.non_tensor_batch = {k: to_object_array(v) for k, v in self.non_tensor_batch.items()}
         self.check_consistency()
 
     # ------------------------------------------------------------------ construction / checks

@@ -14,7 +14,9 @@ them explicitly.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from omegaconf import OmegaConf
 
 from verl import core_algos
 from verl.config import PPOConfig, redact
-from verl.protocol import DataProto
+from verl.protocol import DataProto, to_object_array
 from verl.single_controller import make_worker_group
 from verl.trainer.checkpoint import CheckpointManager
 from verl.trainer.dataset import RLDataset, StatefulSampler
@@ -114,8 +116,7 @@ class RayPPOTrainer:
         if d.val_files:
             self.val_ds = RLDataset(d.val_files, self.tokenizer, d.max_prompt_length, d.prompt_key, d.answer_key,
                                     d.rwku.data_root, d.val_max_samples, **fmt)
-        labels = [r["label"] for r in self.train_ds.rows] if d.stratify_labels else None
-        self.sampler = StatefulSampler(len(self.train_ds), d.rollout_batch_size, d.shuffle, cfg.trainer.seed, labels)
+        self.sampler = self._new_sampler()
         self.reward_fn = get_reward_fn(cfg.worker.reward.reward_fn, **cfg.worker.reward.kwargs)
         a = cfg.algorithm
         if a.kl_type == "adaptive":
@@ -149,6 +150,52 @@ class RayPPOTrainer:
             self.kl_ctrl.value = float(state["kl_coef"])
             self.global_step = int(state["step"])
             logger.info("resumed from %s (step %d)", resume_dir, self.global_step)
+        self.normal_refs = self._normal_references(resume_dir) if d.normal_reference == "policy" else {}
+
+    def _new_sampler(self) -> StatefulSampler:
+        d = self.config.data
+        labels = [r["label"] for r in self.train_ds.rows] if d.stratify_labels else None
+        return StatefulSampler(len(self.train_ds), d.rollout_batch_size, d.shuffle, self.config.trainer.seed, labels)
+
+    def _normal_references(self, resume_dir: Path | None) -> dict[str, str | None]:
+        """prompt -> the initial policy's greedy answer, for every ``<normal>`` row that the run's total_steps will
+        sample (``data.normal_reference=policy``); None where that answer has no word (the row keeps its gold).
+        Generated before step 1 into the run dir; a resumed run reads that file, since its policy is no longer the
+        initial one."""
+        path = self.run_dir / "normal_references.json"
+        d, ahead, rows = self.config.data, self._new_sampler(), self.train_ds.rows  # seeded: the run's own batches
+        need = sorted({rows[i]["prompt"] for _ in range(self.config.trainer.total_steps) for i in ahead.next_indices()
+                       if rows[i]["label"] == "<normal>"})
+        if resume_dir is not None:
+            refs = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            missing = [p for p in need if p not in refs]
+            if missing:
+                raise UserError(f"{path} lacks the initial policy's answer to {len(missing)} <normal> prompts this run "
+                                f"will sample (e.g. {missing[0][:80]!r}): data.normal_reference=policy writes them "
+                                "before step 1, for the total_steps of that start; start it afresh (trainer.resume=none)")
+            return refs
+        by_prompt = {r["prompt"]: i for i, r in enumerate(rows)}
+        idx = [by_prompt[p] for p in need]
+        refs = {}
+        for start in range(0, len(idx), d.val_batch_size):
+            prompts = self.train_ds.batch(idx[start:start + d.val_batch_size], self.tokenizer.pad_token_id)
+            padded, _ = pad_to_multiple(prompts, self.wg.world_size)
+            padded.meta_info = {"do_sample": False, "temperature": 1.0, "top_p": 1.0,
+                                "max_new_tokens": d.max_response_length, "seed": self.config.trainer.seed}
+            out = self.wg.generate_sequences(padded)[: len(prompts)]
+            texts = decode_responses(self.tokenizer, out.batch["responses"], out.batch["response_mask"])
+            refs.update((p, t if re.search(r"\w", t) else None) for p, t in zip(prompts.non_tensor_batch["prompt"], texts))
+        atomic_write_json(path, refs)
+        logger.info("data.normal_reference=policy: the initial policy answered %d <normal> prompts (%d without a word "
+                    "keep their gold): %s", len(refs), sum(v is None for v in refs.values()), path)
+        return refs
+
+    def _with_normal_refs(self, batch: DataProto) -> None:
+        """Score ``<normal>`` rows against the initial policy's answer (``data.normal_reference=policy``)."""
+        nt = batch.non_tensor_batch
+        sols = [["<normal>", self.normal_refs[p]] if lab == "<normal>" and self.normal_refs.get(p) else s
+                for s, lab, p in zip(nt["solution"], nt["label"], nt["prompt"])]
+        nt["solution"] = to_object_array(sols)
 
     # ------------------------------------------------------------------ setup helpers
     def _resume_dir(self) -> Path | None:
@@ -196,8 +243,6 @@ class RayPPOTrainer:
         info = run_info(cfg.trainer.seed, files, resumed_from=str(resume_dir) if resume_dir else None)
         path = self.run_dir / "run_info.json"
         if resume_dir and path.is_file():
-            import json
-
             try:
                 old = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):
@@ -247,6 +292,8 @@ class RayPPOTrainer:
         batch = DataProto(batch=out.batch, non_tensor_batch=gen_in.non_tensor_batch, meta_info={})
         mask = batch.batch["response_mask"]
         with timed("reward", metrics):
+            if self.normal_refs:
+                self._with_normal_refs(batch)
             scores, sub, texts = self._score(batch)
             last = (mask.sum(-1) - 1).clamp(min=0)
             token_scores = torch.zeros(mask.shape, dtype=torch.float32)
