@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from verl.utils.progress import progress
 from verl.utils.rouge import rougel_recall
 from verl.utils.runinfo import file_sha256, run_info
 from verl.utils.runlock import RunDirLock
+from verl.utils.text import has_word
 from verl.utils.timer import timed
 from verl.utils.tracking import Tracker
 from verl.workers.reward.registry import get_reward_fn, score_batch
@@ -164,31 +164,36 @@ class RayPPOTrainer:
         initial one."""
         path = self.run_dir / "normal_references.json"
         d, ahead, rows = self.config.data, self._new_sampler(), self.train_ds.rows  # seeded: the run's own batches
-        need = sorted({rows[i]["prompt"] for _ in range(self.config.trainer.total_steps) for i in ahead.next_indices()
-                       if rows[i]["label"] == "<normal>"})
+        need = {rows[i]["prompt"]: i for _ in range(self.config.trainer.total_steps) for i in ahead.next_indices()
+                if rows[i]["label"] == "<normal>"}  # prompt -> a row index
         if resume_dir is not None:
             refs = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-            missing = [p for p in need if p not in refs]
+            missing = sorted(p for p in need if p not in refs)
             if missing:
                 raise UserError(f"{path} lacks the initial policy's answer to {len(missing)} <normal> prompts this run "
                                 f"will sample (e.g. {missing[0][:80]!r}): data.normal_reference=policy writes them "
                                 "before step 1, for the total_steps of that start; start it afresh (trainer.resume=none)")
             return refs
-        by_prompt = {r["prompt"]: i for i, r in enumerate(rows)}
-        idx = [by_prompt[p] for p in need]
+        idx = [need[p] for p in sorted(need)]
+        greedy = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": d.max_response_length,
+                  "seed": self.config.trainer.seed}
         refs = {}
         for start in range(0, len(idx), d.val_batch_size):
-            prompts = self.train_ds.batch(idx[start:start + d.val_batch_size], self.tokenizer.pad_token_id)
-            padded, _ = pad_to_multiple(prompts, self.wg.world_size)
-            padded.meta_info = {"do_sample": False, "temperature": 1.0, "top_p": 1.0,
-                                "max_new_tokens": d.max_response_length, "seed": self.config.trainer.seed}
-            out = self.wg.generate_sequences(padded)[: len(prompts)]
+            out = self._generate(self.train_ds, idx[start:start + d.val_batch_size], greedy)
             texts = decode_responses(self.tokenizer, out.batch["responses"], out.batch["response_mask"])
-            refs.update((p, t if re.search(r"\w", t) else None) for p, t in zip(prompts.non_tensor_batch["prompt"], texts))
+            refs.update((p, t if has_word(t) else None) for p, t in zip(out.non_tensor_batch["prompt"], texts))
         atomic_write_json(path, refs)
         logger.info("data.normal_reference=policy: the initial policy answered %d <normal> prompts (%d without a word "
                     "keep their gold): %s", len(refs), sum(v is None for v in refs.values()), path)
         return refs
+
+    def _generate(self, ds: RLDataset, idx: list[int], meta: dict) -> DataProto:
+        """Responses to rows ``idx`` of ``ds`` (padded to the worker count for dispatch, the padding dropped)."""
+        prompts = ds.batch(idx, self.tokenizer.pad_token_id)
+        padded, _ = pad_to_multiple(prompts, self.wg.world_size)
+        padded.meta_info = meta
+        out = self.wg.generate_sequences(padded)[: len(prompts)]
+        return DataProto(batch=out.batch, non_tensor_batch=prompts.non_tensor_batch)
 
     def _with_normal_refs(self, batch: DataProto) -> None:
         """Score ``<normal>`` rows against the initial policy's answer (``data.normal_reference=policy``)."""
@@ -380,11 +385,7 @@ class RayPPOTrainer:
         chunks = range(0, len(self.val_ds), bs)
         for start in progress(iterable=chunks, desc="validation", disable=not self.config.trainer.progress_bar, leave=False):
             idx = list(range(start, min(start + bs, len(self.val_ds))))
-            prompts = self.val_ds.batch(idx, self.tokenizer.pad_token_id)
-            padded, n_pad = pad_to_multiple(prompts, self.wg.world_size)
-            padded.meta_info = self._gen_meta(True, step)
-            out = self.wg.generate_sequences(padded)[: len(prompts)]
-            batch = DataProto(batch=out.batch, non_tensor_batch=prompts.non_tensor_batch)
+            batch = self._generate(self.val_ds, idx, self._gen_meta(True, step))
             scores, sub, texts = self._score(batch)
             sols = batch.non_tensor_batch["solution"]
             rouge = [rougel_recall(t, str(s[1]) if isinstance(s, (list, tuple)) and len(s) > 1 else str(s))

@@ -17,6 +17,11 @@ def first_line(output: str) -> str:
     return ""
 
 
+def has_word(text: str) -> bool:
+    """True if ``text`` holds a word character (an "answer" that is only spaces or punctuation has none)."""
+    return re.search(r"\w", text) is not None
+
+
 def first_sentence(output: str) -> str:
     """The first sentence of ``first_line(output)``: the part the strict refusal detector reads, so that an answer
     followed by a refusal on the same line ("Kong Qiu. I'm not sure of the answer.") is an answer."""

@@ -51,7 +51,7 @@ import re
 from collections.abc import Sequence
 
 from verl.utils.rouge import IMPLS, rougel_recall, rougel_recall_multi
-from verl.utils.text import first_line
+from verl.utils.text import first_line, has_word
 
 from .refusal import REFUSAL_MODES, is_refusal
 
@@ -98,7 +98,7 @@ def _answers(response: str, refused: bool, refusal_mode: str) -> bool:
     the sandbox's ReBO collapsed to it (README, experiment log #22)."""
     if refused:
         return False
-    return refusal_mode == "official" or re.search(r"\w", first_line(response)) is not None
+    return refusal_mode == "official" or has_word(first_line(response))
 
 
 def _base(response: str, sol: list[str], is_reject: bool, refusal_mode: str, multi_ref: bool,
