@@ -100,23 +100,33 @@ def _load_ref(path: str, bf16: bool = False):
     return ref
 
 
-def _forward_logits(model, batch: dict, prefix: str = "") -> torch.Tensor:
-    return model(input_ids=batch[f"{prefix}input_ids"], attention_mask=batch[f"{prefix}attention_mask"]).logits
+def _forward_logits(model, batch: dict, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) over the window of positions that carry a loss: every loss reads only the logits that predict
+    a labelled token, so the positions before the batch's first such logit (the shared prompt prefix) are skipped
+    with the model's ``logits_to_keep`` (the output-layer product and its log-softmax are a large share of a small
+    model's step). The two tensors stay aligned as ``RS.losses`` expects; the loss values are unchanged."""
+    labels = batch[f"{prefix}labels"]
+    width = labels.shape[1]
+    labelled = labels.ne(losses.IGNORE_INDEX).any(0).nonzero()
+    first = int(labelled[0]) if len(labelled) else width
+    keep = width - max(first - 1, 0)  # logit t predicts label t + 1
+    logits = model(input_ids=batch[f"{prefix}input_ids"], attention_mask=batch[f"{prefix}attention_mask"],
+                   logits_to_keep=keep).logits
+    return logits, labels[:, width - logits.shape[1]:]
 
 
 def compute_loss(stage: Stage, args: TrainArgs, model, ref, batch: dict, retain_batch: dict | None) -> dict:
     """The stage's total loss and its parts (tensors) for one micro-batch."""
     parts: dict[str, torch.Tensor] = {}
     if stage.forget_loss == "dpo":
-        c_logp, _ = losses.sequence_logprob(_forward_logits(model, batch, "chosen_"), batch["chosen_labels"])
-        r_logp, _ = losses.sequence_logprob(_forward_logits(model, batch, "rejected_"), batch["rejected_labels"])
+        c_logp, _ = losses.sequence_logprob(*_forward_logits(model, batch, "chosen_"))
+        r_logp, _ = losses.sequence_logprob(*_forward_logits(model, batch, "rejected_"))
         with torch.no_grad():
-            rc, _ = losses.sequence_logprob(_forward_logits(ref, batch, "chosen_"), batch["chosen_labels"])
-            rr, _ = losses.sequence_logprob(_forward_logits(ref, batch, "rejected_"), batch["rejected_labels"])
+            rc, _ = losses.sequence_logprob(*_forward_logits(ref, batch, "chosen_"))
+            rr, _ = losses.sequence_logprob(*_forward_logits(ref, batch, "rejected_"))
         parts["forget"] = losses.dpo_loss(c_logp, r_logp, rc, rr, args.dpo_beta)
     else:
-        logits = _forward_logits(model, batch)
-        labels = batch["labels"]
+        logits, labels = _forward_logits(model, batch)
         if stage.forget_loss == "nll":
             parts["forget"] = losses.nll_loss(logits, labels)
         elif stage.forget_loss == "ga":
@@ -124,7 +134,7 @@ def compute_loss(stage: Stage, args: TrainArgs, model, ref, batch: dict, retain_
         elif stage.forget_loss == "npo":
             logp, _ = losses.sequence_logprob(logits, labels)
             with torch.no_grad():
-                ref_logp, _ = losses.sequence_logprob(_forward_logits(ref, batch), labels)
+                ref_logp, _ = losses.sequence_logprob(*_forward_logits(ref, batch))
             parts["forget"] = losses.npo_loss(logp, ref_logp, args.npo_beta)
         elif stage.forget_loss == "simnpo":
             logp, n = losses.sequence_logprob(logits, labels)
@@ -133,13 +143,13 @@ def compute_loss(stage: Stage, args: TrainArgs, model, ref, batch: dict, retain_
             raise ValueError(f"stage {stage.name}: unknown forget loss {stage.forget_loss!r}")
     total = args.forget_weight * parts["forget"]
     if stage.retain and retain_batch is not None:
-        r_logits = _forward_logits(model, retain_batch)
+        r_logits, r_labels = _forward_logits(model, retain_batch)
         if stage.retain == "nll":
-            parts["retain"] = losses.nll_loss(r_logits, retain_batch["labels"])
+            parts["retain"] = losses.nll_loss(r_logits, r_labels)
         else:
             with torch.no_grad():
-                ref_logits = _forward_logits(ref, retain_batch)
-            parts["retain"] = losses.kl_loss(r_logits, ref_logits, retain_batch["labels"])
+                ref_logits, _ = _forward_logits(ref, retain_batch)
+            parts["retain"] = losses.kl_loss(r_logits, ref_logits, r_labels)
         total = total + args.retain_weight * parts["retain"]
     parts["loss"] = total
     return parts
@@ -176,7 +186,7 @@ def _val_loss(model, loader, accelerator) -> float:
     model.eval()
     tot, n = 0.0, 0
     for batch in loader:
-        tot += losses.nll_loss(_forward_logits(model, batch), batch["labels"]).item()
+        tot += losses.nll_loss(*_forward_logits(model, batch)).item()
         n += 1
     model.train()
     return tot / max(1, n)

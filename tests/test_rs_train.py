@@ -302,3 +302,33 @@ def test_forget_and_retain_corpus_from_a_file(tiny_model_path, target_name, tmp_
     bad.write_text(json.dumps([{"txt": "x"}]))
     with pytest.raises(ValueError, match="record 0"):
         build_data(_args(tiny_model_path, target_name, "u", dataset=f"file:{bad}"), tok, STAGES["ga"])
+
+
+def test_losses_read_only_the_labelled_window_and_keep_their_values(tiny_model_path, target_name):
+    """RS.train skips the logits before the batch's first labelled token; every loss equals the full-logit value."""
+    from transformers import AutoModelForCausalLM
+
+    from RS import losses
+    from RS.train import _forward_logits
+
+    tok = _tok(tiny_model_path)
+    data = build_data(_args(tiny_model_path, target_name, "unused", max_samples=4), tok, STAGES["rt"])
+    batch = collate(data.train, tok.pad_token_id)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
+    with torch.no_grad():  # perturb the reference so that KL and NPO are not trivially 0
+        for p in ref.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        full_ref = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits, win = _forward_logits(model, batch)
+        ref_logits, _ = _forward_logits(ref, batch)
+    labels = batch["labels"]
+    first_label = int(labels.ne(IGNORE_INDEX).any(0).nonzero()[0])
+    assert logits.shape[1] == labels.shape[1] - first_label + 1 < full.shape[1]  # the prompt prefix is skipped
+    close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # noqa: E731
+    close(losses.nll_loss(logits, win), losses.nll_loss(full, labels))
+    close(losses.sequence_logprob(logits, win)[0], losses.sequence_logprob(full, labels)[0])
+    close(losses.kl_loss(logits, ref_logits, win), losses.kl_loss(full, full_ref, labels))
+    assert float(losses.kl_loss(full, full_ref, labels)) > 0

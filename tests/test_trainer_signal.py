@@ -25,3 +25,17 @@ def test_constant_reward_warns_and_stops_with_a_checkpoint(tiny_model_path, tmp_
     assert CheckpointManager(run).latest().name == "global_step_2"  # saved as at the end
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["reward/signal_share"] == 0.0
+
+
+LABELLED = ("def by_label(response, prompt, solution, **extra):\n"
+            "    refused = float(solution[0] == '<reject>')\n"
+            "    return {'score': refused + len(response) % 2, 'refusal': refused}\n")
+
+
+def test_refusals_are_logged_per_label(tiny_model_path, tmp_path, shared_data):
+    reward = tmp_path / "by_label.py"
+    reward.write_text(LABELLED)
+    ov = tiny_overrides(tiny_model_path, tmp_path / "run", f"{reward}:by_label", **{"data.stratify_labels": "true"})
+    history, _ = fit(ov)
+    assert [(h["reward/refusal_reject"], h["reward/refusal_normal"]) for h in history] == [(1.0, 0.0)] * 2
+    assert all(h["reward/refusal"] == 0.5 for h in history)  # 1 <reject> + 1 <normal> prompt a step

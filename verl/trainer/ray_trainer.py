@@ -349,10 +349,15 @@ class RayPPOTrainer:
             "perf/rollout_tokens": n_tokens,
             "perf/rollout_tokens_per_s": n_tokens / max(metrics["timing/gen"], 1e-9),
         })
+        refused = np.asarray(sub["refusal"], dtype=float) if "refusal" in sub else None
         for lab, name in (("<reject>", "reject"), ("<normal>", "normal")):
             v = label_mean(scores, labels, lab)
             if v is not None:
                 metrics[f"reward/{name}_mean"] = v
+            # refusals per label: <normal> refusals rising with <reject> ones is ReBO refusing without a boundary
+            r = label_mean(refused, labels, lab) if refused is not None else None
+            if r is not None:
+                metrics[f"reward/refusal_{name}"] = r
         for k, vals in sub.items():
             metrics[f"reward/{k}"] = float(np.nanmean(vals)) if not np.all(np.isnan(vals)) else float("nan")
         # groups whose n rewards are all equal give zero advantage: a share near 0 means no learning signal

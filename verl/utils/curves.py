@@ -23,6 +23,8 @@ TABLE_KEYS = (
     ("<normal>", "reward/normal_mean"),
     ("balanced", "reward/balanced_mean"),
     ("refusal", "reward/refusal"),
+    ("refused <reject>", "reward/refusal_reject"),
+    ("refused <normal>", "reward/refusal_normal"),
     ("KL", "actor/kl_loss"),
     ("resp len", "response_length/mean"),
     ("tok/s", "perf/rollout_tokens_per_s"),
