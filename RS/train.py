@@ -100,13 +100,15 @@ def _load_ref(path: str, bf16: bool = False):
     return ref
 
 
-def _forward_logits(model, batch: dict, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) over the window of positions that carry a loss: every loss reads only the logits that predict
-    a labelled token, so the positions before the batch's first such logit (the shared prompt prefix) are skipped
-    with the model's ``logits_to_keep`` (the output-layer product and its log-softmax are a large share of a small
-    model's step). The two tensors stay aligned as ``RS.losses`` expects; the loss values are unchanged."""
+def _forward_logits(model, batch: dict, prefix: str = "", window: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels), aligned as ``RS.losses`` expects. ``window``: only over the positions that carry a loss:
+    every loss reads only the logits that predict a labelled token, so the positions before the batch's first such
+    logit (the prompt prefix) are skipped with the model's ``logits_to_keep`` (the output-layer product and its
+    log-softmax are a large share of a small model's step); the losses agree with the full forward to ~1e-6."""
     labels = batch[f"{prefix}labels"]
     width = labels.shape[1]
+    if not window:
+        return model(input_ids=batch[f"{prefix}input_ids"], attention_mask=batch[f"{prefix}attention_mask"]).logits, labels
     labelled = labels.ne(losses.IGNORE_INDEX).any(0).nonzero()
     first = int(labelled[0]) if len(labelled) else width
     keep = width - max(first - 1, 0)  # logit t predicts label t + 1
@@ -117,16 +119,17 @@ def _forward_logits(model, batch: dict, prefix: str = "") -> tuple[torch.Tensor,
 
 def compute_loss(stage: Stage, args: TrainArgs, model, ref, batch: dict, retain_batch: dict | None) -> dict:
     """The stage's total loss and its parts (tensors) for one micro-batch."""
+    w = args.loss_window
     parts: dict[str, torch.Tensor] = {}
     if stage.forget_loss == "dpo":
-        c_logp, _ = losses.sequence_logprob(*_forward_logits(model, batch, "chosen_"))
-        r_logp, _ = losses.sequence_logprob(*_forward_logits(model, batch, "rejected_"))
+        c_logp, _ = losses.sequence_logprob(*_forward_logits(model, batch, "chosen_", window=w))
+        r_logp, _ = losses.sequence_logprob(*_forward_logits(model, batch, "rejected_", window=w))
         with torch.no_grad():
-            rc, _ = losses.sequence_logprob(*_forward_logits(ref, batch, "chosen_"))
-            rr, _ = losses.sequence_logprob(*_forward_logits(ref, batch, "rejected_"))
+            rc, _ = losses.sequence_logprob(*_forward_logits(ref, batch, "chosen_", window=w))
+            rr, _ = losses.sequence_logprob(*_forward_logits(ref, batch, "rejected_", window=w))
         parts["forget"] = losses.dpo_loss(c_logp, r_logp, rc, rr, args.dpo_beta)
     else:
-        logits, labels = _forward_logits(model, batch)
+        logits, labels = _forward_logits(model, batch, window=w)
         if stage.forget_loss == "nll":
             parts["forget"] = losses.nll_loss(logits, labels)
         elif stage.forget_loss == "ga":
@@ -134,7 +137,7 @@ def compute_loss(stage: Stage, args: TrainArgs, model, ref, batch: dict, retain_
         elif stage.forget_loss == "npo":
             logp, _ = losses.sequence_logprob(logits, labels)
             with torch.no_grad():
-                ref_logp, _ = losses.sequence_logprob(*_forward_logits(ref, batch))
+                ref_logp, _ = losses.sequence_logprob(*_forward_logits(ref, batch, window=w))
             parts["forget"] = losses.npo_loss(logp, ref_logp, args.npo_beta)
         elif stage.forget_loss == "simnpo":
             logp, n = losses.sequence_logprob(logits, labels)
@@ -143,12 +146,12 @@ def compute_loss(stage: Stage, args: TrainArgs, model, ref, batch: dict, retain_
             raise ValueError(f"stage {stage.name}: unknown forget loss {stage.forget_loss!r}")
     total = args.forget_weight * parts["forget"]
     if stage.retain and retain_batch is not None:
-        r_logits, r_labels = _forward_logits(model, retain_batch)
+        r_logits, r_labels = _forward_logits(model, retain_batch, window=w)
         if stage.retain == "nll":
             parts["retain"] = losses.nll_loss(r_logits, r_labels)
         else:
             with torch.no_grad():
-                ref_logits, _ = _forward_logits(ref, retain_batch)
+                ref_logits, _ = _forward_logits(ref, retain_batch, window=w)
             parts["retain"] = losses.kl_loss(r_logits, ref_logits, r_labels)
         total = total + args.retain_weight * parts["retain"]
     parts["loss"] = total
@@ -182,11 +185,11 @@ def _plot_loss(log_path: Path, out_png: Path) -> None:
 
 
 @torch.no_grad()
-def _val_loss(model, loader, accelerator) -> float:
+def _val_loss(model, loader, accelerator, window: bool = False) -> float:
     model.eval()
     tot, n = 0.0, 0
     for batch in loader:
-        tot += losses.nll_loss(*_forward_logits(model, batch)).item()
+        tot += losses.nll_loss(*_forward_logits(model, batch, window=window)).item()
         n += 1
     model.train()
     return tot / max(1, n)
@@ -365,7 +368,7 @@ def _train(args: TrainArgs) -> Path:
                 if step >= total_steps or (stopped_at and step >= stopped_at["stop_step"]):
                     break
             if data.val:
-                vl = _val_loss(model, val_loader, accelerator)
+                vl = _val_loss(model, val_loader, accelerator, args.loss_window)
                 if log_f:
                     log_f.write(json.dumps({"step": step, "epoch": epoch, "val_loss": vl}) + "\n")
                     log_f.flush()

@@ -305,7 +305,8 @@ def test_forget_and_retain_corpus_from_a_file(tiny_model_path, target_name, tmp_
 
 
 def test_losses_read_only_the_labelled_window_and_keep_their_values(tiny_model_path, target_name):
-    """RS.train skips the logits before the batch's first labelled token; every loss equals the full-logit value."""
+    """``--loss_window``: RS.train skips the logits before the batch's first labelled token; every loss equals the
+    full-logit value (the default path is the full forward)."""
     from transformers import AutoModelForCausalLM
 
     from RS import losses
@@ -322,9 +323,11 @@ def test_losses_read_only_the_labelled_window_and_keep_their_values(tiny_model_p
             p.add_(0.02 * torch.randn_like(p))
         full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         full_ref = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logits, win = _forward_logits(model, batch)
-        ref_logits, _ = _forward_logits(ref, batch)
+        logits, win = _forward_logits(model, batch, window=True)
+        ref_logits, _ = _forward_logits(ref, batch, window=True)
+        default, default_labels = _forward_logits(model, batch)
     labels = batch["labels"]
+    assert torch.equal(default, full) and default_labels is labels
     first_label = int(labels.ne(IGNORE_INDEX).any(0).nonzero()[0])
     assert logits.shape[1] == labels.shape[1] - first_label + 1 < full.shape[1]  # the prompt prefix is skipped
     close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # noqa: E731
