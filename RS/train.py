@@ -106,15 +106,14 @@ def _forward_logits(model, batch: dict, prefix: str = "", window: bool = False) 
     logit (the prompt prefix) are skipped with the model's ``logits_to_keep`` (the output-layer product and its
     log-softmax are a large share of a small model's step); the losses agree with the full forward to ~1e-6."""
     labels = batch[f"{prefix}labels"]
-    width = labels.shape[1]
-    if not window:
-        return model(input_ids=batch[f"{prefix}input_ids"], attention_mask=batch[f"{prefix}attention_mask"]).logits, labels
-    labelled = labels.ne(losses.IGNORE_INDEX).any(0).nonzero()
-    first = int(labelled[0]) if len(labelled) else width
-    keep = width - max(first - 1, 0)  # logit t predicts label t + 1
+    width, extra = labels.shape[1], {}
+    if window:
+        labelled = labels.ne(losses.IGNORE_INDEX).any(0).nonzero()
+        first = int(labelled[0]) if len(labelled) else width
+        extra["logits_to_keep"] = width - max(first - 1, 0)  # logit t predicts label t + 1
     logits = model(input_ids=batch[f"{prefix}input_ids"], attention_mask=batch[f"{prefix}attention_mask"],
-                   logits_to_keep=keep).logits
-    return logits, labels[:, width - logits.shape[1]:]
+                   **extra).logits
+    return logits, (labels[:, width - logits.shape[1]:] if window else labels)
 
 
 def compute_loss(stage: Stage, args: TrainArgs, model, ref, batch: dict, retain_batch: dict | None) -> dict:
