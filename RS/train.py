@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import platform
 import shutil
 import sys
@@ -30,6 +31,7 @@ from RS.datasets import build_data, collate
 from RS.stages import Stage, get_stage
 from verl.utils.cli import UserError
 from verl.utils.io import atomic_savefig, atomic_write_json
+from verl.utils.net import free_port
 from verl.utils.progress import progress
 from verl.utils.runinfo import run_info
 from verl.utils.runlock import LOCK_NAME, RunDirLock
@@ -207,10 +209,15 @@ def _inject_eval(model, tokenizer, args: TrainArgs, root) -> dict:
 
 def _partial_state():
     """accelerate's process state; on a machine without CUDA it must be created with cpu=True, or processes started
-    by torchrun / accelerate launch each run alone (accelerate reads LOCAL_RANK only for accelerators)."""
+    by torchrun / accelerate launch each run alone (accelerate reads LOCAL_RANK only for accelerators). On a CPU it
+    opens a gloo group even for one process, on MASTER_PORT (29500 unless set): a run of one gets a free port of its
+    own, so two runs on one machine, or a port inherited from the parent and taken since, cannot collide."""
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    cpu = not torch.cuda.is_available()
+    if cpu and int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not torch.distributed.is_initialized():
+        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(free_port())
+    return PartialState(cpu=cpu)
 
 
 def train(args: TrainArgs) -> Path:

@@ -457,6 +457,25 @@ def test_rs_output_dir_is_locked(tmp_path):
             train(args)
 
 
+def test_rs_process_state_ignores_a_taken_inherited_master_port():
+    """With LOCAL_RANK set (as accelerate leaves RANK/WORLD_SIZE/LOCAL_RANK in the environment of a process that ran
+    it, here pytest's), accelerate opens a gloo group even for one CPU process, on the inherited MASTER_PORT: while
+    the parent's own group held that port, RS.train failed at start with EADDRINUSE (a flaky
+    test_runners failure). A run of one now takes a free port of its own."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(held.getsockname()[1]),
+               "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
+        code = "from RS.train import _partial_state; s = _partial_state(); print(s.num_processes, s.is_main_process)"
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                              cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-2:] == ["1", "True"]
+
+
 # ----------------------------------------------------------------------------------------- 8. RS overwrite
 def test_rs_overwrite_output_dir_clears_the_old_run(tmp_path):
     from RS.args import TrainArgs
