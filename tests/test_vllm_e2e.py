@@ -18,7 +18,7 @@ def tiny_vllm_model(tmp_path_factory) -> str:
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny_vllm") / "model", num_heads=2))
 
 
-def test_grpo_two_steps_with_vllm_rollouts(tiny_vllm_model, tmp_path):
+def test_grpo_two_steps_with_vllm_rollouts(tiny_vllm_model, tmp_path, shared_data):  # trains on target 1
     from tests.test_trainer_loop import REWARD_SRC, fit, tiny_overrides
 
     reward = tmp_path / "toy_reward.py"
