@@ -35,6 +35,14 @@ class Worker:
         self.rank = int(os.environ.get("RANK", 0))
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
 
+    def before_method(self, name: str) -> None:
+        """Called before every method the group dispatches (a worker frees or prepares resources here)."""
+
+    def execute_method(self, name: str, *args, **kwargs):
+        """The groups' single entry point: ``before_method(name)``, then the method."""
+        self.before_method(name)
+        return getattr(self, name)(*args, **kwargs)
+
 
 def split_args(mode: Dispatch, world: int, args: tuple, kwargs: dict) -> list[tuple[tuple, dict]]:
     if mode in (Dispatch.ONE_TO_ALL, Dispatch.RANK_ZERO):

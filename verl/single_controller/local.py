@@ -17,7 +17,8 @@ class LocalWorkerGroup(WorkerGroup):
 
     def _execute(self, name, per_rank):
         args, kwargs = per_rank[0]
-        return [getattr(self.worker, name)(*args, **kwargs)]
+        run = getattr(self.worker, "execute_method", None)
+        return [run(name, *args, **kwargs) if run else getattr(self.worker, name)(*args, **kwargs)]
 
     def shutdown(self) -> None:
         close = getattr(self.worker, "close", None)
