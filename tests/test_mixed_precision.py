@@ -45,7 +45,7 @@ def test_trainer_step_with_bf16_autocast_matches_fp32(tiny_model_path, tmp_path,
 
 @pytest.mark.slow
 def test_rs_train_bf16_is_autocast_with_fp32_weights(tiny_model_path, target_name, tmp_path):
-    """RS.train --bf16 on CPU: accelerate autocasts the policy (weights stay fp32, saved fp32), the NPO reference
+    """RS.train --bf16 on CPU: accelerate autocasts the policy (weights stay fp32, saved bf16), the NPO reference
     runs in bf16; the losses track the fp32 run's."""
     import torch
     from accelerate.state import AcceleratorState
@@ -68,6 +68,6 @@ def test_rs_train_bf16_is_autocast_with_fp32_weights(tiny_model_path, target_nam
         rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
         losses[bf16] = [r["loss"] for r in rows if "loss" in r and "step" in r]
         weights = load_file(str(out / "model.safetensors"))
-        assert all(v.dtype == torch.float32 for v in weights.values())
+        assert all(v.dtype == (torch.bfloat16 if bf16 else torch.float32) for v in weights.values())  # saved as trained
     assert len(losses[True]) == len(losses[False]) >= 2
     assert losses[True] == pytest.approx(losses[False], rel=5e-2, abs=1e-3)

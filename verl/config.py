@@ -48,7 +48,15 @@ class DataConfig:
     val_max_samples: int | None = None
     """Use N evenly spaced validation rows (None: all)."""
     shuffle: bool = True
-    """Shuffle the training rows each epoch (seeded by trainer.seed + epoch)."""
+    """Shuffle the training rows each epoch (seeded by data.seed, see sampler)."""
+    sampler: str = "project"
+    """Row order: project (a numpy permutation seeded data.seed + epoch) | release (torch's RandomSampler with a
+    torch.Generator seeded data.seed once, the release's StatefulDataLoader order; no stratify_labels)."""
+    seed: int | None = None
+    """Seed of the row order (None: trainer.seed; the release: 42)."""
+    user_turn: str = "template"
+    """chat/rwku formats: template (the user text as the model's template renders it: Llama-3's trims it) | verbatim
+    (the text unchanged, e.g. "Question: ...\n" keeps its newline before <|eot_id|>: the release's prompts)."""
     stratify_labels: bool = False
     """Every rollout batch holds ``<reject>`` and ``<normal>`` rows in the file's proportion (4 + 4 of 8 on the RWKU
     files) instead of whatever a shuffle draws; off = the release's random batches. The sandbox turns it on: at 8
@@ -96,9 +104,12 @@ class ModelRoleConfig:
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass (memory for compute)."""
     offload_params: bool = False
-    """FSDP CPU offload of parameters."""
+    """FSDP CPU offload of parameters (CUDA only; a no-op on CPU, where they already live in host memory): the sharded
+    weights stay in host memory and each FSDP unit is copied to the GPU for its forward/backward; a trained role's
+    optimizer then steps on the CPU with its state there (offload_optimizer is implied)."""
     offload_optimizer: bool = False
-    """Keep optimizer state on CPU between updates (moved to the device for the step)."""
+    """Keep optimizer state on CPU between updates, moved to the parameters' device for the step (CUDA only; a no-op
+    on CPU)."""
     autocast: str = "none"
     """bf16 | none: forward passes under torch.autocast(bf16) with the weights kept in ``dtype`` (use float32 for
     fp32 master weights); log-softmax, losses and the optimizer stay fp32. Fast on GPUs and AMX/AVX512-BF16 CPUs,
@@ -126,6 +137,21 @@ class TrainedRoleConfig(ModelRoleConfig):
 
 
 @dataclass
+class LoRAConfig:
+    """LoRA adapters on the actor through peft: only the adapters train; the rollout engine gets merged weights."""
+
+    rank: int = 0
+    """Adapter rank r (0: off, every weight is trained)."""
+    alpha: float = 16.0
+    """Adapter scaling numerator: the weight update is (alpha / rank) * B @ A."""
+    target_modules: str = "all-linear"
+    """Layers that get adapters: all-linear (peft: every linear layer except the LM head) or a comma list of module
+    names, e.g. q_proj,k_proj,v_proj,o_proj."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input during updates."""
+
+
+@dataclass
 class ActorConfig(TrainedRoleConfig):
     model_path: str | None = "smollm2-135m-instruct"
     """Policy start checkpoint (the RS checkpoint in the paper)."""
@@ -141,6 +167,14 @@ class ActorConfig(TrainedRoleConfig):
     """Dual-clip bound for negative advantages."""
     entropy_coeff: float = 0.0
     """Entropy bonus coefficient (0: off; entropy is still logged)."""
+    logprob_chunk_tokens: int = 512
+    """Response tokens whose log-softmax is computed at once, in fp32, from the model's logits (0: all of a
+    micro-batch's at once). Bounds the fp32 temporaries of the log-prob and entropy (forward and backward) to about
+    3 x chunk x vocab x 4 bytes instead of several fp32 copies of the whole [micro-batch, response, vocab] logits;
+    what stays is the logits themselves (compute dtype) and, in an update, their gradient (same size and dtype)."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """LoRA adapters (rank 0: full fine-tuning). A LoRA actor's reference, when worker.ref.model_path is the actor's
+    start path, is that same model with the adapters off (no second copy is loaded)."""
 
 
 @dataclass
@@ -149,6 +183,8 @@ class RefConfig(ModelRoleConfig):
     """Frozen reference (None: the actor's start path; point to the original model for the ablation)."""
     gradient_checkpointing: bool = False
     """Unused for the frozen reference."""
+    logprob_chunk_tokens: int = 512
+    """As worker.actor.logprob_chunk_tokens, for the reference's log-probs."""
 
 
 @dataclass
@@ -204,11 +240,17 @@ class RolloutConfig:
     max_num_seqs: int = 256
     """vLLM: most sequences decoded together."""
     free_cache_engine: bool = True
-    """vLLM on GPU: sleep mode, the KV cache is freed and the weights offloaded while the actor updates (no-op on
-    CPU, where vLLM has no sleep mode)."""
+    """vLLM on GPU: sleep mode. Before the trainer's own GPU work the engine sleeps at level 2 (KV cache and weights
+    freed, nothing copied to host); the next generation reloads the actor's weights and wakes it. Consecutive
+    generations (validation chunks) share one wake. No-op on CPU, where vLLM has no sleep mode."""
     cpu_threads_bind: str | None = None
     """vLLM on CPU: VLLM_CPU_OMP_THREADS_BIND (None: the cores this process may use with one worker, nobind with
     several; vLLM's own default reserves a core for its scheduler, ~30% slower on 2 cores)."""
+    sync_chunk_mb: float = 512
+    """vLLM weight sync: the actor's weights reach the engine in chunks of at most this many MiB (in the engine
+    dtype), so the sync's extra memory is one chunk. With several workers each engine runs in its own process and
+    the chunks pass through a shared-memory buffer of max(this, the largest weight tensor) per worker, in /dev/shm
+    (else the temp dir): its free space is checked before the engine starts."""
     stop_at_newline: bool = False
     """Also stop a rollout at its first newline token (MUSE-Books, as the release; the response keeps the newline)."""
     val: ValRolloutConfig = field(default_factory=ValRolloutConfig)
@@ -277,6 +319,9 @@ class TrainerConfig:
     """Run name (the run dir is save_dir/<experiment_name> unless save_dir is set)."""
     total_steps: int = 20
     """Training steps."""
+    total_epochs: int | None = None
+    """When set, the step budget is this many passes over the training rows (total_steps = total_epochs x rows //
+    data.rollout_batch_size, set once the data are read): the release's trainer.total_episodes."""
     seed: int = 1
     """Seed for data order, rollouts and initialisation."""
     backend: str = "auto"
@@ -287,6 +332,10 @@ class TrainerConfig:
     """cpu | cuda | auto."""
     dist_backend: str = "auto"
     """torch.distributed backend: nccl | gloo | auto (nccl on cuda)."""
+    dist_timeout_minutes: float = 60.0
+    """How long a collective waits for the other ranks before the run fails (torch.distributed's timeout; NCCL's
+    own default is 10 minutes). The other ranks wait in a barrier while rank 0 writes a checkpoint (~48 GB for the
+    8B paper model): raise it on slow disks. $RULE_DIST_TIMEOUT_MINUTES sets it for runs without a config."""
     val_freq: int = 5
     """Validate every N steps (<=0: never during training)."""
     val_before_train: bool = False
@@ -297,6 +346,17 @@ class TrainerConfig:
     """Save a checkpoint every N steps (<=0: only at the end)."""
     save_limit: int = 2
     """Keep at most this many complete checkpoints (<=0: keep all)."""
+    resume_state: str = "latest"
+    """Which checkpoints keep what only a resume needs (optimizer/scheduler/RNG state ``worker_rank*.pt``, the actor's
+    fp32 master weights ``actor_master/`` when worker.actor.dtype is not float32, the critic): latest (older kept
+    checkpoints hold the actor's weights in worker.actor.dtype, plus a LoRA run's adapter) | all."""
+    balance_batch: bool = False
+    """Reorder each step's responses before the updates as the release does: Karmarkar-Karp partitions of equal size
+    balancing the attention-mask token count (verl/trainer/seqlen_balancing.py), each partition in row order, one per
+    worker. A micro-batch then mixes the samples of several prompts instead of holding one prompt's n samples."""
+    balance_batch_partitions: int = 0
+    """Partitions of balance_batch (0: trainer.n_workers, the release). A multiple of n_workers; 4 on fewer GPUs
+    gives the micro-batches (and with one mini-batch per step, the gradient) of the paper's 4-GPU run."""
     save_dir: str | None = None
     """Run directory (checkpoints, logs, resolved config); None: log/rebo/<experiment_name>."""
     resume: str = "auto"
@@ -356,6 +416,10 @@ class PPOConfig:
         n_resp = self.data.rollout_batch_size * self.worker.rollout.n
         if n_resp % self.trainer.n_workers:
             raise ConfigError(f"rollout_batch_size x n = {n_resp} must be divisible by trainer.n_workers")
+        parts = self.trainer.balance_batch_partitions or self.trainer.n_workers
+        if self.trainer.balance_batch and (parts % self.trainer.n_workers or n_resp % parts):
+            raise ConfigError(f"trainer.balance_batch_partitions={parts} must be a multiple of trainer.n_workers and "
+                              f"divide rollout_batch_size x n = {n_resp}")
         per_rank_mini = actor.global_batch_size * self.worker.rollout.n // self.trainer.n_workers
         if per_rank_mini == 0 or per_rank_mini % min(actor.micro_batch_size_per_device_for_update, per_rank_mini):
             raise ConfigError(
@@ -367,11 +431,17 @@ class PPOConfig:
             ("worker.rollout.name", ("hf", "vllm", "auto"), self.worker.rollout.name),
             ("algorithm.adv_estimator", ("grpo", "rloo", "reinforce_plus_plus", "gae"), self.algorithm.adv_estimator),
             ("data.normal_reference", ("gold", "policy"), self.data.normal_reference),
+            ("data.sampler", ("project", "release"), self.data.sampler),
+            ("data.user_turn", ("template", "verbatim"), self.data.user_turn),
             ("trainer.device", ("cpu", "cuda", "auto"), self.trainer.device),
+            ("trainer.resume_state", ("latest", "all"), self.trainer.resume_state),
             *((f"worker.{r}.autocast", ("bf16", "none"), getattr(self.worker, r).autocast) for r in ("actor", "ref", "critic")),
         ):
             if value not in choices:
                 raise ConfigError(f"{name}={value!r}: choose one of {choices}")
+        if self.data.sampler == "release" and self.data.stratify_labels:
+            raise ConfigError("data.sampler=release draws the release's random batches: set data.stratify_labels=false "
+                              "or data.sampler=project")
         return self
 
     def _check_values(self) -> None:
@@ -389,6 +459,8 @@ class PPOConfig:
             "worker.rollout.tensor_parallel_size": w.rollout.tensor_parallel_size,
             "worker.rollout.val.max_new_tokens": w.rollout.val.max_new_tokens,
             "trainer.total_steps": t.total_steps, "trainer.n_workers": t.n_workers,
+            "trainer.total_epochs": t.total_epochs,
+            "trainer.dist_timeout_minutes": t.dist_timeout_minutes, "worker.rollout.sync_chunk_mb": w.rollout.sync_chunk_mb,
         }
         if self.use_critic:
             positive["worker.critic.micro_batch_size_per_device_for_update"] = w.critic.micro_batch_size_per_device_for_update
@@ -400,6 +472,10 @@ class PPOConfig:
             "worker.actor.optim.lr": w.actor.optim.lr, "worker.critic.optim.lr": w.critic.optim.lr,
             "worker.actor.optim.lr_warmup_steps": w.actor.optim.lr_warmup_steps, "worker.rollout.top_k": w.rollout.top_k,
             "algorithm.kl_coef": self.algorithm.kl_coef, "worker.actor.max_grad_norm": w.actor.max_grad_norm,
+            "worker.actor.lora.rank": w.actor.lora.rank, "worker.actor.lora.dropout": w.actor.lora.dropout,
+            "worker.actor.logprob_chunk_tokens": w.actor.logprob_chunk_tokens,
+            "worker.ref.logprob_chunk_tokens": w.ref.logprob_chunk_tokens,
+            "trainer.balance_batch_partitions": t.balance_batch_partitions,
         }
         for key, value in non_negative.items():
             if value < 0:

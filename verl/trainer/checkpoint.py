@@ -2,8 +2,12 @@
 
 A checkpoint is complete when it has the ``COMPLETE`` marker (written last, before the rename). Leftover temp
 dirs (a run killed mid-save) and dirs without the marker are ignored by resume and cleaned up on the next save.
-Layout: ``actor/`` (HF folder: safetensors + config + tokenizer), ``critic/`` (PPO), ``worker_rank<r>.pt``
-(optimizer, scheduler, RNG per rank), ``trainer_state.json`` (step, data sampler, KL controller).
+Layout: ``actor/`` (HF folder in worker.actor.dtype: safetensors + config + tokenizer; a LoRA run's merged weights),
+``actor_adapter/`` (LoRA, peft format), ``trainer_state.json`` (step, data sampler, KL controller), and the resume
+state: ``worker_rank<r>.pt`` (optimizer, scheduler, RNG per rank), ``actor_master/`` (fp32 master weights when the
+export is in a lower precision: a resume from bf16 weights would round away updates smaller than a bf16 step, i.e.
+most of what lr 2e-6 does) and ``critic/`` (PPO). With ``trainer.resume_state=latest`` only the latest checkpoint
+keeps the resume state; older kept checkpoints are trimmed to their weights once a newer one is complete.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 MARKER = "COMPLETE"
 STEP_DIR = re.compile(r"^global_step_(\d+)$")
+RESUME_ONLY = ("actor_master", "critic")  # folders a resume needs and an evaluation does not (+ worker_rank*.pt)
+DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
 TMP_DIR = re.compile(r"^\.tmp-global_step_\d+(?:-(\d+))?$")  # -<pid> of the writer (absent in older runs)
 
 
@@ -31,10 +37,43 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def checkpoint_bytes(n_params: int, dtype: str = "bfloat16", with_optimizer: bool = True, *, lora_params: int = 0,
+                     critic_params: int = 0, optimizer_states: int = 2) -> int:
+    """Bytes of the tensors one checkpoint holds on disk (tokenizer and config files, a few MB, are not counted).
+
+    ``n_params``: the actor's parameters (tied weights once); ``dtype``: worker.actor.dtype, the HF export's;
+    ``lora_params``: a LoRA run's adapter parameters (saved in fp32 beside the merged export; the optimizer then holds
+    them only); ``critic_params``: PPO's critic (backbone + value head). ``with_optimizer``: the checkpoint keeps the
+    resume state (the latest one; every one with trainer.resume_state=all): AdamW's ``optimizer_states`` fp32 moments
+    per trained parameter, the fp32 master weights when ``dtype`` is not fp32 (full fine-tuning), the critic in fp32
+    with its optimizer moments.
+    """
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPE_BYTES)}")
+    total = n_params * DTYPE_BYTES[dtype] + 4 * lora_params
+    if with_optimizer:
+        total += 4 * optimizer_states * (lora_params or n_params)
+        if not lora_params and DTYPE_BYTES[dtype] != 4:
+            total += 4 * n_params
+        total += 4 * (1 + optimizer_states) * critic_params
+    return total
+
+
+def checkpoints_peak_bytes(kept: int, resume_state: str = "latest", **kw) -> int:
+    """Peak checkpoint bytes of a run keeping ``kept`` checkpoints (trainer.save_limit, or the number of saves when
+    unlimited): while a new one is written, the previous latest still has its resume state and the ``kept - 1``
+    older ones (with ``latest``) are trimmed; ``kw`` as ``checkpoint_bytes``."""
+    full, trimmed = checkpoint_bytes(with_optimizer=True, **kw), checkpoint_bytes(with_optimizer=False, **kw)
+    if resume_state == "all":
+        return (kept + 1) * full
+    return 2 * full + max(0, kept - 1) * trimmed
+
+
 class CheckpointManager:
-    def __init__(self, run_dir: str | Path, save_limit: int = 2):
+    def __init__(self, run_dir: str | Path, save_limit: int = 2, resume_state: str = "latest"):
         self.root = Path(run_dir) / "checkpoints"
         self.save_limit = save_limit
+        self.resume_state = resume_state
 
     def complete(self) -> list[tuple[int, Path]]:
         """Complete checkpoints, oldest first."""
@@ -86,7 +125,23 @@ class CheckpointManager:
         if self.save_limit > 0:
             for _, old in self.complete()[: -self.save_limit]:
                 shutil.rmtree(old, ignore_errors=True)
+        if self.resume_state == "latest":
+            for _, old in self.complete()[:-1]:
+                self.trim(old)
         return final
+
+    @staticmethod
+    def trim(ckpt: Path) -> None:
+        """Drop what only a resume needs (``RESUME_ONLY`` folders, ``worker_rank*.pt``): the weights stay."""
+        for name in RESUME_ONLY:
+            shutil.rmtree(Path(ckpt) / name, ignore_errors=True)
+        for f in Path(ckpt).glob("worker_rank*.pt"):
+            f.unlink(missing_ok=True)
+
+    @staticmethod
+    def resumable(ckpt: Path) -> bool:
+        """Whether ``ckpt`` still holds its resume state (the latest one always does)."""
+        return (Path(ckpt) / "worker_rank0.pt").is_file()
 
     @staticmethod
     def load_state(ckpt: Path) -> dict:

@@ -69,6 +69,17 @@ class TrainingDivergedError(UserError, RuntimeError):
     """A NaN/inf loss or gradient stopped the run; the last complete checkpoint is untouched."""
 
 
+def balance_batch(data: DataProto, k: int) -> DataProto:
+    """Rows reordered as the release before its updates (``trainer.balance_batch``): ``k`` equal-size partitions
+    balancing the attention-mask token count, partition ``r`` as the ``r``-th contiguous chunk (worker ``r``'s with
+    ``k`` = the worker count), each in row order. Advantages, returns and every other column move with their row, so
+    per-group estimates (GRPO, RLOO) computed before are unchanged."""
+    from verl.trainer.seqlen_balancing import balanced_order
+
+    lengths = data.batch["attention_mask"].sum(-1).tolist()
+    return data[balanced_order(lengths, k)]
+
+
 def pad_to_multiple(data: DataProto, k: int) -> tuple[DataProto, int]:
     """Repeat leading rows so ``len(data) % k == 0`` (for dispatch); returns (padded, number of pad rows)."""
     n_pad = (-len(data)) % k
@@ -109,7 +120,8 @@ class RayPPOTrainer:
 
         self.tokenizer = load_tokenizer(cfg.worker.actor.model_path)
         d = cfg.data
-        fmt = dict(prompt_format=d.prompt_format, system_prompt=d.system_prompt, muse_icl=d.muse_icl)
+        fmt = dict(prompt_format=d.prompt_format, system_prompt=d.system_prompt, muse_icl=d.muse_icl,
+                   user_turn=d.user_turn)
         self.train_ds = RLDataset(d.train_files, self.tokenizer, d.max_prompt_length, d.prompt_key, d.answer_key,
                                   d.rwku.data_root, **fmt)
         self.val_ds = None
@@ -117,13 +129,15 @@ class RayPPOTrainer:
             self.val_ds = RLDataset(d.val_files, self.tokenizer, d.max_prompt_length, d.prompt_key, d.answer_key,
                                     d.rwku.data_root, d.val_max_samples, **fmt)
         self.sampler = self._new_sampler()
+        if cfg.trainer.total_epochs:  # the release's epoch budget: whole batches of the rows kept
+            cfg.trainer.total_steps = cfg.trainer.total_epochs * self.sampler.batches_per_epoch
         self.reward_fn = get_reward_fn(cfg.worker.reward.reward_fn, **cfg.worker.reward.kwargs)
         a = cfg.algorithm
         if a.kl_type == "adaptive":
             self.kl_ctrl = core_algos.AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon)
         else:
             self.kl_ctrl = core_algos.FixedKLController(a.kl_coef)
-        self.ckpt = CheckpointManager(self.run_dir, cfg.trainer.save_limit)
+        self.ckpt = CheckpointManager(self.run_dir, cfg.trainer.save_limit, cfg.trainer.resume_state)
         self.global_step = 0
         self.data_sha256 = {"train": file_sha256(self.train_ds.path),
                             **({"val": file_sha256(self.val_ds.path)} if self.val_ds else {})}
@@ -155,7 +169,8 @@ class RayPPOTrainer:
     def _new_sampler(self) -> StatefulSampler:
         d = self.config.data
         labels = [r["label"] for r in self.train_ds.rows] if d.stratify_labels else None
-        return StatefulSampler(len(self.train_ds), d.rollout_batch_size, d.shuffle, self.config.trainer.seed, labels)
+        seed = self.config.trainer.seed if d.seed is None else d.seed
+        return StatefulSampler(len(self.train_ds), d.rollout_batch_size, d.shuffle, seed, labels, d.sampler)
 
     def _normal_references(self, resume_dir: Path | None) -> dict[str, str | None]:
         """prompt -> the initial policy's greedy answer, for every ``<normal>`` row that the run's total_steps will
@@ -329,11 +344,13 @@ class RayPPOTrainer:
             adv, ret = core_algos.compute_advantage(algo.adv_estimator, rewards, mask, index=batch.non_tensor_batch["uid"],
                                                     values=batch.batch.get("values"), gamma=algo.gamma, lam=algo.lam)
             batch.batch["advantages"], batch.batch["returns"] = adv, ret
+        upd = balance_batch(batch, cfg.trainer.balance_batch_partitions or self.wg.world_size) \
+            if cfg.trainer.balance_batch else batch
         if cfg.use_critic:
             with timed("update_critic", metrics):
-                metrics.update(_mean_dicts(self.wg.update_critic(batch, n_mini)))
+                metrics.update(_mean_dicts(self.wg.update_critic(upd, n_mini)))
         with timed("update_actor", metrics):
-            metrics.update(_mean_dicts(self.wg.update_actor(batch, n_mini)))
+            metrics.update(_mean_dicts(self.wg.update_actor(upd, n_mini)))
         # --- batch statistics
         labels = batch.non_tensor_batch["label"]
         maskf = mask.float()

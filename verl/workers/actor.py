@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -10,21 +11,22 @@ from torch import nn
 from verl import core_algos
 from verl.config import ActorConfig, AlgorithmConfig
 from verl.protocol import DataProto
-from verl.workers import forward, fsdp_utils
+from verl.workers import forward, fsdp_utils, lora
 from verl.workers.optim import build_optimizer, minibatch_update
 
 
 def response_log_probs(module: nn.Module, data: DataProto, temperature: float = 1.0, with_entropy: bool = False,
                        optimized: bool = True, autocast: str = "none", entropy_grad: bool = True,
-                       share_prompt: bool = True):
+                       share_prompt: bool = True, chunk_tokens: int = 0):
     """Per-token log-probs of ``responses`` under ``module``: ``[B, T]`` (and entropy ``[B, T]`` if asked).
 
     ``input_ids = prompt (left-padded) + response (right-padded)``; logits at position t predict token t+1, so
     the response's scores are ``logits[:, -T-1:-1]``. ``optimized`` computes them without padding columns, prompt
     logits or repeated prompts (``verl.workers.forward``; positions after the longest response are 0);
-    ``autocast='bf16'`` runs the model under bf16 autocast (log-softmax in fp32); ``entropy_grad=False`` computes
-    the entropy without a graph (it is only logged); ``share_prompt=False`` turns off the one-pass-per-prompt part
-    of ``optimized`` (benchmarks).
+    ``autocast='bf16'`` runs the model under bf16 autocast; ``entropy_grad=False`` computes the entropy without a
+    graph (it is only logged); ``share_prompt=False`` turns off the one-pass-per-prompt part of ``optimized``
+    (benchmarks). The log-softmax runs in fp32 ``chunk_tokens`` tokens at a time (``forward.token_log_probs``; 0: all
+    at once), never on an fp32 copy of the whole logits.
     """
     b = data.batch
     T = b["responses"].shape[1]
@@ -34,15 +36,10 @@ def response_log_probs(module: nn.Module, data: DataProto, temperature: float = 
     else:
         logits = forward.plain_response_logits(module, b["input_ids"], b["attention_mask"], b["position_ids"], T,
                                                autocast=autocast)
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
     t = logits.shape[1]
-    log_probs = torch.log_softmax(logits, dim=-1).gather(-1, b["responses"][:, :t].unsqueeze(-1)).squeeze(-1)
-    entropy = None
-    if with_entropy:
-        with contextlib.nullcontext() if entropy_grad else torch.no_grad():
-            entropy = core_algos.compute_entropy_from_logits(logits)
+    log_probs, entropy = forward.token_log_probs(logits, b["responses"][:, :t], temperature, chunk_tokens,
+                                                 with_entropy, entropy_grad)
+    del logits
     if t < T:  # columns after the longest response: masked everywhere
         log_probs = torch.nn.functional.pad(log_probs, (0, T - t))
         entropy = None if entropy is None else torch.nn.functional.pad(entropy, (0, T - t))
@@ -50,7 +47,7 @@ def response_log_probs(module: nn.Module, data: DataProto, temperature: float = 
 
 
 def batched_log_probs(module: nn.Module, data: DataProto, micro_batch_size: int, device, temperature: float,
-                      optimized: bool = True, autocast: str = "none") -> torch.Tensor:
+                      optimized: bool = True, autocast: str = "none", chunk_tokens: int = 0) -> torch.Tensor:
     """``response_log_probs`` over micro-batches without gradients, returned on CPU ``[B, T]`` in input order
     (``optimized``: micro-batches of prompts of similar length)."""
     order = forward.length_order(data.batch) if optimized else None
@@ -59,7 +56,8 @@ def batched_log_probs(module: nn.Module, data: DataProto, micro_batch_size: int,
     module.eval()
     with torch.no_grad():
         for mb in rows.split(micro_batch_size):
-            lp, _ = response_log_probs(module, mb.to(device), temperature, optimized=optimized, autocast=autocast)
+            lp, _ = response_log_probs(module, mb.to(device), temperature, optimized=optimized, autocast=autocast,
+                                       chunk_tokens=chunk_tokens)
             out.append(lp.cpu())
     lp = torch.cat(out)
     if order is None:
@@ -70,19 +68,60 @@ def batched_log_probs(module: nn.Module, data: DataProto, micro_batch_size: int,
 
 
 class Actor:
-    """Holds the FSDP policy, its optimizer and scheduler (one per rank)."""
+    """Holds the FSDP policy, its optimizer and scheduler (one per rank).
 
-    def __init__(self, cfg: ActorConfig, model_path: str, device: torch.device, world_size: int, temperature: float):
+    Master weights are fp32 (``worker.actor.dtype`` is the compute dtype, through FSDP mixed precision). With
+    ``worker.actor.lora.rank > 0`` the policy is a peft model: frozen base + trainable adapters (the optimizer holds the
+    adapters only); ``adapter_dir`` restores saved adapters (resume).
+    """
+
+    def __init__(self, cfg: ActorConfig, model_path: str, device: torch.device, world_size: int, temperature: float,
+                 adapter_dir: str | Path | None = None):
         self.cfg, self.device, self.temperature = cfg, device, temperature
-        compute = fsdp_utils.to_dtype(cfg.dtype)
-        # master weights in fp32; bf16/fp16 compute through FSDP mixed precision
+        self.compute_dtype = fsdp_utils.to_dtype(cfg.dtype)
         model = fsdp_utils.load_module(model_path, "actor", torch.float32, cfg.gradient_checkpointing)
-        self.module = fsdp_utils.wrap_fsdp(model, device, compute, world_size, cfg.offload_params)
+        self.lora = cfg.lora.rank > 0
+        if self.lora:
+            model = lora.add_adapters(model, cfg.lora, adapter_dir)
+        elif adapter_dir is not None:
+            raise ValueError(f"adapter {adapter_dir} given to an actor without LoRA (worker.actor.lora.rank=0)")
+        self.module = fsdp_utils.wrap_fsdp(model, device, self.compute_dtype, world_size, cfg.offload_params)
         self.optimizer, self.scheduler = build_optimizer(self.module, cfg.optim)
+
+    @property
+    def inner(self) -> nn.Module:
+        """The wrapped model (a peft model for LoRA, else the HF model)."""
+        return getattr(self.module, "module", self.module)
+
+    def adapters_off(self):
+        """Context in which the policy is its base model (LoRA: peft's ``disable_adapter``); a no-op otherwise."""
+        return self.inner.disable_adapter() if self.lora else contextlib.nullcontext()
+
+    def hf_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """The policy's full weights under HF names (LoRA merged by peft), on CPU, in ``dtype`` (None: fp32 master).
+        A collective under FSDP; every rank gets the weights."""
+        sd = fsdp_utils.full_state_dict(self.module, rank0_only=False)
+        if self.lora:
+            sd = lora.merged_state_dict(self.inner, sd, live=self.module)
+        return sd if dtype is None else {k: v.to(dtype) for k, v in sd.items()}
+
+    def rollout_state_dict(self, dtype: str | torch.dtype = "auto") -> dict[str, torch.Tensor]:
+        """What the rollout engine loads: ``hf_state_dict`` in the engine dtype (``auto``: worker.actor.dtype, as
+        worker.rollout.dtype=auto)."""
+        if isinstance(dtype, str):
+            dtype = self.compute_dtype if dtype == "auto" else fsdp_utils.to_dtype(dtype)
+        return self.hf_state_dict(dtype)
 
     def compute_log_probs(self, data: DataProto) -> torch.Tensor:
         return batched_log_probs(self.module, data, self.cfg.micro_batch_size_per_device_for_experience, self.device,
-                                 self.temperature, self.cfg.optimized_forward, self.cfg.autocast)
+                                 self.temperature, self.cfg.optimized_forward, self.cfg.autocast,
+                                 self.cfg.logprob_chunk_tokens)
+
+    def compute_base_log_probs(self, data: DataProto, micro_batch_size: int) -> torch.Tensor:
+        """Log-probs of the frozen base model (the adapters off): a LoRA actor's reference."""
+        with self.adapters_off():
+            return batched_log_probs(self.module, data, micro_batch_size, self.device, self.temperature,
+                                     self.cfg.optimized_forward, self.cfg.autocast, self.cfg.logprob_chunk_tokens)
 
     def update(self, data: DataProto, algo: AlgorithmConfig, n_mini_batches: int) -> dict[str, float]:
         """PPO-style update over this rank's rows: ``ppo_epochs`` x ``n_mini_batches`` optimizer steps.
@@ -100,7 +139,8 @@ class Actor:
             b = mb.batch
             log_probs, entropy = response_log_probs(self.module, mb, self.temperature, with_entropy=True,
                                                     optimized=cfg.optimized_forward, autocast=cfg.autocast,
-                                                    entropy_grad=cfg.entropy_coeff != 0)
+                                                    entropy_grad=cfg.entropy_coeff != 0,
+                                                    chunk_tokens=cfg.logprob_chunk_tokens)
             old = b["old_log_probs"] if has_old else log_probs.detach()
             pg_loss, pg_metrics = core_algos.compute_policy_loss(
                 old, log_probs, b["advantages"], b["response_mask"], cfg.clip_ratio_low, cfg.clip_ratio_high,

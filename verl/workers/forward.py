@@ -103,21 +103,17 @@ def response_logits(module: nn.Module, input_ids: torch.Tensor, attention_mask: 
         return torch.zeros(B, 0, vocab, device=input_ids.device)
     ids, mask, pos = input_ids[:, start:P + t - 1], attention_mask[:, start:P + t - 1], position_ids[:, start:P + t - 1]
     firsts, group = prompt_groups(input_ids[:, start:P], attention_mask[:, start:P])
+    p = P - start - 1  # the prompt pass stops before the last prompt token, whose logits the response pass computes
     with autocast_context(input_ids.device, autocast):
-        if not (share_prompt and len(firsts) < B and can_share_prompt(module)):
+        if not (share_prompt and len(firsts) < B and p > 0 and can_share_prompt(module)):
             return module(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
                           logits_to_keep=t).logits
-        p = P - start
-        out = module(input_ids=ids[firsts, :p], attention_mask=mask[firsts, :p], position_ids=pos[firsts, :p],
-                     use_cache=True, logits_to_keep=1)
-        first_logits = out.logits[group]
-        if t == 1:
-            return first_logits
-        cache = out.past_key_values
+        cache = module(input_ids=ids[firsts, :p], attention_mask=mask[firsts, :p], position_ids=pos[firsts, :p],
+                       use_cache=True, logits_to_keep=1).past_key_values
         cache.batch_select_indices(group)
-        rest = module(input_ids=ids[:, p:], attention_mask=mask, position_ids=pos[:, p:], past_key_values=cache,
+        # one [B, t, V] tensor straight from the LM head (no concatenation holding two copies)
+        return module(input_ids=ids[:, p:], attention_mask=mask, position_ids=pos[:, p:], past_key_values=cache,
                       use_cache=True).logits
-    return torch.cat([first_logits, rest], dim=1)
 
 
 def plain_response_logits(module: nn.Module, input_ids, attention_mask, position_ids, n_response: int,
@@ -138,3 +134,84 @@ def length_order(data_batch: dict[str, torch.Tensor]) -> torch.Tensor:
     plen = mask[:, :P].sum(-1).long()
     key = plen * (int(group.max()) + 1) + group
     return torch.sort(key, stable=True).indices
+
+
+def _blocks(B: int, t: int, chunk_tokens: int) -> list[tuple[int, int, int, int]]:
+    """``(row0, row1, col0, col1)`` blocks of a ``[B, t]`` token grid holding at most ``chunk_tokens`` tokens each
+    (whole rows when a row fits, else slices of one row); ``chunk_tokens <= 0``: one block."""
+    if chunk_tokens <= 0 or B * t <= chunk_tokens:
+        return [(0, B, 0, t)]
+    if t <= chunk_tokens:
+        rows = chunk_tokens // t
+        return [(r, min(r + rows, B), 0, t) for r in range(0, B, rows)]
+    return [(r, r + 1, c, min(c + chunk_tokens, t)) for r in range(B) for c in range(0, t, chunk_tokens)]
+
+
+def _scaled_fp32(block: torch.Tensor, temperature: float) -> torch.Tensor:
+    """An fp32 copy of ``block / temperature`` (a copy even for fp32 logits: callers modify it in place)."""
+    z = block.to(torch.float32, copy=True)
+    return z.div_(temperature) if temperature != 1.0 else z
+
+
+class _ChunkedTokenLogProbs(torch.autograd.Function):
+    """Log-prob of the label token and entropy of ``softmax(logits / temperature)``, computed block by block in fp32
+    (forward and backward) so no fp32 copy of the whole logits exists; only the logits themselves are kept for the
+    backward, which rebuilds each block's softmax. Gradients: d lp / dz = onehot - p, d H / dz = -p (log p + H),
+    times 1 / temperature."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, temperature: float, chunk_tokens: int, with_entropy: bool, entropy_grad: bool):
+        B, t, _ = logits.shape
+        lse = torch.empty(B, t, dtype=torch.float32, device=logits.device)
+        lp = torch.empty_like(lse)
+        ent = torch.empty_like(lse) if with_entropy else None
+        for r0, r1, c0, c1 in _blocks(B, t, chunk_tokens):
+            z = _scaled_fp32(logits[r0:r1, c0:c1], temperature)
+            blk_lse = torch.logsumexp(z, dim=-1)
+            lse[r0:r1, c0:c1] = blk_lse
+            lp[r0:r1, c0:c1] = z.gather(-1, labels[r0:r1, c0:c1].unsqueeze(-1)).squeeze(-1) - blk_lse
+            if with_entropy:  # H = logsumexp(z) - sum p z
+                ent[r0:r1, c0:c1] = blk_lse - torch.softmax(z, dim=-1).mul_(z).sum(-1)
+        ctx.save_for_backward(logits, labels, lse, ent if with_entropy else None)
+        ctx.temperature, ctx.chunk_tokens = temperature, chunk_tokens
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zero work
+        if with_entropy and not entropy_grad:
+            ctx.mark_non_differentiable(ent)
+        return lp, ent
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_lp, g_ent):
+        logits, labels, lse, ent = ctx.saved_tensors
+        B, t, _ = logits.shape
+        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        if g_lp is None:
+            g_lp = torch.zeros_like(lse)
+        for r0, r1, c0, c1 in _blocks(B, t, ctx.chunk_tokens):
+            blk = (slice(r0, r1), slice(c0, c1))
+            logp = _scaled_fp32(logits[blk], ctx.temperature).sub_(lse[blk].unsqueeze(-1))
+            p = logp.exp()
+            gl = g_lp[blk].unsqueeze(-1)
+            if g_ent is not None and ent is not None:  # -p * (g_lp + g_ent * (log p + H)), in logp's buffer
+                g = logp.add_(ent[blk].unsqueeze(-1)).mul_(g_ent[blk].unsqueeze(-1)).add_(gl).mul_(p).neg_()
+            else:
+                g = p.mul_(gl).neg_()
+            g.scatter_add_(-1, labels[blk].unsqueeze(-1), gl)
+            if ctx.temperature != 1.0:
+                g.div_(ctx.temperature)
+            grad[blk] = g
+        return grad, None, None, None, None, None
+
+
+def token_log_probs(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, chunk_tokens: int = 0,
+                    with_entropy: bool = False, entropy_grad: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``log softmax(logits / temperature)`` at ``labels`` and (if asked) the entropy, both fp32 ``[B, t]``, from
+    logits ``[B, t, V]`` of any dtype; differentiable (the entropy only with ``entropy_grad``).
+
+    Equal to ``log_softmax(logits.float() / temperature).gather(labels)`` but computed ``chunk_tokens`` tokens at a
+    time: the fp32 working set is a few ``chunk x V`` blocks instead of several ``[B, t, V]`` fp32 tensors (at
+    micro-batch 16 x 1,024 tokens x 128,256 vocab, 8.4 GB each).
+    """
+    return _ChunkedTokenLogProbs.apply(logits, labels, float(temperature), int(chunk_tokens), with_entropy,
+                                       entropy_grad)

@@ -6,7 +6,6 @@ sharding); larger worlds use ``FULL_SHARD`` with one FSDP unit per decoder layer
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -34,10 +33,36 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def init_distributed(device: torch.device, backend: str = "auto") -> tuple[int, int]:
-    """Join the process group described by RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; returns (rank, world)."""
+DEFAULT_DIST_TIMEOUT_MINUTES = 60.0
+
+
+def dist_timeout(minutes: float | None = None):
+    """How long a collective waits for the other ranks: ``minutes`` (trainer.dist_timeout_minutes), else
+    $RULE_DIST_TIMEOUT_MINUTES, else 60.
+
+    Decision: 60 minutes, not NCCL's default 10: rank 0 writes a checkpoint (~48 GB for the paper's 8B model: HF
+    export, fp32 master weights, optimizer state) while the others wait in the checkpoint's barrier, and a slow
+    disk must not turn that wait into a collective timeout; a real hang still ends the run within the hour."""
+    from datetime import timedelta
+
+    raw = minutes if minutes is not None else os.environ.get("RULE_DIST_TIMEOUT_MINUTES", DEFAULT_DIST_TIMEOUT_MINUTES)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not value > 0:
+        raise ValueError(f"trainer.dist_timeout_minutes / RULE_DIST_TIMEOUT_MINUTES = {raw!r}: must be a positive "
+                         "number of minutes")
+    return timedelta(minutes=value)
+
+
+def init_distributed(device: torch.device, backend: str = "auto",
+                     timeout_minutes: float | None = None) -> tuple[int, int]:
+    """Join the process group described by RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; returns (rank, world).
+    Collectives time out after ``dist_timeout(timeout_minutes)``."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if not dist.is_initialized():
+        timeout = dist_timeout(timeout_minutes)
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
         if backend == "auto":
@@ -45,9 +70,10 @@ def init_distributed(device: torch.device, backend: str = "auto") -> tuple[int, 
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
         if world == 1:  # a fresh port each time, so in-process runs can re-initialise after destroy
-            dist.init_process_group(backend=backend, rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{free_port()}")
+            dist.init_process_group(backend=backend, rank=0, world_size=1,
+                                    init_method=f"tcp://127.0.0.1:{free_port()}", timeout=timeout)
         else:
-            dist.init_process_group(backend=backend, rank=rank, world_size=world)
+            dist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timeout)
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -108,22 +134,54 @@ def _layer_classes(model: nn.Module) -> set[type]:
     return {type(m) for m in model.modules() if type(m).__name__ in names}
 
 
+def _mixes_frozen(model: nn.Module) -> bool:
+    """Frozen and trainable parameters together (a LoRA model)."""
+    return len({p.requires_grad for p in model.parameters()}) == 2
+
+
+def _trainable_leaf(module: nn.Module) -> bool:
+    params = list(module.parameters(recurse=False))
+    return not any(True for _ in module.children()) and bool(params) and all(p.requires_grad for p in params)
+
+
+def wrap_policy(model: nn.Module, layers: set[type]):
+    """One FSDP unit per decoder layer; when the model mixes frozen and trainable parameters (LoRA), each trainable
+    leaf module (an adapter's A or B) is a unit of its own too, so the layer units hold frozen weights only: FSDP
+    allocates a unit's gradient for its whole flat parameter, which in a mixed unit is the size of the frozen base."""
+    import functools
+
+    from torch.distributed.fsdp.wrap import (
+        ModuleWrapPolicy,
+        _or_policy,
+        lambda_auto_wrap_policy,
+        transformer_auto_wrap_policy,
+    )
+
+    if not _mixes_frozen(model):
+        return ModuleWrapPolicy(layers) if layers else None
+    policies = [functools.partial(lambda_auto_wrap_policy, lambda_fn=_trainable_leaf)]
+    if layers:
+        policies.append(functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=layers))
+    return functools.partial(_or_policy, policies=policies)
+
+
 def wrap_fsdp(model: nn.Module, device: torch.device, compute_dtype: torch.dtype, world_size: int,
               offload_params: bool = False) -> nn.Module:
     """FSDP-wrap ``model`` (parameters kept in their load dtype; ``compute_dtype`` via mixed precision when it
     differs). CPU offload of parameters is honoured on CUDA only."""
     from torch.distributed.fsdp import CPUOffload, MixedPrecision, ShardingStrategy
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
     param_dtype = next(model.parameters()).dtype
     mp = None
     if compute_dtype != param_dtype:
-        mp = MixedPrecision(param_dtype=compute_dtype, reduce_dtype=torch.float32, buffer_dtype=torch.float32)
+        # adapter units (LoRA) get inputs that peft cast to the master dtype of their weights: cast them back
+        mp = MixedPrecision(param_dtype=compute_dtype, reduce_dtype=torch.float32, buffer_dtype=torch.float32,
+                            cast_forward_inputs=_mixes_frozen(model))
     layers = _layer_classes(model)
     return FSDP(
         model,
-        auto_wrap_policy=ModuleWrapPolicy(layers) if layers else None,
+        auto_wrap_policy=wrap_policy(model, layers),
         sharding_strategy=ShardingStrategy.FULL_SHARD if world_size > 1 else ShardingStrategy.NO_SHARD,
         mixed_precision=mp,
         cpu_offload=CPUOffload(offload_params=True) if (offload_params and device.type == "cuda") else None,
@@ -131,6 +189,26 @@ def wrap_fsdp(model: nn.Module, device: torch.device, compute_dtype: torch.dtype
         use_orig_params=True,
         sync_module_states=False,
     )
+
+
+def restore_frozen_param_views(module: nn.Module) -> None:
+    """After a backward pass, register the original parameters of frozen FSDP units again.
+
+    With ``use_orig_params`` FSDP swaps each unit's parameters for plain tensor views during forward and backward and
+    puts the parameters back in its post-backward hook; a unit without trainable parameters (a LoRA actor's
+    embeddings, final norm and LM head) gets no such hook, and unsharded (world size 1, ``NO_SHARD``) nothing else
+    restores them: they then drop out of ``state_dict()`` and a tied weight fails FSDP's next reshard. Sharded units
+    are restored by FSDP itself.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    if not isinstance(module, FSDP):
+        return
+    for unit in FSDP.fsdp_modules(module):
+        handle = unit._handle
+        if handle is not None and handle._use_orig_params and not handle.uses_sharded_strategy \
+                and not handle.flat_param.requires_grad:
+            handle._use_sharded_views()
 
 
 def full_state_dict(module: nn.Module, rank0_only: bool = True) -> dict[str, torch.Tensor]:
@@ -153,14 +231,28 @@ def full_state_dict(module: nn.Module, rank0_only: bool = True) -> dict[str, tor
     return sd if (dist.get_rank() == 0 or not rank0_only) else {}
 
 
-def export_hf(module: nn.Module, out_dir: str | Path, tokenizer=None, role: str = "actor") -> None:
-    """Save an HF-loadable folder (safetensors + config + tokenizer) from rank 0. Collective under FSDP."""
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def export_hf(module: nn.Module, out_dir: str | Path, tokenizer=None, role: str = "actor",
+              dtype: torch.dtype | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Save an HF-loadable folder (safetensors + config + tokenizer) from rank 0. Collective under FSDP unless
+    ``state_dict`` (HF names, e.g. a LoRA actor's merged weights) is given.
+
+    ``dtype``: the weights are written in it and ``config.json`` names it (None: as gathered, the fp32 master
+    weights); a peft model is saved as its base model (its ``state_dict`` must then be the merged one).
+    """
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-    sd = full_state_dict(module)
+    sd = full_state_dict(module) if state_dict is None else state_dict
     if dist.is_initialized() and dist.get_rank() != 0:
         return
     inner = module.module if isinstance(module, FSDP) else module
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    if dtype is not None:
+        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
@@ -171,17 +263,62 @@ def export_hf(module: nn.Module, out_dir: str | Path, tokenizer=None, role: str 
         inner.backbone.save_pretrained(out_dir, state_dict=backbone, safe_serialization=True)
         save_file(head, str(out_dir / "value_head.safetensors"))
     else:
-        inner.save_pretrained(out_dir, state_dict=sd, safe_serialization=True)
+        inner.save_pretrained(out_dir, state_dict=_without_tied_head(inner, sd), safe_serialization=True)
+    if dtype is not None:
+        _set_config_dtype(out_dir / "config.json", dtype)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
 
 
+def _without_tied_head(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``sd`` without the LM head's weight when the config ties it to the input embeddings and the two are equal: a
+    gathered state dict holds them as separate tensors, which ``save_pretrained`` would write twice."""
+    config = getattr(model, "config", None)
+    if not getattr(config, "tie_word_embeddings", False):
+        return sd
+    names = {id(m): n.replace("_fsdp_wrapped_module.", "") for n, m in model.named_modules()}
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or emb is None:
+        return sd
+    head_key, emb_key = f"{names[id(head)]}.weight", f"{names[id(emb)]}.weight"
+    if head_key in sd and emb_key in sd and torch.equal(sd[head_key], sd[emb_key]):
+        return {k: v for k, v in sd.items() if k != head_key}
+    return sd
+
+
+def _set_config_dtype(config_file: Path, dtype: torch.dtype) -> None:
+    """Name the weights' dtype in ``config.json`` (loaders with ``dtype='auto'`` and vLLM read it; the live model's
+    config names the fp32 master dtype)."""
+    import json
+
+    cfg = json.loads(config_file.read_text(encoding="utf-8"))
+    for key in ("dtype", "torch_dtype"):
+        if key in cfg or key == "dtype":
+            cfg[key] = dtype_name(dtype)
+    config_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    """Move optimizer state tensors (offload to CPU / reload to the device)."""
-    for state in optimizer.state.values():
-        for k, v in state.items():
-            if isinstance(v, torch.Tensor):
-                state[k] = v.to(device, non_blocking=True)
+    """Move optimizer state tensors (offload to CPU / reload to the device). Scalar step counters stay where AdamW
+    keeps them (the CPU, unless fused/capturable), as ``Optimizer.load_state_dict`` does. Copies to the CPU are
+    blocking, so the state can be read (saved) right after."""
+    non_blocking = device.type != "cpu"
+    for group in optimizer.param_groups:
+        steps_follow = bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            for k, v in (state or {}).items():
+                if isinstance(v, torch.Tensor) and (k != "step" or steps_follow):
+                    state[k] = v.to(device, non_blocking=non_blocking)
+
+
+def optimizer_step_device(optimizer: torch.optim.Optimizer, default: torch.device) -> torch.device:
+    """Where the optimizer must step: the device of its parameters (the CPU under FSDP parameter offload, whose
+    sharded parameters and gradients live there), ``default`` without parameters."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            return p.device
+    return default
 
 
 def rng_state() -> dict:
@@ -230,11 +367,33 @@ def apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, optim_cfg) -
     scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
-def unsharded_params(module: nn.Module):
-    """Context gathering the root FSDP unit's parameters for generation (nested units gather themselves)."""
+def generate(module: nn.Module, **kwargs):
+    """``module.generate(**kwargs)`` run inside the root FSDP unit's forward, so generation computes as a training
+    forward does: the root's own parameters (embeddings, final norm, head) unsharded in the compute dtype of mixed
+    precision and float inputs cast. Calling the wrapped model's ``generate`` directly skips that forward: the root
+    parameters stay in the fp32 master dtype next to bf16 layers (``expected m1 and m2 to have the same dtype``).
+    Nested units gather their own parameters as in any forward; with ``synced_gpus`` every rank runs as many."""
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-    if isinstance(module, FSDP):
-        return FSDP.summon_full_params(module, writeback=False, recurse=False)
-    return contextlib.nullcontext()
+    if not isinstance(module, FSDP):
+        return module.generate(**kwargs)
+    inner = module.module
+    had_own = "forward" in inner.__dict__
+    own = inner.__dict__.get("forward")
+
+    def restore():
+        if had_own:
+            inner.forward = own
+        else:
+            inner.__dict__.pop("forward", None)
+
+    def run_generate(*_, **kw):  # FSDP's root forward calls this in place of the model's forward
+        restore()  # generate's own forward passes take the real one
+        return inner.generate(**kw)
+
+    inner.forward = run_generate
+    try:
+        return module(**kwargs)
+    finally:
+        restore()
 

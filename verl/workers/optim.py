@@ -28,7 +28,12 @@ def build_optimizer(module: nn.Module, optim_cfg) -> tuple[torch.optim.Optimizer
 
 
 def clip_and_step(module, optimizer, scheduler, max_grad_norm: float, offload: bool, device) -> float:
-    """Clip gradients, step unless the norm is non-finite; returns the pre-clip norm."""
+    """Clip gradients, step unless the norm is non-finite; returns the pre-clip norm.
+
+    The norm is global under FSDP (every rank gets the same value, so all ranks stop together). ``offload``: the
+    optimizer state lives on the CPU between steps and joins the parameters for the step
+    (``fsdp_utils.optimizer_step_device``: the GPU, or the CPU when FSDP offloads the parameters there).
+    """
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     if isinstance(module, FSDP):
@@ -39,13 +44,25 @@ def clip_and_step(module, optimizer, scheduler, max_grad_norm: float, offload: b
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteLossError(f"non-finite gradient norm ({float(grad_norm)}); stopping before the optimizer step")
     if offload:
-        fsdp_utils.move_optimizer_state(optimizer, device)
+        fsdp_utils.move_optimizer_state(optimizer, fsdp_utils.optimizer_step_device(optimizer, device))
     optimizer.step()
     scheduler.step()
     if offload:
         fsdp_utils.move_optimizer_state(optimizer, torch.device("cpu"))
     optimizer.zero_grad(set_to_none=True)
     return float(grad_norm)
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` holds on any rank (an all-reduce MAX; the local value without a process group). Every rank
+    must call it the same number of times."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
 
 
 LossFn = Callable[[DataProto], tuple[torch.Tensor, dict[str, float]]]
@@ -69,7 +86,9 @@ def minibatch_update(
     """``epochs`` x ``n_mini_batches`` optimizer steps over ``data``, accumulating gradients over micro-batches.
 
     ``loss_fn(micro_batch_on_device) -> (loss, metrics)``; a non-finite loss zeroes the gradients and raises
-    ``NonFiniteLossError`` before any step. Returns the metrics averaged over micro-batches, plus
+    ``NonFiniteLossError`` before any step. The decision is collective: each micro-batch's non-finite flag is
+    all-reduced before its backward, so when one rank sees NaN every rank raises (a rank that raised alone would leave
+    the others blocked in FSDP's gradient reduce-scatter). Returns the metrics averaged over micro-batches, plus
     ``{prefix}/grad_norm`` (mean pre-clip norm over steps) and ``{prefix}/lr``.
     """
     module.train()
@@ -82,11 +101,15 @@ def minibatch_update(
             n_micro = math.ceil(len(mini) / micro)
             for mb in mini.split(micro):
                 loss, metrics = loss_fn(mb.to(device))
-                if not torch.isfinite(loss):
+                finite = bool(torch.isfinite(loss))
+                if any_rank(not finite, device):
                     optimizer.zero_grad(set_to_none=True)
                     detail = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-                    raise NonFiniteLossError(f"{prefix} loss is {loss.item()} ({detail}); stopping")
+                    where = f"{prefix} loss is {loss.item()} ({detail})" if not finite else \
+                        f"{prefix} loss is non-finite on another rank (here {loss.item():.4g})"
+                    raise NonFiniteLossError(f"{where}; stopping")
                 (loss / n_micro).backward()
+                fsdp_utils.restore_frozen_param_views(module)
                 for k, v in {f"{prefix}/loss": loss.item(), **metrics}.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
