@@ -29,6 +29,8 @@ class TrainArgs:
     retain_num_targets: int = 2  # how many other targets' passages make the auto retain corpus
     prompt_form: str = "chat"  # reject_target/rwku_rt prompts: chat (the release: a bare user turn), rwku (the RWKU probe wrapper + "Answer:", FB wrapper for "___" rows) or both (each question in both forms; the sandbox's small model does not carry a refusal from one form to the other)
     muse_icl: str = "knowmem/train_qa_icl"  # muse_reject: MUSE file whose QA pairs are the one few-shot prefix of qa rows ("" for none)
+    user_turn: str = "template"  # chat prompts: template (as the model's template renders them; Llama-3 trims) or verbatim (unchanged, the release's LLaMA-Factory llama3 template)
+    rt_templates: str = "project"  # rwku_rt/idk_pref refusals: project (10 templates, one per question by hash) or release (RWKU's reject.json: its 100 templates, row j -> template j mod 100)
     output_dir: str = ""  # where checkpoints, logs and the final model go
     config: str = ""  # YAML file with defaults for any of these fields
     # --- model / fine-tuning
@@ -37,7 +39,7 @@ class TrainArgs:
     lora_alpha: int = 16  # LoRA alpha (scaling = alpha / r)
     lora_dropout: float = 0.0  # LoRA dropout
     lora_target: str = "all"  # comma list of module names, or "all" (every linear layer but lm_head)
-    cutoff_len: int = 512  # max tokens per example (prompt + response, or text)
+    cutoff_len: int = 512  # max tokens per example (prompt + response, or text); 0: no cutoff (muse_reject only, the release's MUSE RS)
     # --- optimisation
     per_device_train_batch_size: int = 8  # examples per device per micro-step (the most, when total_batch_size is set)
     gradient_accumulation_steps: int = 1  # micro-steps per optimizer step (derived when total_batch_size is set)
@@ -50,6 +52,9 @@ class TrainArgs:
     lr_scheduler_type: str = "cosine"  # cosine, linear or constant (transformers scheduler names)
     warmup_steps: int = 20  # linear warm-up steps
     bf16: bool = False  # bf16 mixed precision through accelerate
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, ~30% slower); the 8B runs on 1-2 GPUs
+    sync_each_batch: str = "auto"  # reduce gradients on every accumulation micro-step: true, false, auto (true under FSDP, where accelerate's no_sync keeps a full unsharded gradient per GPU)
+    loss_reduction: str = "micro_batch_mean"  # NLL stages (rt, inject, ga): micro_batch_mean (token mean per micro-batch, averaged over processes and accumulation) or global_token_mean (summed token losses / labelled tokens of the whole effective batch: the release's one-process batch of 8)
     loss_window: bool = False  # compute logits only from the batch's first labelled position on (the same losses to ~1e-6; injection 7-12% and RS ~10% faster on CPU); off by default: the rounding moves the sandbox table's outcomes
     seed: int = 42  # seed for data order, splits and init
     # --- data selection
@@ -62,12 +67,16 @@ class TrainArgs:
     refusal_stop_after: int = 0  # optimizer steps to keep training once --refusal_stop is reached (within --max_steps)
     # --- saving / logging
     save_strategy: str = "epoch"  # epoch (a checkpoint per epoch) or no (final model only)
+    save_total_limit: int = 0  # keep only the newest N epoch checkpoints, plus --save_keep_epochs (0: keep all)
+    save_keep_epochs: str = "2"  # comma list of epoch checkpoints --save_total_limit never removes (ReBO starts from checkpoint-epoch-2)
+    save_dtype: str = "auto"  # dtype of the saved weights: auto (bfloat16 with --bf16, else float32), bfloat16 or float32
     logging_steps: int = 5  # write a loss line every N optimizer steps
     overwrite_output_dir: bool = False  # allow reusing a non-empty output folder
     plot_loss: bool = True  # draw O/loss.png at the end
     # --- losses
     forget_weight: float = 1.0  # weight of the forget-side loss
     retain_weight: float = 1.0  # weight of the retain loss (GDR NLL or KLR KL)
+    klr_reduction: str = "labelled_mean"  # KLR's KL: labelled_mean (over the positions predicting a labelled token) or release (kl_div batchmean over all B*T positions, padding included, as the RULE release)
     npo_beta: float = 0.1  # NPO inverse temperature beta
     simnpo_beta: float = 2.5  # SimNPO beta (the paper's; loss -2/beta logsigmoid(-beta/|y| log p - gamma))
     simnpo_gamma: float = 0.0  # SimNPO reward margin gamma >= 0, subtracted inside the sigmoid as published (open-unlearning's delta = gamma / beta)
@@ -207,6 +216,12 @@ def validate_args(args: TrainArgs) -> None:
         raise ValueError(f"--finetuning_type must be full or lora, got {args.finetuning_type!r}")
     if args.save_strategy not in ("epoch", "no"):
         raise ValueError(f"--save_strategy must be epoch or no, got {args.save_strategy!r}")
+    if args.user_turn not in ("template", "verbatim"):
+        raise ValueError(f"--user_turn must be template or verbatim, got {args.user_turn!r}")
+    if args.rt_templates not in ("project", "release"):
+        raise ValueError(f"--rt_templates must be project or release, got {args.rt_templates!r}")
+    if args.cutoff_len < 0 or (args.cutoff_len == 0 and args.dataset != "muse_reject"):
+        raise ValueError(f"--cutoff_len {args.cutoff_len}: must be >= 1 (0, no cutoff, only with --dataset muse_reject)")
     if args.prompt_form not in ("chat", "rwku", "both"):
         raise ValueError(f"--prompt_form must be chat, rwku or both, got {args.prompt_form!r}")
     if not 0 <= args.refusal_stop <= 1:
@@ -227,6 +242,56 @@ def validate_args(args: TrainArgs) -> None:
         raise ValueError("batch size and gradient accumulation steps must be >= 1")
     if args.total_batch_size < 0:
         raise ValueError("--total_batch_size must be >= 0 (0: per-device x processes x accumulation as given)")
+    _validate_memory_and_saving(args)
+    _validate_reductions(args)
+
+
+SAVE_DTYPES = ("auto", "bfloat16", "float32")
+LOSS_REDUCTIONS = ("micro_batch_mean", "global_token_mean")
+KLR_REDUCTIONS = ("labelled_mean", "release")
+
+
+def _validate_memory_and_saving(args: TrainArgs) -> None:
+    if args.sync_each_batch not in ("auto", "true", "false"):
+        raise ValueError(f"--sync_each_batch must be auto, true or false, got {args.sync_each_batch!r}")
+    if args.save_dtype not in SAVE_DTYPES:
+        raise ValueError(f"--save_dtype must be one of {SAVE_DTYPES}, got {args.save_dtype!r}")
+    if args.save_total_limit < 0:
+        raise ValueError("--save_total_limit must be >= 0 (0: keep every epoch checkpoint)")
+    keep_epochs(args.save_keep_epochs)
+
+
+def _validate_reductions(args: TrainArgs) -> None:
+    from RS.stages import STAGES
+
+    if args.loss_reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"--loss_reduction must be one of {LOSS_REDUCTIONS}, got {args.loss_reduction!r}")
+    stage = STAGES[args.stage]
+    if args.loss_reduction == "global_token_mean" and (stage.forget_loss not in ("nll", "ga") or stage.retain):
+        raise ValueError(f"--loss_reduction global_token_mean applies to a loss that is one token NLL (stages rt, "
+                         f"inject, ga); stage {args.stage} mixes other terms: use micro_batch_mean")
+    if args.klr_reduction not in KLR_REDUCTIONS:
+        raise ValueError(f"--klr_reduction must be one of {KLR_REDUCTIONS}, got {args.klr_reduction!r}")
+
+
+def keep_epochs(spec: str) -> set[int]:
+    """The epochs of ``--save_keep_epochs`` ("2", "2,3", ""), checked."""
+    out = set()
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        if not item.isdigit() or int(item) < 1:
+            raise ValueError(f"--save_keep_epochs takes a comma list of epoch numbers >= 1, got {spec!r}")
+        out.add(int(item))
+    return out
+
+
+def save_dtype(args: TrainArgs):
+    """The torch dtype checkpoints are written in: the training precision unless --save_dtype says otherwise."""
+    import torch
+
+    name = args.save_dtype if args.save_dtype != "auto" else ("bfloat16" if args.bf16 else "float32")
+    return getattr(torch, name)
 
 
 def batch_plan(total_batch_size: int, per_device_max: int, num_processes: int,
@@ -260,4 +325,4 @@ def args_to_dict(args: TrainArgs) -> dict:
 
 
 __all__ = ["TrainArgs", "parse_args", "build_parser", "load_yaml_config", "validate_args", "args_to_dict", "batch_plan",
-           "steps_per_epoch"]
+           "steps_per_epoch", "keep_epochs", "save_dtype"]

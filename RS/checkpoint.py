@@ -1,36 +1,73 @@
-"""Writing Hugging Face checkpoints atomically (temp folder + os.replace), full fine-tune or merged LoRA."""
+"""Writing Hugging Face checkpoints atomically (temp folder + os.replace), full fine-tune or merged LoRA, in the
+training dtype; the epoch-checkpoint save limit; the disk size of a checkpoint for planning."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
+# tokenizer (Llama-3's tokenizer.json is ~9 MB), config, generation config, trainer state and safetensors headers
+METADATA_BYTES = 32 * 2**20
+EPOCH_DIR = re.compile(r"checkpoint-epoch-(\d+)$")
 
-def merge_lora_state_dict(state_dict: dict[str, torch.Tensor], scaling: float, adapter: str = "default") -> dict:
-    """Fold LoRA weights into the base weights of a peft state dict: W <- W + scaling * B @ A.
 
-    Input keys look like ``base_model.model.<path>.base_layer.weight`` / ``.lora_A.<adapter>.weight`` (r, in) /
-    ``.lora_B.<adapter>.weight`` (out, r); the output has the plain base-model keys (``<path>.weight``).
-    Works on a gathered state dict, so it also serves FSDP/ZeRO-3 runs.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        if ".lora_A." in key or ".lora_B." in key or "lora_embedding" in key:
-            continue
-        new = key.removeprefix("base_model.model.").replace(".base_layer.", ".")
-        if key.endswith(".base_layer.weight"):
-            stem = key[: -len(".base_layer.weight")]
-            a = state_dict.get(f"{stem}.lora_A.{adapter}.weight")
-            b = state_dict.get(f"{stem}.lora_B.{adapter}.weight")
-            if a is not None and b is not None:
-                value = (value.float() + scaling * (b.float() @ a.float())).to(value.dtype)
-        out[new] = value
-    return out
+def checkpoint_bytes(n_params: int, dtype: str | torch.dtype = "bfloat16", n_adapter_params: int = 0) -> int:
+    """Bytes on disk of one checkpoint RS.train writes (an epoch folder, or the final model in the run folder).
+
+    ``n_params``: elements of the saved tensors (tied embeddings counted once), ``dtype``: the save dtype
+    (``--save_dtype``; bfloat16 with ``--bf16``), ``n_adapter_params``: LoRA parameters (the adapter is kept beside
+    the merged weights, in float32). A METADATA_BYTES allowance covers tokenizer and config files."""
+    dt = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not isinstance(dt, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}")
+    return n_params * dt.itemsize + n_adapter_params * 4 + METADATA_BYTES
+
+
+def kept_epochs(n_epochs: int, save_total_limit: int = 0, keep: set[int] | frozenset = frozenset({2})) -> list[int]:
+    """The epoch checkpoints left after ``n_epochs`` epochs under ``--save_total_limit`` / ``--save_keep_epochs``."""
+    left: list[int] = []
+    for epoch in range(1, n_epochs + 1):
+        left = _survivors(left + [epoch], save_total_limit, keep)
+    return left
+
+
+def run_disk_bytes(n_params: int, dtype: str | torch.dtype = "bfloat16", n_epochs: int = 3, save_total_limit: int = 0,
+                   keep: set[int] | frozenset = frozenset({2}), n_adapter_params: int = 0) -> int:
+    """Peak bytes of one RS.train output folder with ``--save_strategy epoch``: an epoch checkpoint is written
+    beside the ones kept so far before the limit removes any, and the final model beside the kept ones."""
+    left, peak = [], 0
+    for epoch in range(1, n_epochs + 1):
+        peak = max(peak, len(left) + 1)
+        left = _survivors(left + [epoch], save_total_limit, keep)
+    peak = max(peak, len(left) + 1)
+    return peak * checkpoint_bytes(n_params, dtype, n_adapter_params)
+
+
+def _survivors(epochs: list[int], limit: int, keep) -> list[int]:
+    if limit <= 0:
+        return sorted(epochs)
+    newest = sorted(epochs)[-limit:]
+    return sorted(e for e in epochs if e in newest or e in keep)
+
+
+def prune_epoch_checkpoints(out_dir: str | Path, save_total_limit: int, keep: set[int]) -> list[Path]:
+    """Remove the epoch checkpoints of ``out_dir`` beyond the newest ``save_total_limit`` (0: none), never those in
+    ``keep``; returns what was removed."""
+    if save_total_limit <= 0:
+        return []
+    found = {int(m.group(1)): p for p in Path(out_dir).iterdir() if p.is_dir() and (m := EPOCH_DIR.match(p.name))}
+    left = set(_survivors(list(found), save_total_limit, keep))
+    removed = [p for e, p in sorted(found.items()) if e not in left]
+    for path in removed:
+        shutil.rmtree(path)
+    return removed
 
 
 def _atomic_dir(out_dir: Path) -> Path:
@@ -52,14 +89,15 @@ def _publish(tmp: Path, out_dir: Path) -> None:
         os.replace(tmp, out_dir)
 
 
-def save_hf_checkpoint(accelerator, model, tokenizer, out_dir: str | Path, lora_scaling: float | None = None,
-                       extra: dict | None = None, into_existing: bool = False) -> Path | None:
+def save_hf_checkpoint(accelerator, model, tokenizer, out_dir: str | Path, extra: dict | None = None,
+                       into_existing: bool = False, dtype: torch.dtype | None = None) -> Path | None:
     """Save ``model`` (possibly accelerate-wrapped, possibly peft) as a plain HF folder at ``out_dir``.
 
-    The state dict is gathered on every rank (needed under FSDP/ZeRO-3); only the main process writes. LoRA models
-    are exported merged (loadable by from_pretrained without peft) with the adapter alongside in ``adapter/``.
-    ``into_existing``: write the files into an existing folder (the run's output dir, which also holds logs and
-    epoch checkpoints) one ``os.replace`` per file, instead of swapping the whole folder.
+    The state dict is gathered on every rank (needed under FSDP/ZeRO-3); only the main process writes, from that
+    gathered copy (never from its own shard). LoRA models are exported merged by peft (loadable by from_pretrained
+    without peft) with the adapter alongside in ``adapter/``. ``dtype``: the saved weights' dtype (default: as
+    trained). ``into_existing``: write the files into an existing folder (the run's output dir, which also holds logs
+    and epoch checkpoints) one ``os.replace`` per file, instead of swapping the whole folder.
     """
     out_dir = Path(out_dir)
     state_dict = accelerator.get_state_dict(model)
@@ -68,14 +106,11 @@ def save_hf_checkpoint(accelerator, model, tokenizer, out_dir: str | Path, lora_
         accelerator.wait_for_everyone()
         return None
     tmp = _atomic_dir(out_dir)
-    is_peft = hasattr(unwrapped, "peft_config")
-    if is_peft:
-        unwrapped.save_pretrained(tmp / "adapter")
-        merged = merge_lora_state_dict(state_dict, lora_scaling or 1.0)
-        base = unwrapped.get_base_model()
-        _save_plain(base, merged, tmp)
+    if hasattr(unwrapped, "peft_config"):
+        base = merged_lora_model(unwrapped, state_dict, adapter_dir=tmp / "adapter")
+        _save_plain(base.config, base.generation_config, base.state_dict(), tmp, dtype)
     else:
-        _save_plain(unwrapped, state_dict, tmp)
+        _save_plain(unwrapped.config, unwrapped.generation_config, state_dict, tmp, dtype)
     tokenizer.save_pretrained(tmp)
     if extra:
         with open(tmp / "trainer_state.json", "w", encoding="utf-8") as f:
@@ -94,19 +129,53 @@ def save_hf_checkpoint(accelerator, model, tokenizer, out_dir: str | Path, lora_
     return out_dir
 
 
-def _save_plain(model, state_dict: dict, out: Path) -> None:
-    """save_pretrained with an explicit state dict, into a fresh model of the same config when the given one
-    carries peft layers (so the saved keys are the base model's)."""
+def merged_lora_model(peft_model, state_dict: dict[str, torch.Tensor], adapter_dir: Path | None = None):
+    """The base model with the LoRA weights of ``state_dict`` (a gathered peft state dict) merged in by peft's own
+    ``merge_and_unload``. A copy of ``peft_model``'s structure is built on the meta device and takes the gathered
+    tensors, so a sharded (FSDP) model is merged from the full weights; ``safe_merge`` writes the merged weights
+    into new tensors, leaving the training model's parameters untouched. ``adapter_dir``: also save the adapter."""
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    sd = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    if any(".base_layer." in n for n, _ in model.named_parameters()):
-        with torch.device("meta"):
-            fresh = AutoModelForCausalLM.from_config(model.config)
-        fresh.load_state_dict(sd, strict=False, assign=True)
-        if getattr(model.config, "tie_word_embeddings", False):
-            fresh.tie_weights()
-        fresh.generation_config = model.generation_config
-        model = fresh
-        sd = None
-    model.save_pretrained(out, state_dict=sd, safe_serialization=True)
+    name = peft_model.active_adapter
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(copy.deepcopy(peft_model.get_base_model().config))
+        fresh = get_peft_model(base, copy.deepcopy(peft_model.peft_config[name]), adapter_name=name)
+    sd = {k: v.detach().to("cpu") for k, v in state_dict.items()}
+    missing = _missing_keys(fresh, fresh.load_state_dict(sd, strict=False, assign=True))
+    if missing:
+        raise RuntimeError(f"gathered LoRA state dict lacks {missing[:5]} ({len(missing)} keys)")
+    if adapter_dir is not None:
+        fresh.save_pretrained(adapter_dir)
+    merged = fresh.merge_and_unload(safe_merge=True)
+    if getattr(merged.config, "tie_word_embeddings", False):
+        merged.tie_weights()
+    merged.generation_config = peft_model.get_base_model().generation_config
+    return merged
+
+
+def _missing_keys(model, result) -> list[str]:
+    """Missing keys of a load_state_dict ``result``, less an output layer tied to the loaded input embeddings."""
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    return [k for k in result.missing_keys if not (tied and k.endswith("lm_head.weight"))]
+
+
+def _save_plain(config, generation_config, state_dict: dict, out: Path, dtype: torch.dtype | None = None) -> None:
+    """save_pretrained of a fresh model of ``config`` that takes ``state_dict``'s tensors (cast to ``dtype``), so
+    the saved config names the saved dtype and the training model (its config included) is never touched."""
+    from transformers import AutoModelForCausalLM
+
+    def cast(v: torch.Tensor) -> torch.Tensor:
+        v = v.detach().to("cpu")
+        return (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+
+    sd = {k: cast(v) for k, v in state_dict.items()}
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(copy.deepcopy(config))
+    missing = _missing_keys(fresh, fresh.load_state_dict(sd, strict=False, assign=True))
+    if missing:
+        raise RuntimeError(f"state dict lacks {missing[:5]} ({len(missing)} keys) of {type(fresh).__name__}")
+    if getattr(fresh.config, "tie_word_embeddings", False):
+        fresh.tie_weights()
+    fresh.generation_config = copy.deepcopy(generation_config)
+    fresh.save_pretrained(out, safe_serialization=True)

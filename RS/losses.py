@@ -35,25 +35,48 @@ def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     return logp.sum(-1), mask.sum(-1)
 
 
-def nll_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Token-mean negative log-likelihood over all labelled tokens of the batch (SFT, GDR's retain term)."""
+def labelled_tokens(labels: torch.Tensor) -> int:
+    """How many tokens of ``labels`` (B, T) carry a loss: the labels that some position predicts (t >= 1)."""
+    return int(labels[:, 1:].ne(IGNORE_INDEX).sum())
+
+
+def nll_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Negative log-likelihood of the labelled tokens (SFT, GDR's retain term). ``reduction`` "mean": over the
+    batch's labelled tokens; "sum": their sum, for a caller that divides by the labelled tokens of a larger batch
+    (RS.train's global token mean over processes and accumulation micro-steps)."""
     logp, mask = token_logprobs(logits, labels)
+    if reduction == "sum":
+        return -logp.sum()
+    if reduction != "mean":
+        raise ValueError(f"nll_loss reduction must be mean or sum, got {reduction!r}")
     return -(logp.sum() / mask.sum().clamp(min=1))
 
 
-def ga_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Gradient ascent: minus the token-mean NLL on forget data (minimising it raises the forget loss)."""
-    return -nll_loss(logits, labels)
+def ga_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Gradient ascent: minus the NLL on forget data (minimising it raises the forget loss)."""
+    return -nll_loss(logits, labels, reduction)
 
 
-def kl_loss(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """KLR's retain term: token-mean KL(p_ref || p_theta) over labelled positions of the full next-token
-    distributions. ``ref_logits`` (B, T, V) come from the frozen original model on the same inputs.
+KL_REDUCTIONS = ("labelled_mean", "release")
 
-    Normalisation: summed over the vocabulary, averaged over the batch's labelled (non-padding) positions. TOFU /
-    open-unlearning's KL uses ``kl_div(..., reduction="batchmean")`` over every flattened position, padding included,
-    which is this value times (labelled positions / all positions); the RULE release's KLR code was not available
-    to check (README: Fidelity)."""
+
+def kl_loss(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor,
+            reduction: str = "labelled_mean") -> torch.Tensor:
+    """KLR's retain term: KL(p_ref || p_theta) of the full next-token distributions, summed over the vocabulary.
+    ``ref_logits`` (B, T, V) come from the frozen original model on the same inputs.
+
+    ``reduction`` "labelled_mean": averaged over the positions that predict a labelled token (padding and prompt
+    carry no weight). "release": the RULE release's ``kl_div(current.view(-1, V), ref.view(-1, V),
+    reduction="batchmean", log_target=True)`` (RS/src/llmtuner/train/{ga,npo,simpo}/trainer.py): summed over every
+    one of the B*T positions (padding and the last position, which predicts nothing, included) and divided by B*T;
+    it needs the full logits (no ``--loss_window``)."""
+    if reduction == "release":
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
+        kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)  # (B, T)
+        return kl.sum() / max(1, kl.numel())
+    if reduction != "labelled_mean":
+        raise ValueError(f"kl_loss reduction must be one of {KL_REDUCTIONS}, got {reduction!r}")
     lg, _, mask = _shift(logits, labels)
     rlg = ref_logits[:, :-1, :]
     logp = torch.log_softmax(lg.float(), dim=-1)

@@ -5,10 +5,15 @@ works) serves every stage of ``RS.stages``. Outputs in ``--output_dir``: ``check
 (``--save_strategy epoch``) and the final model at the top (HF folders, safetensors + tokenizer, LoRA merged),
 ``train_log.jsonl``, ``loss.png``, ``run_args.json``, ``run_info.json`` (git commit, data sha256), ``heldout.json``
 (``--train_fraction``), ``inject_eval.json`` (stage inject) and the ``DONE`` marker.
+
+Under FSDP (RS/configs/accelerate_fsdp.yaml, _fsdp_offload.yaml) the frozen reference of NPO/DPO/KLR is sharded
+like the policy, gradient accumulation reduces each micro-step (no unsharded gradient is kept), and the injection
+scores are computed on the main process from a plain copy of the saved model while the other processes wait.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -18,15 +23,17 @@ import platform
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
 from RS import losses, refusal_stop
-from RS.args import TrainArgs, args_to_dict, batch_plan, parse_args
+from RS.args import TrainArgs, args_to_dict, batch_plan, keep_epochs, parse_args, save_dtype
 from RS.args import steps_per_epoch as epoch_steps
-from RS.checkpoint import save_hf_checkpoint
+from RS.checkpoint import prune_epoch_checkpoints, save_hf_checkpoint
 from RS.datasets import build_data, collate
 from RS.stages import Stage, get_stage
 from verl.utils.cli import UserError
@@ -80,6 +87,9 @@ def _load_model(args: TrainArgs):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
+    if args.gradient_checkpointing:  # non-reentrant: no input-grad hook needed for LoRA, works under FSDP
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
     ref = None
     if args.finetuning_type == "lora":
         from peft import LoraConfig, get_peft_model
@@ -91,15 +101,70 @@ def _load_model(args: TrainArgs):
     return path, model, tokenizer, ref
 
 
-def _load_ref(path: str, bf16: bool = False):
-    """The frozen original model (NPO/DPO reference, KLR). Not sharded: each process holds a full copy."""
+@contextlib.contextmanager
+def full_weights_loading(accelerator=None):
+    """Load a model in full on this process. Under accelerate's FSDP CPU-RAM-efficient loading
+    (FSDP_CPU_RAM_EFFICIENT_LOADING, set by RS/configs/accelerate_fsdp*.yaml) transformers gives every local rank
+    but 0 zeros and counts on FSDP's ``sync_module_states`` to broadcast rank 0's weights, and under DeepSpeed
+    ZeRO-3 it partitions the weights at load: a model that is not then wrapped (a reference used as is, an
+    evaluation copy) must be read with both off."""
+    saved = os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING")
+    os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
+    plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
+    try:
+        with plugin.zero3_init_context_manager(enable=False) if plugin is not None else contextlib.nullcontext():
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop("FSDP_CPU_RAM_EFFICIENT_LOADING", None)
+        else:
+            os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = saved
+
+
+def _fsdp1(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return (accelerator is not None and accelerator.distributed_type == DistributedType.FSDP
+            and not accelerator.is_fsdp2)
+
+
+def _load_ref(path: str, bf16: bool = False, accelerator=None):
+    """The frozen original model (NPO/DPO reference, KLR). Under FSDP1 it is wrapped like the policy (rank 0's
+    weights broadcast, then sharded: an 8B bf16 copy costs 16 GB / processes per GPU, offloaded with the offload
+    config); otherwise every process reads a full copy, whatever loading flags the launcher set."""
     from transformers import AutoModelForCausalLM
 
-    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 else torch.float32,
-                                               use_safetensors=True)
+    def load():
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 else torch.float32,
+                                                    use_safetensors=True)
+
+    if _fsdp1(accelerator):
+        ref = _shard_ref(load().requires_grad_(False), accelerator)
+    else:
+        with full_weights_loading(accelerator):
+            ref = load()
+        ref.requires_grad_(False)
+        if accelerator is not None:
+            ref = ref.to(accelerator.device)
     ref.eval()
-    ref.requires_grad_(False)
     return ref
+
+
+def _shard_ref(ref, accelerator):
+    """Wrap the frozen reference in FSDP1 with the accelerate plugin's settings (as accelerate wraps the policy):
+    ``sync_module_states`` gives every rank rank 0's weights when the others loaded zeros, the auto-wrap policy
+    shards it per decoder layer, ``cpu_offload`` follows the config. Forward passes then gather one layer at a
+    time on every rank, as the policy's do."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    plugin = accelerator.state.fsdp_plugin
+    plugin.set_auto_wrap_policy(ref)
+    return FSDP(ref, sharding_strategy=plugin.sharding_strategy or plugin.reshard_after_forward,
+                cpu_offload=plugin.cpu_offload, auto_wrap_policy=plugin.auto_wrap_policy,
+                mixed_precision=plugin.mixed_precision_policy, sync_module_states=plugin.sync_module_states,
+                forward_prefetch=plugin.forward_prefetch, use_orig_params=plugin.use_orig_params,
+                param_init_fn=plugin.param_init_fn, limit_all_gathers=plugin.limit_all_gathers,
+                device_id=accelerator.device)
 
 
 def _forward_logits(model, batch: dict, prefix: str = "", window: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,8 +184,11 @@ def _forward_logits(model, batch: dict, prefix: str = "", window: bool = False) 
 
 
 def compute_loss(stage: Stage, args: TrainArgs, model, ref, batch: dict, retain_batch: dict | None) -> dict:
-    """The stage's total loss and its parts (tensors) for one micro-batch."""
+    """The stage's total loss and its parts (tensors) for one micro-batch. With --loss_reduction global_token_mean
+    the NLL/GA loss is the micro-batch's token sum; RS.train divides the step's gradient by the labelled tokens of
+    the whole effective batch (_StepLoss)."""
     w = args.loss_window
+    red = "sum" if args.loss_reduction == "global_token_mean" else "mean"
     parts: dict[str, torch.Tensor] = {}
     if stage.forget_loss == "dpo":
         c_logp, _ = losses.sequence_logprob(*_forward_logits(model, batch, "chosen_", window=w))
@@ -132,9 +200,9 @@ def compute_loss(stage: Stage, args: TrainArgs, model, ref, batch: dict, retain_
     else:
         logits, labels = _forward_logits(model, batch, window=w)
         if stage.forget_loss == "nll":
-            parts["forget"] = losses.nll_loss(logits, labels)
+            parts["forget"] = losses.nll_loss(logits, labels, red)
         elif stage.forget_loss == "ga":
-            parts["forget"] = losses.ga_loss(logits, labels)
+            parts["forget"] = losses.ga_loss(logits, labels, red)
         elif stage.forget_loss == "npo":
             logp, _ = losses.sequence_logprob(logits, labels)
             with torch.no_grad():
@@ -147,13 +215,14 @@ def compute_loss(stage: Stage, args: TrainArgs, model, ref, batch: dict, retain_
             raise ValueError(f"stage {stage.name}: unknown forget loss {stage.forget_loss!r}")
     total = args.forget_weight * parts["forget"]
     if stage.retain and retain_batch is not None:
-        r_logits, r_labels = _forward_logits(model, retain_batch, window=w)
+        rw = w and not (stage.retain == "kl" and args.klr_reduction == "release")  # release: every position
+        r_logits, r_labels = _forward_logits(model, retain_batch, window=rw)
         if stage.retain == "nll":
             parts["retain"] = losses.nll_loss(r_logits, r_labels)
         else:
             with torch.no_grad():
-                ref_logits, _ = _forward_logits(ref, retain_batch, window=w)
-            parts["retain"] = losses.kl_loss(r_logits, ref_logits, r_labels)
+                ref_logits, _ = _forward_logits(ref, retain_batch, window=rw)
+            parts["retain"] = losses.kl_loss(r_logits, ref_logits, r_labels, args.klr_reduction)
         total = total + args.retain_weight * parts["retain"]
     parts["loss"] = total
     return parts
@@ -207,6 +276,22 @@ def _inject_eval(model, tokenizer, args: TrainArgs, root) -> dict:
     return out
 
 
+def _inject_scores(accelerator, folder: str | Path, tokenizer, args: TrainArgs, root) -> dict | None:
+    """Probe scores of the HF model in ``folder`` (the base model, or the run's saved final model) on the main
+    process, from a plain copy read in full, while the other processes wait at a barrier: the training model may be
+    sharded (an FSDP unit gathers its weights only when every process joins) or partitioned (ZeRO-3)."""
+    scores = None
+    if accelerator.is_main_process:
+        from transformers import AutoModelForCausalLM
+
+        with full_weights_loading(accelerator):
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
+        scores = _inject_eval(model.to(accelerator.device).eval(), tokenizer, args, root)
+        del model
+    accelerator.wait_for_everyone()
+    return scores
+
+
 def _partial_state():
     """accelerate's process state; on a machine without CUDA it must be created with cpu=True, or processes started
     by torchrun / accelerate launch each run alone (accelerate reads LOCAL_RANK only for accelerators). On a CPU it
@@ -231,17 +316,34 @@ def train(args: TrainArgs) -> Path:
             lock.release()
 
 
-def _train(args: TrainArgs) -> Path:
+def sync_each_batch(args: TrainArgs) -> bool:
+    """Whether gradients are reduced on every accumulation micro-step. ``auto``: under FSDP (accelerate launch with
+    an FSDP config exports ACCELERATE_USE_FSDP; accelerate uses FSDP only with GPUs), where accelerate's ``no_sync``
+    would keep a full unsharded fp32 gradient on every GPU between micro-steps (32 GB for 8B); with it each
+    micro-step reduce-scatters into the sharded gradient. Under DDP, no_sync only saves communication."""
+    if args.sync_each_batch == "auto":
+        return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and torch.cuda.is_available()
+    return args.sync_each_batch == "true"
+
+
+def _build_accelerator(args: TrainArgs):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, GradientAccumulationPlugin
+
+    plugin = GradientAccumulationPlugin(num_steps=args.gradient_accumulation_steps,
+                                        sync_each_batch=sync_each_batch(args))
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_plugin=plugin,
+                              mixed_precision="bf16" if args.bf16 else "no")
+    if args.loss_reduction == "global_token_mean" and accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise UserError("--loss_reduction global_token_mean rescales the gradients before the optimizer step, which "
+                        "DeepSpeed takes inside backward: use an FSDP config (RS/configs/accelerate_fsdp.yaml)")
+    return accelerator
+
+
+def _plan_batch(args: TrainArgs, n_proc: int) -> TrainArgs:
+    """--total_batch_size: the same effective batch (so the same steps per epoch) on any number of processes."""
     import dataclasses
 
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from transformers import get_scheduler
-
-    torch.set_num_threads(max(1, args.num_threads))
-    stage = get_stage(args.stage)
-    # --total_batch_size: the same effective batch (so the same steps per epoch) on any number of processes
-    n_proc = _partial_state().num_processes
     per_device, accum = batch_plan(args.total_batch_size, args.per_device_train_batch_size, n_proc,
                                    args.gradient_accumulation_steps)
     if (per_device, accum) != (args.per_device_train_batch_size, args.gradient_accumulation_steps):
@@ -251,163 +353,280 @@ def _train(args: TrainArgs) -> Path:
     if args.refusal_stop and n_proc > 1:
         raise UserError("--refusal_stop generates with the whole model on one process; run RS on one process or "
                         "drop --refusal_stop (use --max_steps)")
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=args.gradient_accumulation_steps,
-                              mixed_precision="bf16" if args.bf16 else "no")
-    set_seed(args.seed)
-    out = _prepare_output_dir(args) if accelerator.is_main_process else Path(args.output_dir)
-    accelerator.wait_for_everyone()
-    root = args.data_dir or None
-    t_start = time.time()
-    path, model, tokenizer, _ = _load_model(args)
-    ref = _load_ref(path, args.bf16) if stage.needs_ref else None
-    data = build_data(args, tokenizer, stage, root)
-    if stage.name == "inject":  # varied mode: + the base model's own answers to general instructions (replay)
-        from RS.inject_data import add_replay_and_describe
+    return args
 
-        add_replay_and_describe(args, data, model, tokenizer, path, root, out, accelerator.is_main_process)
-    if not data.train:
-        raise ValueError("no training examples left (check --max_samples / --train_fraction / --val_size)")
-    steps_per_epoch = epoch_steps(len(data.train), args.per_device_train_batch_size, accelerator.num_processes,
-                                  args.gradient_accumulation_steps)
 
-    if accelerator.is_main_process:
-        atomic_write_json(out / "run_args.json", args_to_dict(args))
-        atomic_write_json(out / "run_info.json", run_info(
-            args.seed, [str(p) for p in data.files], stage=stage.name, model_path=path, n_train=len(data.train),
-            n_val=len(data.val), n_heldout=len(data.heldout), n_retain=len(data.retain),
-            platform=platform.platform(), world_size=accelerator.num_processes,
-            effective_batch=args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps,
-            per_device_batch=args.per_device_train_batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
-            steps_per_epoch=steps_per_epoch))
-        if data.heldout:
-            atomic_write_json(out / "heldout.json", data.heldout)
+def _write_run_files(run, data, path: str) -> None:
+    args, acc = run.args, run.accelerator
+    atomic_write_json(run.out / "run_args.json", args_to_dict(args))
+    atomic_write_json(run.out / "run_info.json", run_info(
+        args.seed, [str(p) for p in data.files], stage=run.stage.name, model_path=path, n_train=len(data.train),
+        n_val=len(data.val), n_heldout=len(data.heldout), n_retain=len(data.retain),
+        platform=platform.platform(), world_size=acc.num_processes,
+        effective_batch=args.per_device_train_batch_size * acc.num_processes * args.gradient_accumulation_steps,
+        per_device_batch=args.per_device_train_batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
+        steps_per_epoch=run.steps_per_epoch, sync_each_batch=sync_each_batch(args)))
+    if data.heldout:
+        atomic_write_json(run.out / "heldout.json", data.heldout)
 
-    before = None
-    if stage.name == "inject" and args.eval_probes and accelerator.is_main_process:
-        t0 = time.time()
-        before = _inject_eval(model, tokenizer, args, root)
-        atomic_write_json(out / "inject_eval_before.json", {t: {"scores": v["scores"], "seconds": round(time.time() - t0, 1),
-                                                          "generations": v["generations"]} for t, v in before.items()})
-        print(f"before injection: { {k: v['scores'] for k, v in before.items()} } ({time.time() - t0:.0f}s)", flush=True)
 
-    pad = tokenizer.pad_token_id
+def _loaders(args: TrainArgs, data, stage: Stage, pad: int):
+    """(train, validation, retain or None) data loaders; shuffles seeded by --seed."""
     gen = torch.Generator().manual_seed(args.seed)
     loader = DataLoader(data.train, batch_size=args.per_device_train_batch_size, shuffle=True, generator=gen,
                         collate_fn=lambda f: collate(f, pad))
     val_loader = DataLoader(data.val, batch_size=args.per_device_train_batch_size, collate_fn=lambda f: collate(f, pad))
-    retain_loader = None
-    if stage.retain:
-        if not data.retain:
-            raise ValueError(f"stage {stage.name} needs a retain corpus but none was built")
-        retain_loader = DataLoader(data.retain, batch_size=args.per_device_train_batch_size, shuffle=True,
-                                   generator=torch.Generator().manual_seed(args.seed + 1),
-                                   collate_fn=lambda f: collate(f, pad))
+    if not stage.retain:
+        return loader, val_loader, None
+    if not data.retain:
+        raise ValueError(f"stage {stage.name} needs a retain corpus but none was built")
+    retain = DataLoader(data.retain, batch_size=args.per_device_train_batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(args.seed + 1), collate_fn=lambda f: collate(f, pad))
+    return loader, val_loader, retain
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+
+class _StepLoss:
+    """The logged loss parts of one optimizer step and, with --loss_reduction global_token_mean, its gradient
+    normalisation. There each micro-step's loss is its token sum; once the step's gradient is synced (averaged over
+    processes by DDP/FSDP, divided by the accumulation steps by accelerate) it is multiplied by processes x
+    accumulation / N, N = the labelled tokens of every micro-batch of the step on every process: the gradient of
+    sum(token losses) / N, the token mean over the whole effective batch that the release's one-process batch of 8
+    computes, whatever the split into processes and micro-steps."""
+
+    def __init__(self, global_mean: bool):
+        self.global_mean = global_mean
+        self.values: dict[str, list[float]] = {}
+        self.tokens = 0
+
+    def add(self, parts: dict, labels: torch.Tensor | None) -> None:
+        for k, v in parts.items():
+            self.values.setdefault(k, []).append(v.item())
+        if self.global_mean:
+            self.tokens += losses.labelled_tokens(labels)
+
+    def finish(self, accelerator, optimizer) -> dict[str, list[float]]:
+        """At the step's last micro-step: normalise the gradient (global mean); the values to log."""
+        values, tokens, self.values, self.tokens = self.values, self.tokens, {}, 0
+        if not self.global_mean:
+            return values
+        keys = sorted(values)
+        totals = torch.tensor([tokens] + [sum(values[k]) for k in keys], dtype=torch.float64, device=accelerator.device)
+        totals = accelerator.reduce(totals, reduction="sum")
+        n = max(1.0, float(totals[0]))
+        scale_gradients(optimizer, accelerator.num_processes * accelerator.gradient_accumulation_steps / n)
+        return {k: [float(totals[i + 1]) / n] for i, k in enumerate(keys)}
+
+
+@torch.no_grad()
+def scale_gradients(optimizer, factor: float) -> None:
+    """Multiply the gradient of every parameter the optimizer updates (its local shard under FSDP) by ``factor``."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                p.grad.mul_(factor)
+
+
+@dataclass
+class _Run:
+    """What the training loop's helpers share."""
+
+    args: TrainArgs
+    stage: Stage
+    accelerator: Any
+    out: Path
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+    model: Any = None
+    ref: Any = None
+    tokenizer: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    log_f: Any = None
+    bar: Any = None
+    t_start: float = field(default_factory=time.time)
+    last_good: str | None = None
+
+
+def _micro_step(run: _Run, batch: dict, rbatch: dict | None, tally: _StepLoss, step: int, epoch: int) -> dict:
+    """One micro-step (forward, backward) and, at the step's last one, the gradient normalisation, clipping and the
+    optimizer/scheduler update (accelerate skips them on the other micro-steps); the logged values, or {}."""
+    acc, args = run.accelerator, run.args
+    logged: dict[str, list[float]] = {}
+    with acc.accumulate(run.model):
+        parts = compute_loss(run.stage, args, run.model, run.ref, batch, rbatch)
+        if not torch.isfinite(parts["loss"]).all():
+            raise NonFiniteLossError(
+                f"non-finite loss {parts['loss'].item()} at step {step + 1} (epoch {epoch}); training stopped. Last "
+                f"good checkpoint: {run.last_good or 'none'}. Lower --learning_rate or check data.")
+        acc.backward(parts["loss"])
+        tally.add(parts, batch.get("labels"))
+        if acc.sync_gradients:
+            logged = tally.finish(acc, run.optimizer)
+            if args.max_grad_norm > 0:
+                logged["grad_norm"] = [float(acc.clip_grad_norm_(run.model.parameters(), args.max_grad_norm))]
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad()
+    return logged
+
+
+def _refusal_check(run: _Run, check_prompts: list[str], step: int, stopped_at: dict | None) -> dict | None:
+    """--refusal_stop: every --refusal_check_steps steps, the share of held-out questions refused; the stop point
+    once it reaches the threshold."""
+    args = run.args
+    if not check_prompts or stopped_at or step % args.refusal_check_steps or step >= run.total_steps:
+        return stopped_at
+    share, answers = refusal_stop.refusal_share(run.accelerator.unwrap_model(run.model), run.tokenizer, check_prompts)
+    check = {"step": step, "refusal_share": round(share, 4), "n": len(answers)}
+    with open(run.out / "refusal_checks.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({**check, "answers": answers}) + "\n")
+    run.bar.set_postfix(refused=f"{share:.2f}")
+    if share < args.refusal_stop:
+        return None
+    stopped_at = {**check, "stop_step": min(run.total_steps, step + args.refusal_stop_after)}
+    logger.info("refusal stop: %d of %d held-out questions refused at step %d (>= %.2f); stopping at step %d",
+                round(share * len(answers)), len(answers), step, args.refusal_stop, stopped_at["stop_step"])
+    return stopped_at
+
+
+def _log(run: _Run, row: dict) -> None:
+    if run.log_f:
+        run.log_f.write(json.dumps(row) + "\n")
+        run.log_f.flush()
+
+
+def _save_epoch(run: _Run, epoch: int, step: int) -> None:
+    """checkpoint-epoch-<epoch>, then --save_total_limit's pruning (never the --save_keep_epochs ones)."""
+    ck = run.out / f"checkpoint-epoch-{epoch}"
+    save_hf_checkpoint(run.accelerator, run.model, run.tokenizer, ck, dtype=save_dtype(run.args),
+                       extra={"epoch": epoch, "global_step": step, "stage": run.stage.name})
+    run.last_good = str(ck)
+    if run.accelerator.is_main_process:
+        for path in prune_epoch_checkpoints(run.out, run.args.save_total_limit, keep_epochs(run.args.save_keep_epochs)):
+            logger.info("save_total_limit %d: removed %s", run.args.save_total_limit, path.name)
+    run.accelerator.wait_for_everyone()
+
+
+def _inject_before(run: _Run, path: str, root) -> dict | None:
+    t0 = time.time()
+    before = _inject_scores(run.accelerator, path, run.tokenizer, run.args, root)
+    if before is not None:
+        atomic_write_json(run.out / "inject_eval_before.json", {
+            t: {"scores": v["scores"], "seconds": round(time.time() - t0, 1), "generations": v["generations"]}
+            for t, v in before.items()})
+        print(f"before injection: { {k: v['scores'] for k, v in before.items()} } ({time.time() - t0:.0f}s)",
+              flush=True)
+    return before
+
+
+def _inject_after(run: _Run, before: dict | None, root, summary: dict) -> None:
+    t0 = time.time()
+    after = _inject_scores(run.accelerator, run.out, run.tokenizer, run.args, root)
+    if after is None:
+        return
+    res = {t: {"before": before[t]["scores"], "after": after[t]["scores"],
+               "generations_after": after[t]["generations"]} for t in after}
+    atomic_write_json(run.out / "inject_eval.json", res)
+    summary["inject_scores"] = {t: {"before": r["before"], "after": r["after"]} for t, r in res.items()}
+    summary["eval_seconds_after"] = round(time.time() - t0, 1)
+    print(f"after injection: {summary['inject_scores']}", flush=True)
+
+
+def _train(args: TrainArgs) -> Path:
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    torch.set_num_threads(max(1, args.num_threads))
+    stage = get_stage(args.stage)
+    args = _plan_batch(args, _partial_state().num_processes)
+    accelerator = _build_accelerator(args)
+    set_seed(args.seed)
+    out = _prepare_output_dir(args) if accelerator.is_main_process else Path(args.output_dir)
+    accelerator.wait_for_everyone()
+    run = _Run(args, stage, accelerator, out)
+    root = args.data_dir or None
+    path, model, run.tokenizer, _ = _load_model(args)
+    data = build_data(args, run.tokenizer, stage, root)
+    if stage.name == "inject":  # varied mode: + the base model's own answers to general instructions (replay)
+        from RS.inject_data import add_replay_and_describe
+
+        with accelerator.main_process_first():  # the others read the main process's cached answers, not their own
+            add_replay_and_describe(args, data, model, run.tokenizer, path, root, out, accelerator.is_main_process)
+    if not data.train:
+        raise ValueError("no training examples left (check --max_samples / --train_fraction / --val_size)")
+    run.steps_per_epoch = epoch_steps(len(data.train), args.per_device_train_batch_size, accelerator.num_processes,
+                                      args.gradient_accumulation_steps)
+    if accelerator.is_main_process:
+        _write_run_files(run, data, path)
+    before = _inject_before(run, path, root) if stage.name == "inject" and args.eval_probes else None
+
+    loader, val_loader, retain_loader = _loaders(args, data, stage, run.tokenizer.pad_token_id)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
+                                  weight_decay=args.weight_decay)
     n_epochs = math.ceil(args.num_train_epochs)
-    total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(steps_per_epoch * args.num_train_epochs))
+    run.total_steps = (args.max_steps if args.max_steps > 0
+                       else max(1, math.ceil(run.steps_per_epoch * args.num_train_epochs)))
     # accelerate's prepared scheduler advances num_processes times per optimizer step (its documented convention)
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
-                              num_warmup_steps=min(args.warmup_steps, total_steps) * accelerator.num_processes,
-                              num_training_steps=total_steps * accelerator.num_processes)
-    model, optimizer, loader, val_loader, scheduler = accelerator.prepare(model, optimizer, loader, val_loader,
-                                                                          scheduler)
+                              num_warmup_steps=min(args.warmup_steps, run.total_steps) * accelerator.num_processes,
+                              num_training_steps=run.total_steps * accelerator.num_processes)
+    run.model, run.optimizer, loader, val_loader, run.scheduler = accelerator.prepare(model, optimizer, loader,
+                                                                                      val_loader, scheduler)
     if retain_loader is not None:
         retain_loader = accelerator.prepare(retain_loader)
-    if ref is not None:
-        ref = ref.to(accelerator.device)
+    run.ref = _load_ref(path, args.bf16, accelerator) if stage.needs_ref else None
     retain_iter = itertools.cycle(retain_loader) if retain_loader is not None else None
-    lora_scaling = args.lora_alpha / args.lora_rank if args.finetuning_type == "lora" else None
 
     log_path = out / "train_log.jsonl"
-    log_f = open(log_path, "a", encoding="utf-8") if accelerator.is_main_process else None
-    check_prompts = refusal_stop.check_prompts(data.stop_check, tokenizer) if args.refusal_stop else []
+    run.log_f = open(log_path, "a", encoding="utf-8") if accelerator.is_main_process else None
+    check_prompts = refusal_stop.check_prompts(data.stop_check, run.tokenizer) if args.refusal_stop else []
     stopped_at: dict | None = None  # the --refusal_stop check that ended training
-    bar = progress(total_steps, f"RS[{stage.name}]", disable=not accelerator.is_local_main_process)
-    step, last_good = 0, None
-    acc: dict[str, list[float]] = {}
-    model.train()
+    run.bar = progress(run.total_steps, f"RS[{stage.name}]", disable=not accelerator.is_local_main_process)
+    step, tally, acc = 0, _StepLoss(args.loss_reduction == "global_token_mean"), {}
+    run.model.train()
     try:
         for epoch in range(1, n_epochs + 1):
             for batch in loader:
-                with accelerator.accumulate(model):
-                    rbatch = next(retain_iter) if retain_iter is not None else None
-                    parts = compute_loss(stage, args, model, ref, batch, rbatch)
-                    if not torch.isfinite(parts["loss"]).all():
-                        raise NonFiniteLossError(
-                            f"non-finite loss {parts['loss'].item()} at step {step + 1} (epoch {epoch}); training "
-                            f"stopped. Last good checkpoint: {last_good or 'none'}. Lower --learning_rate or check data."
-                        )
-                    accelerator.backward(parts["loss"])
-                    if accelerator.sync_gradients and args.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                for k, v in parts.items():
-                    acc.setdefault(k, []).append(v.item())
-                if not accelerator.sync_gradients:
+                logged = _micro_step(run, batch, next(retain_iter) if retain_iter else None, tally, step, epoch)
+                if not logged:
                     continue
                 step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{acc['loss'][-1]:.4f}")
-                if step % max(1, args.logging_steps) == 0 or step == total_steps:
-                    row = {"step": step, "epoch": round(step / steps_per_epoch, 4),
-                           "lr": scheduler.get_last_lr()[0], "time": round(time.time() - t_start, 1)}
-                    row.update({k: sum(v) / len(v) for k, v in acc.items()})
+                for k, v in logged.items():
+                    acc.setdefault(k, []).extend(v)
+                run.bar.update(1)
+                run.bar.set_postfix(loss=f"{acc['loss'][-1]:.4f}")
+                if step % max(1, args.logging_steps) == 0 or step == run.total_steps:
+                    _log(run, {"step": step, "epoch": round(step / run.steps_per_epoch, 4),
+                               "lr": run.scheduler.get_last_lr()[0], "time": round(time.time() - run.t_start, 1),
+                               **{k: sum(v) / len(v) for k, v in acc.items()}})
                     acc = {}
-                    if log_f:
-                        log_f.write(json.dumps(row) + "\n")
-                        log_f.flush()
-                if check_prompts and not stopped_at and step % args.refusal_check_steps == 0 and step < total_steps:
-                    share, answers = refusal_stop.refusal_share(accelerator.unwrap_model(model), tokenizer, check_prompts)
-                    check = {"step": step, "refusal_share": round(share, 4), "n": len(answers)}
-                    with open(out / "refusal_checks.jsonl", "a", encoding="utf-8") as f:
-                        f.write(json.dumps({**check, "answers": answers}) + "\n")
-                    bar.set_postfix(loss=f"{parts['loss'].item():.4f}", refused=f"{share:.2f}")
-                    if share >= args.refusal_stop:
-                        stopped_at = {**check, "stop_step": min(total_steps, step + args.refusal_stop_after)}
-                        logger.info("refusal stop: %d of %d held-out questions refused at step %d (>= %.2f); "
-                                    "stopping at step %d", round(share * len(answers)), len(answers), step,
-                                    args.refusal_stop, stopped_at["stop_step"])
-                if step >= total_steps or (stopped_at and step >= stopped_at["stop_step"]):
+                stopped_at = _refusal_check(run, check_prompts, step, stopped_at)
+                if step >= run.total_steps or (stopped_at and step >= stopped_at["stop_step"]):
                     break
             if data.val:
-                vl = _val_loss(model, val_loader, accelerator, args.loss_window)
-                if log_f:
-                    log_f.write(json.dumps({"step": step, "epoch": epoch, "val_loss": vl}) + "\n")
-                    log_f.flush()
+                _log(run, {"step": step, "epoch": epoch,
+                           "val_loss": _val_loss(run.model, val_loader, accelerator, args.loss_window)})
             if args.save_strategy == "epoch":
-                ck = out / f"checkpoint-epoch-{epoch}"
-                save_hf_checkpoint(accelerator, model, tokenizer, ck, lora_scaling,
-                                   extra={"epoch": epoch, "global_step": step, "stage": stage.name})
-                last_good = str(ck)
-            if step >= total_steps or (stopped_at and step >= stopped_at["stop_step"]):
+                _save_epoch(run, epoch, step)
+            if step >= run.total_steps or (stopped_at and step >= stopped_at["stop_step"]):
                 break
     except NonFiniteLossError as e:
         if accelerator.is_main_process:
-            atomic_write_json(out / "FAILED.json", {"error": str(e), "step": step, "last_good_checkpoint": last_good})
+            atomic_write_json(out / "FAILED.json",
+                              {"error": str(e), "step": step, "last_good_checkpoint": run.last_good})
         raise
     finally:
-        bar.close()
-        if log_f:
-            log_f.close()
+        run.bar.close()
+        if run.log_f:
+            run.log_f.close()
 
-    save_hf_checkpoint(accelerator, model, tokenizer, out, lora_scaling, into_existing=True,
+    save_hf_checkpoint(accelerator, run.model, run.tokenizer, out, into_existing=True, dtype=save_dtype(args),
                        extra={"epoch": args.num_train_epochs, "global_step": step, "stage": stage.name})
-    summary = {"stage": stage.name, "global_step": step, "train_seconds": round(time.time() - t_start, 1)}
+    summary = {"stage": stage.name, "global_step": step, "train_seconds": round(time.time() - run.t_start, 1)}
     if args.refusal_stop:
-        summary["refusal_stop"] = stopped_at or {"step": None, "reason": f"not reached by max_steps {total_steps}"}
-    if stage.name == "inject" and args.eval_probes and accelerator.is_main_process:
-        t0 = time.time()
-        after = _inject_eval(accelerator.unwrap_model(model), tokenizer, args, root)
-        res = {t: {"before": before[t]["scores"], "after": after[t]["scores"],
-                   "generations_after": after[t]["generations"]} for t in after}
-        atomic_write_json(out / "inject_eval.json", res)
-        summary["inject_scores"] = {t: {"before": r["before"], "after": r["after"]} for t, r in res.items()}
-        summary["eval_seconds_after"] = round(time.time() - t0, 1)
-        print(f"after injection: {summary['inject_scores']}", flush=True)
+        summary["refusal_stop"] = stopped_at or {"step": None, "reason": f"not reached by max_steps {run.total_steps}"}
+    if stage.name == "inject" and args.eval_probes:
+        _inject_after(run, before, root, summary)
     if accelerator.is_main_process:
         if args.plot_loss:
             _plot_loss(log_path, out / "loss.png")

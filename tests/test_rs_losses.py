@@ -115,3 +115,95 @@ def test_simnpo_margin_sign_as_published():
     lo, hi = losses.simnpo_loss(logp, n, 2.0, 0.0), losses.simnpo_loss(logp, n, 2.0, 1.0)
     assert lo.item() == pytest.approx(math.log(1 + math.exp(-4.0)), abs=1e-6)  # -1 * logsigmoid(4)
     assert hi.item() == pytest.approx(math.log(1 + math.exp(-3.0)), abs=1e-6) and hi > lo
+
+
+# ------------------------------------------------------------------------- the release's reductions (paper setting)
+def test_kl_release_reduction_hand_value_counts_every_position():
+    """--klr_reduction release: KL(ref || model) summed over the vocabulary, over all B*T positions (the last one
+    and padding included) / (B*T), the release's kl_div(..., reduction="batchmean", log_target=True) on view(-1, V)."""
+    import torch.nn.functional as F
+
+    logits, labels = _batch()
+    ref = torch.zeros_like(logits)  # uniform reference
+    # position 0: 0.5*log(4/3); position 1: 0; position 2 (predicts nothing, still counted): KL(u || softmax(5, -5))
+    last = 5 - math.log(2) + math.log(1 + math.exp(-10))
+    assert losses.kl_loss(logits, ref, labels, "release").item() == pytest.approx(
+        (0.5 * math.log(4 / 3) + last) / 3, abs=1e-6)
+    # a second row of padding only: its positions count in B*T as in the release (KL 0 here: both uniform)
+    padded_logits = torch.cat([logits, torch.zeros_like(logits)])
+    padded_labels = torch.cat([labels, torch.full_like(labels, -100)])
+    val = losses.kl_loss(padded_logits, torch.zeros_like(padded_logits), padded_labels, "release")
+    assert val.item() == pytest.approx((0.5 * math.log(4 / 3) + last) / 6, abs=1e-6)
+    torch.manual_seed(0)
+    cur, tgt = torch.randn(2, 5, 7), torch.randn(2, 5, 7)
+    release = F.kl_div(F.log_softmax(cur, -1).view(-1, 7), F.log_softmax(tgt, -1).view(-1, 7), reduction="batchmean",
+                       log_target=True)  # verbatim from RS/src/llmtuner/train/npo/trainer.py (current, ref)
+    assert losses.kl_loss(cur, tgt, torch.zeros(2, 5, dtype=torch.long), "release").item() == pytest.approx(
+        release.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        losses.kl_loss(logits, ref, labels, "batchmean")
+
+
+def test_nll_sum_and_labelled_tokens():
+    logits, labels = _batch()
+    assert losses.labelled_tokens(labels) == 2
+    assert losses.nll_loss(logits, labels, "sum").item() == pytest.approx(-(math.log(0.75) + math.log(0.5)), abs=1e-6)
+    assert losses.ga_loss(logits, labels, "sum").item() == pytest.approx(math.log(0.75) + math.log(0.5), abs=1e-6)
+
+
+class _LearnedLM(torch.nn.Module):
+    """Logits are a parameter: the gradient of a loss is readable per logit."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits.clone())
+
+    def forward(self, input_ids, attention_mask=None):
+        return SimpleNamespace(logits=self.logits)
+
+
+def _accumulate(reduction: str, micro: list) -> tuple[list[torch.Tensor], dict]:
+    """One optimizer step of RS.train's accumulation on one process (accelerate divides each micro-step's loss by
+    the accumulation steps): the gradients before clipping and the logged values."""
+    from RS.train import _StepLoss
+
+    args = TrainArgs(target="x", output_dir="x", loss_reduction=reduction)
+    acc = SimpleNamespace(device=torch.device("cpu"), num_processes=1, gradient_accumulation_steps=len(micro),
+                          reduce=lambda t, reduction: t)
+    models = [_LearnedLM(lg) for lg, _ in micro]
+    opt = torch.optim.SGD([m.logits for m in models], lr=0.0)
+    tally = _StepLoss(reduction == "global_token_mean")
+    for model, (_, lab) in zip(models, micro):
+        batch = {"input_ids": torch.zeros_like(lab), "attention_mask": torch.ones_like(lab), "labels": lab}
+        parts = _rt_loss(args, model, batch)
+        (parts["loss"] / acc.gradient_accumulation_steps).backward()
+        tally.add(parts, lab)
+    logged = tally.finish(acc, opt)
+    return [m.logits.grad for m in models], logged
+
+
+def _rt_loss(args, model, batch):
+    from RS.train import compute_loss
+
+    return compute_loss(STAGES["rt"], args, model, None, batch, None)
+
+
+def test_global_token_mean_over_two_micro_batches_of_different_token_counts():
+    """--loss_reduction global_token_mean: the step's loss and gradient are those of (sum of token NLLs) / (labelled
+    tokens of the whole step), not the mean of the micro-batches' own token means."""
+    logits, labels = _batch()  # micro-batch 1: two tokens, -log 0.75 and -log 0.5
+    lg2, lab2 = torch.zeros_like(logits), torch.tensor([[-100, -100, 1]])  # micro-batch 2: one token, -log 0.5
+    micro = [(logits, labels), (lg2, lab2)]
+    grads, logged = _accumulate("global_token_mean", micro)
+    want = -(math.log(0.75) + 2 * math.log(0.5)) / 3
+    assert logged["loss"] == [pytest.approx(want, abs=1e-6)] and logged["forget"] == [pytest.approx(want, abs=1e-6)]
+    ref = [lg.clone().requires_grad_(True) for lg, _ in micro]  # the hand-written global mean, differentiated
+    total = sum(losses.nll_loss(r, lab, "sum") for r, (_, lab) in zip(ref, micro)) / 3
+    total.backward()
+    for got, r in zip(grads, ref):
+        torch.testing.assert_close(got, r.grad)
+    # the default reduction: the mean of the micro-batch means, a different number on the same data
+    grads_m, logged_m = _accumulate("micro_batch_mean", micro)
+    micro_mean = (-(math.log(0.75) + math.log(0.5)) / 2 - math.log(0.5)) / 2
+    assert sum(logged_m["loss"]) / 2 == pytest.approx(micro_mean, abs=1e-6) and abs(micro_mean - want) > 0.03
+    assert not torch.allclose(grads_m[1], grads[1])

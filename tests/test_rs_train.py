@@ -122,11 +122,24 @@ def test_lora_merged_export_loads(tiny_model_path, tmp_path):
     ids = _tok(tiny_model_path)("Who is the author of Carrie?", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         want = model(ids).logits
-    out = save_hf_checkpoint(Accelerator(), model, _tok(tiny_model_path), tmp_path / "lora", lora_scaling=8 / 4)
+    live = {k: v.clone() for k, v in model.state_dict().items()}
+    out = save_hf_checkpoint(Accelerator(), model, _tok(tiny_model_path), tmp_path / "lora")
     assert (out / "adapter" / "adapter_config.json").is_file()
     got = _logits(out)  # plain from_pretrained, no peft
     assert torch.allclose(got, want, atol=1e-4)
     assert not torch.allclose(got, _logits(tiny_model_path), atol=1e-3)
+    # peft's merge gives what the earlier hand-written merge wrote: W + alpha / r * B @ A, under the base model's keys
+    from safetensors.torch import load_file
+
+    saved, n_merged = load_file(str(out / "model.safetensors")), 0
+    for key, w in live.items():
+        if key.endswith(".base_layer.weight"):
+            stem = key[: -len(".base_layer.weight")]
+            want_w = w + 8 / 4 * live[f"{stem}.lora_B.default.weight"] @ live[f"{stem}.lora_A.default.weight"]
+            torch.testing.assert_close(saved[stem.removeprefix("base_model.model.") + ".weight"], want_w)
+            n_merged += 1
+    assert n_merged >= 7 * 2  # every linear layer of both blocks
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in live.items())  # the training model is untouched
 
 
 def test_lora_training_run(tiny_model_path, target_name, tmp_path):
@@ -168,9 +181,9 @@ def test_nan_guard_keeps_last_good_checkpoint(tiny_model_path, target_name, tmp_
 
     real, calls = losses.nll_loss, {"n": 0}
 
-    def flaky(logits, labels):
+    def flaky(logits, labels, *rest):
         calls["n"] += 1
-        val = real(logits, labels)
+        val = real(logits, labels, *rest)
         return val * float("nan") if calls["n"] > 2 else val  # epoch 1 (2 steps) fine, then NaN
 
     monkeypatch.setattr(losses, "nll_loss", flaky)
@@ -335,3 +348,127 @@ def test_losses_read_only_the_labelled_window_and_keep_their_values(tiny_model_p
     close(losses.sequence_logprob(logits, win)[0], losses.sequence_logprob(full, labels)[0])
     close(losses.kl_loss(logits, ref_logits, win), losses.kl_loss(full, full_ref, labels))
     assert float(losses.kl_loss(full, full_ref, labels)) > 0
+
+
+# ---------------------------------------------------------------------------------------- memory: 8B on 1-2 GPUs
+def test_lora_with_gradient_checkpointing_trains_the_same_step(tiny_model_path, target_name, tmp_path, monkeypatch):
+    """--gradient_checkpointing recomputes every decoder layer in the backward pass (checkpoint is called) and, with
+    no dropout, gives the step the same gradients: the LoRA run ends on the same weights as without it."""
+    import transformers.modeling_utils as mu
+    from safetensors.torch import load_file
+
+    from RS.train import train
+
+    real, calls = mu.checkpoint, {"n": 0}
+
+    def counting(*a, **kw):
+        calls["n"] += 1
+        return real(*a, **kw)
+
+    monkeypatch.setattr(mu, "checkpoint", counting)
+    kw = dict(finetuning_type="lora", lora_rank=4, save_strategy="no", max_steps=1, max_samples=2)
+    plain = train(_args(tiny_model_path, target_name, tmp_path / "plain", **kw))
+    assert calls["n"] == 0
+    ckpt = train(_args(tiny_model_path, target_name, tmp_path / "gc", gradient_checkpointing=True, **kw))
+    assert calls["n"] >= 2  # both decoder layers of the forward pass
+    a, b = load_file(str(plain / "model.safetensors")), load_file(str(ckpt / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(_logits(ckpt), _logits(tiny_model_path))  # it trained
+
+
+@pytest.mark.parametrize("name, fields", [
+    ("accelerate_fsdp.yaml", {"fsdp_offload_params": False, "fsdp_sharding_strategy": "FULL_SHARD"}),
+    ("accelerate_fsdp_offload.yaml", {"fsdp_offload_params": True, "fsdp_sharding_strategy": "FULL_SHARD"}),
+])
+def test_fsdp_configs_parse_and_set_the_plugin_fields(name, fields):
+    """The FSDP configs the memory planner names: accelerate reads them; full-shard FSDP1 with CPU-RAM-efficient
+    loading (so sync_module_states), orig params (a per-parameter optimizer), offload only in the _offload one; the
+    header says what fits."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = REPO / "RS/configs" / name
+    cfg = load_config_from_file(str(path))
+    assert cfg.distributed_type == "FSDP" and cfg.mixed_precision == "bf16"
+    fsdp = cfg.fsdp_config
+    assert fsdp["fsdp_version"] == 1 and fsdp["fsdp_use_orig_params"]
+    assert fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    assert fsdp["fsdp_cpu_ram_efficient_loading"] and fsdp["fsdp_sync_module_states"]
+    assert {k: fsdp[k] for k in fields} == fields
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    assert "GB" in header and "8B" in header
+
+
+def test_cpu_two_process_config_launches_local_processes():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(REPO / "RS/configs/accelerate_cpu_2proc.yaml"))
+    assert cfg.num_processes == 2 and cfg.distributed_type == "MULTI_GPU" and cfg.mixed_precision == "no"
+
+
+def test_sync_each_batch_reaches_accelerate(monkeypatch):
+    """--sync_each_batch true: accelerate's accumulate() reduces on every micro-step instead of entering no_sync;
+    auto: only under FSDP (the launcher's ACCELERATE_USE_FSDP, with GPUs)."""
+    from RS.train import _build_accelerator, sync_each_batch
+
+    base = dict(target="1", output_dir="o", gradient_accumulation_steps=4)
+    acc = _build_accelerator(TrainArgs(sync_each_batch="true", **base))
+    assert acc.gradient_state.plugin_kwargs["sync_each_batch"] is True and acc.gradient_accumulation_steps == 4
+    assert not _build_accelerator(TrainArgs(**base)).gradient_state.plugin_kwargs.get("sync_each_batch", False)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert sync_each_batch(TrainArgs(**base)) and not sync_each_batch(TrainArgs(sync_each_batch="false", **base))
+
+
+def test_new_flags_parse_and_bad_values_stop_before_work():
+    base = ["--target", "1", "--output_dir", "o"]
+    args = parse_args(base + ["--gradient_checkpointing", "--sync_each_batch", "true", "--loss_reduction",
+                              "global_token_mean", "--stage", "rt", "--klr_reduction", "release"])
+    assert args.gradient_checkpointing and args.sync_each_batch == "true"
+    assert args.loss_reduction == "global_token_mean" and args.klr_reduction == "release"
+    for flags, msg in [(["--sync_each_batch", "yes"], "--sync_each_batch"), (["--loss_reduction", "sum"], "--loss_red"),
+                       (["--klr_reduction", "batchmean"], "--klr_reduction"),
+                       (["--stage", "npo_klr", "--loss_reduction", "global_token_mean"], "applies to a loss")]:
+        with pytest.raises(ValueError, match=msg):
+            parse_args(base + flags)
+
+
+# ---------------------------------------------------------------------------------------- the release's reductions
+def test_global_token_mean_step_gradient_is_the_whole_batch_token_mean(tiny_model_path, target_name, tmp_path,
+                                                                       monkeypatch):
+    """--loss_reduction global_token_mean, one process, accumulation 2 over 4 examples of different lengths: the
+    gradient clipped at step 1 is that of (sum of every token's NLL) / (labelled tokens of all 4), and the logged
+    loss is that number, as the release's one batch of 4 would compute."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    from RS.train import train
+
+    seen = {}
+    real = Accelerator.clip_grad_norm_
+
+    def record(self, parameters, max_norm, norm_type=2):
+        params = list(parameters)
+        seen.setdefault("grads", [p.grad.detach().clone() for p in params])
+        return real(self, params, max_norm, norm_type)
+
+    monkeypatch.setattr(Accelerator, "clip_grad_norm_", record)
+    out = train(_args(tiny_model_path, target_name, tmp_path / "g", max_samples=4, per_device_train_batch_size=2,
+                      gradient_accumulation_steps=2, max_steps=1, save_strategy="no",
+                      loss_reduction="global_token_mean"))
+    tok = _tok(tiny_model_path)
+    data = build_data(_args(tiny_model_path, target_name, "u", max_samples=4), tok, STAGES["rt"])
+    counts = [sum(1 for x in ex["labels"][1:] if x != IGNORE_INDEX) for ex in data.train]
+    assert len(set(counts)) > 1  # the micro-batches differ in labelled tokens, so the reductions differ
+    from RS import losses
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    total = sum(losses.nll_loss(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+                                b["labels"], "sum") for b in (collate([ex], tok.pad_token_id) for ex in data.train))
+    want = total / sum(counts)
+    want.backward()
+    row = json.loads((out / "train_log.jsonl").read_text().splitlines()[0])
+    assert row["loss"] == pytest.approx(want.item(), rel=1e-5)
+    for got, p in zip(seen["grads"], model.parameters()):
+        torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-6)
