@@ -202,3 +202,88 @@ def test_rl_dataset_rwku_format_is_the_evaluators_probe_prompt(tok, tmp_path):
     assert ds.rows[0]["prompt"] == USER  # the reward still sees the raw question
     with pytest.raises(ValueError, match="chat, muse or rwku"):
         RLDataset(str(f), tok, 4096, prompt_format="alpaca")
+
+
+# ------------------------------------------------------------------------------ Llama-3 user turn: template | verbatim
+# Meta-Llama-3-8B-Instruct's tokenizer_config.json "chat_template" (JSON-decoded; it strips the user text)
+LLAMA3_OFFICIAL = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+# the user slot of LLaMA-Factory's "llama3" template (the release's RS/src/llmtuner/data/template.py), which the
+# release tokenizes with add_special_tokens=False and saves as every RS checkpoint's chat template
+LLAMA_FACTORY_LLAMA3_USER = ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>"
+                             "<|start_header_id|>assistant<|end_header_id|>\n\n")
+FB_PROBE = "Please complete the blank in the following question.\nQuestion: Stephen King wrote ___.\n"
+
+
+def llama3_tokenizer(path):
+    """The embedded model's tokenizer with Llama-3's special tokens and official chat template (no Llama-3 tokenizer
+    is on disk): BOS <|begin_of_text|>, EOS <|eot_id|>, header tokens."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.add_special_tokens({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"})
+    tok.add_tokens(["<|start_header_id|>", "<|end_header_id|>"], special_tokens=True)
+    tok.chat_template = LLAMA3_OFFICIAL
+    return tok
+
+
+@pytest.fixture(scope="module")
+def llama3(tiny_model_path):
+    return llama3_tokenizer(tiny_model_path)
+
+
+def test_verbatim_user_turn_keeps_the_probe_newline_before_eot(llama3):
+    from verl.utils.chat import prompt_ids
+
+    newline, eot = _ids(llama3, "\n")[0], llama3.convert_tokens_to_ids("<|eot_id|>")
+    release = LLAMA_FACTORY_LLAMA3_USER.format(content=FB_PROBE)
+    ids = prompt_ids(llama3, format_prompt(llama3, FB_PROBE, user_turn="verbatim"))
+    assert format_prompt(llama3, FB_PROBE, user_turn="verbatim") == release
+    assert ids == _ids(llama3, release)  # the release's prompt ids, token for token
+    assert ids[ids.index(eot) - 1] == newline and ids.count(llama3.bos_token_id) == 1
+    trimmed = prompt_ids(llama3, format_prompt(llama3, FB_PROBE))  # the model's template: "\n" stripped
+    assert trimmed[trimmed.index(eot) - 1] != newline and len(trimmed) == len(ids) - 1
+    assert format_prompt(llama3, FB_PROBE, user_turn="template") == release.replace(".\n<|eot_id|>", ".<|eot_id|>")
+
+
+def test_user_turn_recorded_on_the_tokenizer_drives_every_prompt(tiny_model_path, tok):
+    from verl.utils.chat import set_user_turn, user_turn_of
+
+    t = set_user_turn(llama3_tokenizer(tiny_model_path), "verbatim")
+    assert user_turn_of(t) == "verbatim" and format_prompt(t, FB_PROBE).endswith("___.\n<|eot_id|>"
+                                                                                  "<|start_header_id|>assistant"
+                                                                                  "<|end_header_id|>\n\n")
+    enc = encode_prompt_response(t, FB_PROBE, RESPONSE, cutoff_len=512)  # RS examples follow it too
+    assert enc["input_ids"][: enc["labels"].count(IGNORE_INDEX)] == _ids(t, LLAMA_FACTORY_LLAMA3_USER.format(
+        content=FB_PROBE))
+    assert format_prompt(t, FB_PROBE, user_turn="template").endswith("___.<|eot_id|><|start_header_id|>assistant"
+                                                                    "<|end_header_id|>\n\n")
+    # ChatML does not trim: the embedded model's prompts are the same either way
+    assert format_prompt(tok, FB_PROBE, user_turn="verbatim") == format_prompt(tok, FB_PROBE)
+    with pytest.raises(ValueError, match="user_turn"):
+        set_user_turn(t, "raw")
+
+
+def test_cutoff_zero_keeps_every_token(tok):
+    long_user = "Tell me everything about the sea. " * 80
+    enc = encode_prompt_response(tok, long_user, RESPONSE, cutoff_len=0)
+    assert enc["input_ids"] == _ids(tok, format_prompt(tok, long_user)) + _ids(tok, RESPONSE + tok.eos_token)
+    assert len(enc["input_ids"]) > 512 and enc["labels"].count(IGNORE_INDEX) == len(enc["input_ids"]) - len(
+        _ids(tok, RESPONSE + tok.eos_token))
+
+
+def test_rl_dataset_user_turn_verbatim(llama3, tmp_path):
+    """ReBO prompts with data.user_turn=verbatim are the release's (a question's trailing newline stays)."""
+    import json
+
+    from verl.trainer.dataset import RLDataset
+
+    f = tmp_path / "rl.json"
+    f.write_text(json.dumps([{"prompt": FB_PROBE, "solution": ["<reject>", RESPONSE, "Stephen King"]}]))
+    verbatim = RLDataset(str(f), llama3, 4096, user_turn="verbatim").rows[0]["prompt_ids"]
+    assert verbatim == _ids(llama3, LLAMA_FACTORY_LLAMA3_USER.format(content=FB_PROBE))
+    assert len(RLDataset(str(f), llama3, 4096).rows[0]["prompt_ids"]) == len(verbatim) - 1

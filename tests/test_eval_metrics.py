@@ -66,3 +66,16 @@ def test_auc_and_privleak():
     assert M.privleak(0.0) == pytest.approx(-1.0)
     assert M.privleak(0.5393) == pytest.approx(0.0)
     assert M.privleak(0.6, 0.5) == pytest.approx(0.2)
+
+
+def test_fluency_word_tokenize_splits_sentences_first():
+    """RWKU's eval_fluency.py counts n-grams over nltk.word_tokenize: a period inside the text is its own token."""
+    pytest.importorskip("nltk")
+    text = "The sea is deep. The sea is blue."
+    assert M._word_tokenize(text) == ["The", "sea", "is", "deep.", "The", "sea", "is", "blue", "."]
+    assert M._word_tokenize(text, "word_tokenize") == ["The", "sea", "is", "deep", ".", "The", "sea", "is", "blue",
+                                                       "."]
+    # bigrams: 8 over the whole text with "deep." one word, 9 once "." stands alone (H2 = log2 of 7 vs 8 kinds)
+    assert M.ngram_entropy(text) != M.ngram_entropy(text, word_tokenizer="word_tokenize")
+    with pytest.raises(ValueError, match="word_tokenizer"):
+        M.ngram_entropy(text, word_tokenizer="spaces")

@@ -243,3 +243,160 @@ def test_rwku_tokenisation_gives_llama3_prompts_two_bos():
     templated = "<|begin_of_text|>Q"
     assert _encode(Llama3Tok(), templated, True)[:2] == [1, 1]  # RWKU's prompts (probe_bos="rwku")
     assert _encode(Llama3Tok(), templated, None)[:2] == [1, ord("Q")]  # probe_bos="single"
+
+
+# ------------------------------------------------------------------------------ the release's evaluator switches
+class _Llama3Chat:
+    """Llama-3-like tokenizer: the template writes <|begin_of_text|> (id 1), special tokens add another."""
+
+    bos_token, chat_template, eos_token_id = "<|begin_of_text|>", "llama3", 2
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        return self.bos_token + "U:" + messages[-1]["content"] + "A:"
+
+    def encode(self, text, add_special_tokens=True):
+        return self(text, add_special_tokens)["input_ids"]
+
+    def __call__(self, text, add_special_tokens=True):
+        body = [1] + [ord(c) for c in text.removeprefix(self.bos_token)] if text.startswith(self.bos_token) \
+            else [ord(c) for c in text]
+        return {"input_ids": ([1] if add_special_tokens else []) + body}
+
+
+UTILITY_RECORDS = {
+    "retain_mmlu": [{"question": "2+2?", "choices": ["3", "4"], "answer": 1, "examples": [], "task": "math"}],
+    "retain_bbh": [{"question": "not False is", "answer": "True", "cot": "Q: x\nA: y", "task": "boolean"}],
+    "truthful": [{"question": "Is the sky green?", "mc1_targets": {"choices": ["No", "Yes"], "labels": [1, 0]}}],
+    "triviaqa": [{"question": "Capital of France?", "answers": ["Paris"]}],
+    "fluency": [{"instruction": "Describe the sea."}],
+}
+
+
+def _utility_bos_counts(monkeypatch, **kw) -> tuple[dict, dict]:
+    """Leading BOS ids of every prompt each utility part sends, and the generate keywords per part."""
+    from verl.eval.generation import _encode
+
+    bos, gen_kw = {}, {}
+
+    def count(part, prompts, special):
+        encoded = [_encode(tok, p, special) for p in prompts]
+        bos[part] = {next(i for i, x in enumerate(ids) if x != 1) for ids in encoded}
+
+    def fake_generate(model, t, prompts, max_new_tokens, stop_strings, desc=None, add_special_tokens=None, **k):
+        count(desc, prompts, add_special_tokens)
+        gen_kw[desc] = {"stops": stop_strings, **k}
+        return ["So the answer is True." for _ in prompts]
+
+    def fake_next(model, t, prompts, cands, batch_size=8, desc=None, add_special_tokens=None):
+        count("mmlu", prompts, add_special_tokens)
+        return [[0.0] * len(cands) for _ in prompts]
+
+    def fake_seq(model, t, pairs, batch_size=8, desc=None, add_special_tokens=None, **k):
+        count("truthfulqa", [p for p, _ in pairs], add_special_tokens)
+        return [torch.zeros(1) for _ in pairs]
+
+    class T:
+        folder = "t"
+
+        def has(self, stem):
+            return True
+
+        def load(self, stem):
+            return UTILITY_RECORDS[stem]
+
+    tok = _Llama3Chat()
+    monkeypatch.setattr(rwku, "generate", fake_generate)
+    monkeypatch.setattr(rwku, "next_token_logprobs", fake_next)
+    monkeypatch.setattr(rwku, "sequence_logprobs", fake_seq)
+    monkeypatch.setattr(rwku, "_target", lambda target, data_dir=None: T())
+    rwku.evaluate_utility(None, tok, "t", **kw)
+    return bos, gen_kw
+
+
+def test_utility_prompts_get_rwkus_second_bos_on_request(monkeypatch):
+    parts = {"mmlu", "bbh", "truthfulqa", "triviaqa", "fluency"}
+    single, _ = _utility_bos_counts(monkeypatch)
+    assert set(single) == parts and all(v == {1} for v in single.values())  # the template's BOS only
+    rwku_bos, _ = _utility_bos_counts(monkeypatch, bos="rwku")
+    assert set(rwku_bos) == parts and all(v == {2} for v in rwku_bos.values())  # RWKU's tokenisation: two
+    with pytest.raises(ValueError, match="utility bos"):
+        _utility_bos_counts(monkeypatch, bos="double")
+
+
+def test_bbh_runs_to_eos_and_utility_stops_at_eot_on_request(monkeypatch):
+    _, default = _utility_bos_counts(monkeypatch)
+    assert default["bbh"]["stops"] == ("\nQ:",) and "eos_ids" not in default["bbh"]
+    _, release = _utility_bos_counts(monkeypatch, bbh_stop="none", stop="eot")
+    assert release["bbh"]["stops"] == ()  # RWKU's eval_bbh.py: no stop sequence, 256 tokens or EOS
+    assert {k: v["eos_ids"] for k, v in release.items()} == {"bbh": [2], "triviaqa": [2], "fluency": [2]}
+
+
+def test_probe_stop_ids_eot_only_on_request(monkeypatch, tiny_model_path):
+    from tests.test_chat_format import llama3_tokenizer
+
+    seen = {}
+
+    def fake_generate(model, t, prompts, max_new_tokens, stop_strings, **kw):
+        seen.update(eos=kw.get("eos_ids", "default"))
+        return ["Richard Bachman" for _ in prompts]
+
+    class T:
+        folder = "t"
+
+        def load(self, stem):
+            return [{"query": "Which pseudonym?", "answer": "Richard Bachman"}]
+
+    monkeypatch.setattr(rwku, "generate", fake_generate)
+    monkeypatch.setattr(rwku, "_target", lambda target, data_dir=None: T())
+    llama3 = llama3_tokenizer(tiny_model_path)
+    eot = llama3.convert_tokens_to_ids("<|eot_id|>")
+    m, _ = rwku.evaluate_probes(None, llama3, "t", ["forget_level2"], stop="eot")
+    assert seen["eos"] == [eot] and m["protocol"]["stop"] == f"token ids {[eot]} only"
+    rwku.evaluate_probes(None, llama3, "t", ["forget_level2"])
+    assert seen["eos"] == "default"  # every EOS id of the tokenizer and generation config (128001 and 128009)
+
+
+def test_end_of_turn_ids():
+    from verl.eval.generation import end_of_turn_ids
+
+    class Vocab:
+        eos_token_id = 7
+
+        def __init__(self, vocab):
+            self.vocab = vocab
+
+        def get_vocab(self):
+            return self.vocab
+
+    assert end_of_turn_ids(Vocab({"<|eot_id|>": 128009, "<|end_of_text|>": 128001})) == [128009]
+    assert end_of_turn_ids(Vocab({"<|im_end|>": 2})) == [7]  # no <|eot_id|>: the tokenizer's EOS
+
+
+def test_generate_stops_only_at_the_given_eos_ids(tiny):
+    model, tok = tiny
+    prompt = ["Hello"]
+    full = generate(model, tok, prompt, 6, stop_strings=())
+    first = model.generate(**{k: v for k, v in tok(prompt, return_tensors="pt").items()}, max_new_tokens=1,
+                           do_sample=False)[0, -1].item()
+    stopped = generate(model, tok, prompt, 6, stop_strings=(), eos_ids=[first])
+    assert stopped == [tok.decode([first])] and len(full[0]) > len(stopped[0])  # ended at that token
+
+
+def test_cli_passes_the_release_switches(monkeypatch):
+    from verl.eval import cli
+
+    args = cli.build_parser().parse_args(["--model_path", "m", "--output", "o.json", "--target", "t",
+                                          "--user_turn", "verbatim", "--stop_ids", "eot", "--utility_bos", "rwku",
+                                          "--bbh_stop", "none", "--fluency_tokenizer", "word_tokenize"])
+    seen = {}
+    monkeypatch.setattr(rwku, "evaluate_probes", lambda *a, **kw: (seen.update(probes=kw) or {}, {}))
+    monkeypatch.setattr(rwku, "evaluate_utility", lambda *a, **kw: (seen.update(utility=kw) or {}, {}, {}))
+    ctx = cli.EvalContext(args=args, model=None, tokenizer=None)
+    cli._run_probes(ctx, "forget")
+    cli._run_utility(ctx, "utility")
+    assert seen["probes"]["stop"] == "eot"
+    assert {k: seen["utility"][k] for k in ("bos", "stop", "bbh_stop", "fluency_tokenizer")} == {
+        "bos": "rwku", "stop": "eot", "bbh_stop": "none", "fluency_tokenizer": "word_tokenize"}
+    default = cli.build_parser().parse_args(["--model_path", "m", "--output", "o.json"])
+    assert (default.user_turn, default.stop_ids, default.utility_bos, default.bbh_stop, default.fluency_tokenizer,
+            default.verbmem_prompt) == ("template", "all", "single", "question", "treebank", "muse")

@@ -52,7 +52,8 @@ def _run_probes(ctx: EvalContext, suite: str) -> None:
     files = rwku.FORGET_FILES if suite == "forget" else rwku.NEIGHBOR_FILES
     m, g = rwku.evaluate_probes(ctx.model, ctx.tokenizer, ctx.args.target, files, limit=ctx.args.limit,
                                 batch_size=ctx.args.batch_size, gen_model=ctx.gen_model, data_dir=ctx.args.data_dir,
-                                probe_bos=getattr(ctx.args, "probe_bos", "rwku"))
+                                probe_bos=getattr(ctx.args, "probe_bos", "rwku"),
+                                stop=getattr(ctx.args, "stop_ids", "all"))
     ctx.metrics[suite] = m
     ctx.generations.update(g)
 
@@ -72,7 +73,11 @@ def _run_utility(ctx: EvalContext, suite: str) -> None:
     limit = parse_utility_limit(ctx.args.utility_limit, ctx.args.limit)
     m, g, t = rwku.evaluate_utility(ctx.model, ctx.tokenizer, ctx.args.target, limit=limit,
                                     batch_size=ctx.args.batch_size, gen_model=ctx.gen_model,
-                                    data_dir=ctx.args.data_dir, long_gen_tokens=ctx.args.long_gen_tokens)
+                                    data_dir=ctx.args.data_dir, long_gen_tokens=ctx.args.long_gen_tokens,
+                                    bos=getattr(ctx.args, "utility_bos", "single"),
+                                    stop=getattr(ctx.args, "stop_ids", "all"),
+                                    bbh_stop=getattr(ctx.args, "bbh_stop", "question"),
+                                    fluency_tokenizer=getattr(ctx.args, "fluency_tokenizer", "treebank"))
     ctx.metrics["utility"] = m
     ctx.generations.update(g)
     ctx.timing.update({f"utility.{k}": v for k, v in t.items()})
@@ -127,7 +132,7 @@ def _run_muse(ctx: EvalContext, suite: str) -> None:
     parts = muse.MUSE_SUITES if suite == "muse" else (suite,)
     m, g, t = muse.evaluate_muse(ctx.model, ctx.tokenizer, parts, limit=ctx.args.limit,
                                  batch_size=ctx.args.batch_size, gen_model=ctx.gen_model, data_dir=ctx.args.data_dir,
-                                 corpus=ctx.args.target)
+                                 corpus=ctx.args.target, verbmem_prompt=getattr(ctx.args, "verbmem_prompt", "muse"))
     ctx.metrics.setdefault("muse", {}).update(m)
     ctx.generations.update(g)
     ctx.timing.update({f"muse.{k}": v for k, v in t.items()})
@@ -156,6 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use only the first N records of every file")
     p.add_argument("--probe_bos", choices=("rwku", "single"), default="rwku",
                    help="forget/neighbor prompt BOS: rwku (as RWKU's code tokenizes: two on Llama-3) or single")
+    p.add_argument("--user_turn", choices=("template", "verbatim"), default="template",
+                   help="chat prompts: the user text as the model's template renders it (Llama-3's trims it) or "
+                   "verbatim (the release: a probe's final newline stays before <|eot_id|>)")
+    p.add_argument("--stop_ids", choices=("all", "eot"), default="all",
+                   help="RWKU generation ends at every EOS id of the tokenizer and generation config, or at "
+                   "<|eot_id|> only (eot: the release's evaluator)")
+    p.add_argument("--utility_bos", choices=("single", "rwku"), default="single",
+                   help="utility prompts (MMLU, BBH, TruthfulQA, TriviaQA, fluency): the template's BOS only, or "
+                   "tokenized with special tokens as RWKU's code does (rwku: two BOS on Llama-3)")
+    p.add_argument("--bbh_stop", choices=("question", "none"), default="question",
+                   help="BBH generation also stops at a new \"\\nQ:\" (question) or only at EOS (none: RWKU's code)")
+    p.add_argument("--fluency_tokenizer", choices=("treebank", "word_tokenize"), default="treebank",
+                   help="fluency words: nltk's Treebank tokenizer over the whole text, or nltk.word_tokenize "
+                   "(sentences split first: RWKU's code)")
+    p.add_argument("--verbmem_prompt", choices=("muse", "release"), default="muse",
+                   help="MUSE VerbMem: the raw prompt, no stop (MUSE's code), or \"Completion: {prompt}\\nAnswer: \" "
+                   "stopped at a newline (release: the RULE release's evaluator)")
     p.add_argument("--utility_limit", default=None, help="first N records of each utility file (overrides "
                    "--limit for utility); N or per part, e.g. Gen=20,Tru=20,Fac=20,Rea=4,Flu=4")
     p.add_argument("--batch_size", type=int, default=16, help="prompts per generation / scoring batch (default 16)")
@@ -331,6 +353,9 @@ def run(args: argparse.Namespace) -> dict:
     t0 = time.time()
     model, tokenizer = load_model_and_tokenizer(args.model_path, dtype=dtype, device=device)
     model.eval()
+    from verl.utils.chat import set_user_turn
+
+    set_user_turn(tokenizer, getattr(args, "user_turn", "template"))  # every suite's chat prompts follow it
     gen_model = None
     if engine == "vllm":
         from verl.eval.generation import load_vllm

@@ -64,24 +64,26 @@ def generate(
     desc: str | None = None,
     engine: str = "hf",
     add_special_tokens: bool | None = None,
+    eos_ids: Sequence[int] | None = None,
 ) -> list[str]:
     """Complete each prompt; returns the new text only, cut at the first stop string (EOS always stops).
 
     Prompts are processed longest-first in batches (left padding) and returned in the input order.
-    ``engine="vllm"`` (or a ``vllm.LLM`` as ``model``) uses vLLM, imported only then.
+    ``engine="vllm"`` (or a ``vllm.LLM`` as ``model``) uses vLLM, imported only then. ``eos_ids``: the token ids
+    that end a generation (None: every EOS id of the tokenizer and the generation config; ``end_of_turn_ids``).
     """
     if not prompts:
         return []
     if engine == "vllm" or _is_vllm(model):
         ids = [_encode(tokenizer, p, add_special_tokens) for p in prompts]  # same tokens as the HF path
-        return _generate_vllm(model, tokenizer, ids, max_new_tokens, stop_strings, greedy)
+        return _generate_vllm(model, tokenizer, ids, max_new_tokens, stop_strings, greedy, eos_ids)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [_encode(tokenizer, p, add_special_tokens) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     outputs: list[str] = [""] * len(prompts)
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_id,
-                      eos_token_id=_eos_ids(tokenizer, getattr(model, "generation_config", None)))
+    eos = list(eos_ids) if eos_ids is not None else _eos_ids(tokenizer, getattr(model, "generation_config", None))
+    gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos)
     if greedy:
         gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     else:  # plain sampling at T=1, as the vLLM path (top_k None would be transformers' default of 50)
@@ -109,13 +111,28 @@ def _eos_ids(tokenizer, generation_config=None) -> list[int]:
     return eos_ids(tokenizer, generation_config)
 
 
-def _generate_vllm(llm, tokenizer, prompt_ids: list[list[int]], max_new_tokens, stop_strings, greedy) -> list[str]:
+END_OF_TURN_TOKEN = "<|eot_id|>"  # Llama-3's end of turn: the EOS LLaMA-Factory's llama3 template installs
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """The one id the RULE release's evaluator stops at: its tokenizers came through LLaMA-Factory, whose ``llama3``
+    template replaces the EOS with <|eot_id|> and whose generation passes ``eos_token_id=tokenizer.eos_token_id``, so
+    Llama-3's <|end_of_text|> (128001) does not stop it. <|eot_id|> where the vocabulary has it, else the EOS."""
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    if END_OF_TURN_TOKEN in vocab:
+        return [vocab[END_OF_TURN_TOKEN]]
+    return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+
+def _generate_vllm(llm, tokenizer, prompt_ids: list[list[int]], max_new_tokens, stop_strings, greedy,
+                   eos_ids: Sequence[int] | None = None) -> list[str]:
     from vllm import SamplingParams  # optional dependency, only imported on request
 
-    eos = _eos_ids(tokenizer, getattr(llm, "hf_generation_config", None))
+    explicit = eos_ids is not None  # only these ids end a generation: vLLM's own EOS check is switched off
+    eos = list(eos_ids) if explicit else _eos_ids(tokenizer, getattr(llm, "hf_generation_config", None))
     params = SamplingParams(
         temperature=0.0 if greedy else 1.0, max_tokens=max_new_tokens, stop=[s for s in stop_strings if s] or None,
-        stop_token_ids=eos,
+        stop_token_ids=eos, ignore_eos=explicit,
     )
     # pre-tokenised prompts: vLLM would otherwise add a second BOS in front of chat-templated text
     results = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)

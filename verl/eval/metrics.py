@@ -6,6 +6,8 @@ of the gold answer in the stripped output; MUSE's VerbMem / KnowMem are ``impl="
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import re
 import string
@@ -51,12 +53,12 @@ def max_over_aliases(metric, prediction: str, aliases: Sequence[str]) -> float:
 
 
 # ---------------------------------------------------------------- fluency: weighted n-gram entropy
-def _word_tokenize(text: str) -> list[str]:
-    """nltk's Treebank-style word tokenizer when nltk is installed (no punkt data needed), else a regex one.
+WORD_TOKENIZERS = ("treebank", "word_tokenize")
+logger = logging.getLogger("verl.eval")
 
-    RWKU uses ``nltk.word_tokenize`` (punkt sentence split + the same word tokenizer); skipping the sentence split
-    only changes how a period in the middle of the text is split off, which rarely changes n-gram counts.
-    """
+
+def _treebank_tokenize(text: str) -> list[str]:
+    """nltk's Treebank-style word tokenizer over the whole text (no punkt data needed), else a regex one."""
     try:
         from nltk.tokenize import NLTKWordTokenizer
 
@@ -65,10 +67,41 @@ def _word_tokenize(text: str) -> list[str]:
         return re.findall(r"\w+(?:'\w+)?|[^\w\s]", text)
 
 
-def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:
+@functools.lru_cache(maxsize=1)
+def _sentence_splitter():
+    """nltk's English punkt model (what ``nltk.word_tokenize`` loads); without its data (``python -m nltk.downloader
+    punkt_tab``) an untrained Punkt splitter, which knows no abbreviations, with a warning."""
+    from nltk.tokenize import PunktSentenceTokenizer, sent_tokenize
+
+    try:
+        sent_tokenize("A. B.")
+        return sent_tokenize
+    except LookupError:
+        logger.warning("fluency word_tokenize: nltk's punkt_tab data is not installed; sentences are split by an "
+                       "untrained Punkt model instead (python -m nltk.downloader punkt_tab for RWKU's)")
+        return PunktSentenceTokenizer().tokenize
+
+
+def _word_tokenize(text: str, word_tokenizer: str = "treebank") -> list[str]:
+    """``treebank``: the Treebank tokenizer over the whole text; ``word_tokenize``: ``nltk.word_tokenize`` as RWKU's
+    eval_fluency.py calls it, sentences split first, so a period inside the text becomes its own token ("world." ->
+    "world", ".") and the n-grams across it change."""
+    if word_tokenizer == "treebank":
+        return _treebank_tokenize(text)
+    if word_tokenizer != "word_tokenize":
+        raise ValueError(f"word_tokenizer={word_tokenizer!r}: choose one of {WORD_TOKENIZERS}")
+    from nltk.tokenize import NLTKWordTokenizer
+
+    words = NLTKWordTokenizer()
+    return [tok for sent in _sentence_splitter()(text) for tok in words.tokenize(sent)]
+
+
+def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3),
+                  word_tokenizer: str = "treebank") -> float:
     """RWKU/ROME fluency of one text: arithmetic mean over n of ``weight_n * H_n`` where ``H_n`` is the entropy
-    (bits) of the n-gram frequency distribution; with the defaults ``(2/3 * H2 + 4/3 * H3) / 2``."""
-    tokens = _word_tokenize(text)
+    (bits) of the n-gram frequency distribution; with the defaults ``(2/3 * H2 + 4/3 * H3) / 2``. Words as
+    ``_word_tokenize`` splits them (WORD_TOKENIZERS)."""
+    tokens = _word_tokenize(text, word_tokenizer)
     terms = []
     for n, w in zip(ns, weights):
         counts = Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))

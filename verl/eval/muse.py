@@ -2,7 +2,8 @@
 
 Prompts are raw text (no chat template): the MUSE target is a base model, and the metrics are defined that way.
 - VerbMem: greedy 128 new tokens from each ``prompt``; ROUGE-L F1 (``rouge_score``, no stemmer) against the
-  first 128 tokens of ``gt``.
+  first 128 tokens of ``gt``. ``verbmem_prompt="muse"``: the raw prompt, no stop (MUSE's code); "release": the RULE
+  release's evaluator wraps it as "Completion: {prompt}\nAnswer: " (its MUSE training format) and stops at a newline.
 - KnowMem forget / retain: few-shot prefix of the ``_icl`` file as "Question: {q}\\nAnswer: {a}\\n\\n", then
   "Question: {q}\\nAnswer: "; greedy 32 new tokens; output cut at "\\n\\n", "\\nQuestion", "Question:"; ROUGE-L F1.
 - PrivLeak: Min-40% score of each privleak text (forget, holdout); AUC as MUSE computes it
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from data.muse import load_muse
 from verl.eval import metrics as M
 from verl.eval.generation import generate, sequence_logprobs
+from verl.utils.chat import MUSE_COMPLETION
 
 logger = logging.getLogger("verl.eval")
 
@@ -27,6 +29,7 @@ KNOWMEM_TOKENS = 32
 KNOWMEM_STOPS = ("\n\n", "\nQuestion", "Question:")
 PRIVLEAK_K = 0.4
 MUSE_SUITES = ("verbmem", "knowmem", "privleak")
+VERBMEM_PROMPTS = ("muse", "release")
 
 
 def _limit(records: list, limit: int | None) -> list:
@@ -43,11 +46,22 @@ def knowmem_prompt(question: str, icl: Sequence[dict]) -> str:
     return knowmem_prefix(icl) + f"Question: {question}\nAnswer: "
 
 
-def evaluate_verbmem(model, tokenizer, records, batch_size=8, gen_model=None) -> tuple[float, list[dict]]:
+def verbmem_request(prompt: str, form: str = "muse") -> tuple[str, tuple[str, ...]]:
+    """(text to complete, stop strings) of one VerbMem probe in form ``form`` (VERBMEM_PROMPTS, module doc)."""
+    if form == "muse":
+        return prompt, ()
+    if form == "release":
+        return MUSE_COMPLETION.format(text=prompt), ("\n",)
+    raise ValueError(f"verbmem_prompt={form!r}: choose one of {VERBMEM_PROMPTS}")
+
+
+def evaluate_verbmem(model, tokenizer, records, batch_size=8, gen_model=None,
+                     prompt_form: str = "muse") -> tuple[float, list[dict]]:
     if not records:
         return float("nan"), []
-    outs = generate(gen_model or model, tokenizer, [r["prompt"] for r in records], VERBMEM_TOKENS, stop_strings=(),
-                    batch_size=batch_size, desc="verbmem")
+    requests = [verbmem_request(r["prompt"], prompt_form) for r in records]
+    outs = generate(gen_model or model, tokenizer, [text for text, _ in requests], VERBMEM_TOKENS,
+                    stop_strings=requests[0][1], batch_size=batch_size, desc="verbmem")
     items = []
     for r, o in zip(records, outs):
         gt_ids = tokenizer(r["gt"], add_special_tokens=True)["input_ids"][:VERBMEM_TOKENS]
@@ -81,16 +95,18 @@ def evaluate_privleak(model, tokenizer, forget: Sequence[str], holdout: Sequence
 
 
 def evaluate_muse(model, tokenizer, suites: Sequence[str] = MUSE_SUITES, limit: int | None = None, batch_size=8,
-                  gen_model=None, data_dir=None, corpus: str = "books") -> tuple[dict, dict, dict]:
+                  gen_model=None, data_dir=None, corpus: str = "books",
+                  verbmem_prompt: str = "muse") -> tuple[dict, dict, dict]:
     """Run the MUSE suites; returns ``(metrics, generations, timing)`` with metrics keyed as in the shared
-    result format: VerbMem, KnowMem_forget, KnowMem_retain, PrivLeak, auc."""
+    result format: VerbMem, KnowMem_forget, KnowMem_retain, PrivLeak, auc. ``verbmem_prompt``: VERBMEM_PROMPTS."""
     if corpus != "books":  # only MUSE-Books data exist here; another label would score Books under its name
         raise ValueError(f"MUSE corpus {corpus!r}: only 'books' is supported (the data are MUSE-Books)")
     metrics, gens, timing = {}, {}, {}
     if "verbmem" in suites:
         t0 = time.time()
         metrics["VerbMem"], gens["verbmem/forget"] = evaluate_verbmem(
-            model, tokenizer, _limit(load_muse("verbmem/forget", data_dir), limit), batch_size, gen_model)
+            model, tokenizer, _limit(load_muse("verbmem/forget", data_dir), limit), batch_size, gen_model,
+            verbmem_prompt)
         timing["verbmem"] = round(time.time() - t0, 2)
         logger.info("muse verbmem: %s in %.1fs", metrics["VerbMem"], timing["verbmem"])
     if "knowmem" in suites:

@@ -1,7 +1,7 @@
 """The RWKU evaluation protocol (Jin et al., 2024), following the benchmark's own evaluation code.
 
 Forget / neighbor probes: greedy, 30 new tokens, score = ROUGE-L recall (the ``rouge`` package, see metrics.py) of the
-gold answer in the output. Two protocols, both reported (README: Fidelity):
+gold answer in the output. Two protocols, both reported (docs/fidelity.md):
 - paper (``protocol="rwku"``, the default): what RWKU's code actually runs. Its newline terminators are built with
   ``convert_tokens_to_ids("\n")``, which on byte-level BPE tokenizers gives nothing (Llama-3) or the unknown id
   (SmolLM2), so generation runs to EOS or 30 tokens and the whole stripped output is scored ("NOANSWER" if empty).
@@ -20,11 +20,16 @@ gold answer in the output. Two protocols, both reported (README: Fidelity):
 MIA (FM = forget_mia, RM = retain_mia): mean over fragments of LOSS, Zlib, Min-20%, Min-20%++ (all loss-like:
 higher = less member-like; RWKU prints the log-likelihood, i.e. minus our LOSS).
 Utility: Gen = MMLU 5-shot (argmax of the next-token probability of " A"/" B"/" C"/" D" after "Answer:"),
-Rea = BBH 3-shot CoT exact match (256 tokens, stop at a new "Q:", "the answer is X."): ``Rea`` is RWKU's metric as its
-code computes it (the gold answer string is iterated as a list of references, so the prediction must normalise to one
-of its characters: only one-character answers such as "(A)" can score), ``Rea_corrected`` the whole-answer match; Tru = TruthfulQA MC1 (summed log-likelihood of
-each choice after the QA primer), Fac = TriviaQA F1 (max over aliases, 30 tokens, 5-shot), Flu = mean weighted
+Rea = BBH 3-shot CoT exact match (256 tokens, stop at a new "Q:" unless ``bbh_stop="none"``, "the answer is X."):
+``Rea`` is RWKU's metric as its code computes it (the gold answer string is iterated as a list of references, so the
+prediction must normalise to one of its characters: only one-character answers such as "(A)" can score),
+``Rea_corrected`` the whole-answer match; Tru = TruthfulQA MC1 (summed log-likelihood of each choice after the QA
+primer), Fac = TriviaQA F1 (max over aliases, 30 tokens, 5-shot), Flu = mean weighted
 n-gram entropy of responses (256 tokens) to the fluency instructions.
+The RULE release's evaluator (RWKU's code under LLaMA-Factory's tokenizer) differs in four switches, all reproduced on
+request (docs/fidelity.md): ``stop="eot"`` ends generations at <|eot_id|> only; ``bos="rwku"`` tokenizes the utility
+prompts with special tokens (two BOS on Llama-3); ``bbh_stop="none"``; ``fluency_tokenizer="word_tokenize"``. The chat
+prompts' user text follows the tokenizer's ``verl.utils.chat.set_user_turn`` mode (the release: verbatim).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from collections.abc import Callable, Sequence
 
 from data.rwku import Target, resolve_target
 from verl.eval import metrics as M
-from verl.eval.generation import generate, next_token_logprobs, sequence_logprobs
+from verl.eval.generation import end_of_turn_ids, generate, next_token_logprobs, sequence_logprobs
 from verl.utils.chat import format_prompt
 from verl.utils.text import first_line
 
@@ -94,6 +99,21 @@ def build_prompt(probe: dict, level: str, tokenizer) -> str:
 
 
 PROBE_BOS = ("rwku", "single")
+UTILITY_BOS = ("single", "rwku")  # utility prompts: the template's BOS only | RWKU's special tokens on top (two)
+STOP_IDS = ("all", "eot")  # generation ends at every EOS id | at <|eot_id|> only (the release, end_of_turn_ids)
+BBH_STOPS = ("question", "none")  # BBH also stops at a new "\nQ:" | only at EOS (RWKU's eval_bbh.py)
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: choose one of {choices}")
+    return value
+
+
+def stop_ids(tokenizer, mode: str = "all") -> list[int] | None:
+    """The ids that end a generation: None (generation's default, every EOS id) for "all", the release's single
+    end-of-turn id for "eot"."""
+    return end_of_turn_ids(tokenizer) if _choice("stop_ids", mode, STOP_IDS) == "eot" else None
 
 
 def _target(target: Target | str, data_dir=None) -> Target:
@@ -121,8 +141,10 @@ def evaluate_probes(
     gen_model=None,
     data_dir=None,
     probe_bos: str = "rwku",
+    stop: str = "all",
 ) -> tuple[dict, dict[str, list[dict]]]:
     """Generate and score the probes of ``files`` (e.g. FORGET_FILES) of one target (module doc: protocols).
+    ``stop`` (STOP_IDS): which EOS ids end a generation ("eot": <|eot_id|> only, as the release's evaluator).
 
     Returns ``(metrics, generations)``: metrics hold FB/QA/AA (present levels), "All" (plain mean of the
     levels), "All_weighted" (mean over all probes), "AA_by_type" when AA is present, "n" (probe counts),
@@ -139,9 +161,11 @@ def evaluate_probes(
     if probe_bos not in PROBE_BOS:
         raise ValueError(f"probe_bos={probe_bos!r}: choose one of {PROBE_BOS}")
     # RWKU: no newline stop (its "\n" stop ids resolve to nothing), special tokens on at tokenisation
+    eos = stop_ids(tokenizer, stop)
+    extra = {} if eos is None else {"eos_ids": eos}
     outputs = generate(gen_model or model, tokenizer, prompts, PROBE_MAX_NEW_TOKENS, stop_strings=(),
                        batch_size=batch_size, desc=f"{tgt.folder} {'/'.join(files)}",
-                       add_special_tokens=True if probe_bos == "rwku" else None)
+                       add_special_tokens=True if probe_bos == "rwku" else None, **extra)
     generations: dict[str, list[dict]] = defaultdict(list)
     by_level: dict[str, list[float]] = defaultdict(list)
     by_level_c: dict[str, list[float]] = defaultdict(list)
@@ -173,7 +197,8 @@ def evaluate_probes(
     metrics["protocol"] = {"scoring": "rwku (whole output to EOS / 30 tokens)",
                            "corrected": "first non-empty line of the same generations",
                            "bos": "rwku (tokenizer special tokens on the templated prompt)" if probe_bos == "rwku"
-                           else "single (the template's own BOS only)"}
+                           else "single (the template's own BOS only)",
+                           "stop": "every EOS id" if eos is None else f"token ids {eos} only"}
     return metrics, dict(generations)
 
 
@@ -234,10 +259,10 @@ def mmlu_prompt(sample: dict, tokenizer) -> str:
 
 
 def evaluate_mmlu(model, tokenizer, records: list[dict], batch_size: int = 4,
-                  scorer: Callable | None = None) -> tuple[float, list[dict]]:
+                  scorer: Callable | None = None, add_special_tokens: bool | None = None) -> tuple[float, list[dict]]:
     """MMLU accuracy: the predicted choice is the letter whose token (" A", " B", ...) has the highest
     next-token probability after the prompt. ``scorer(prompts, candidate_ids) -> [[logprob per candidate]]``
-    can replace the model (tests)."""
+    can replace the model (tests). ``add_special_tokens``: as ``generation.generate`` (True: RWKU's second BOS)."""
     if not records:
         return float("nan"), []
     n_choices = max(len(r["choices"]) for r in records)
@@ -245,7 +270,8 @@ def evaluate_mmlu(model, tokenizer, records: list[dict], batch_size: int = 4,
     prompts = [mmlu_prompt(r, tokenizer) for r in records]
     if scorer is None:
         def scorer(ps, ids):
-            return next_token_logprobs(model, tokenizer, ps, ids, batch_size=batch_size, desc="mmlu")
+            return next_token_logprobs(model, tokenizer, ps, ids, batch_size=batch_size, desc="mmlu",
+                                       add_special_tokens=add_special_tokens)
     scores = scorer(prompts, cand_ids)
     items = []
     for r, sc in zip(records, scores):
@@ -257,8 +283,9 @@ def evaluate_mmlu(model, tokenizer, records: list[dict], batch_size: int = 4,
 
 
 BBH_ANSWER = re.compile(r"[t|T]he answer is (.*?)\.")  # RWKU's pattern, "|" included
-# Small models go on to invent the next "Q: ... A: ..." after answering. Stopping there cannot change the score,
-# since only the first "the answer is" is read, and it saves most of the 256 tokens (BBH is the slowest part).
+# Small models go on to invent the next "Q: ... A: ..." after answering. Stopping there saves most of the 256 tokens
+# (BBH is the slowest part) and changes the score only of an output without "the answer is" before it (then the
+# whole output is the prediction). RWKU's eval_bbh.py stops at EOS only: bbh_stop="none".
 BBH_STOP = "\nQ:"
 
 
@@ -269,7 +296,9 @@ def extract_bbh_answer(output: str) -> str:
     return pred or M.RWKU_EMPTY
 
 
-def evaluate_bbh(model, tokenizer, records, batch_size=4, gen_model=None, max_new_tokens=256):
+def evaluate_bbh(model, tokenizer, records, batch_size=4, gen_model=None, max_new_tokens=256, stop: str = "question",
+                 add_special_tokens: bool | None = None, eos_ids: list[int] | None = None):
+    """BBH exact match; ``stop`` (BBH_STOPS): "question" also ends a generation at a new "\nQ:", "none" at EOS only."""
     if not records:
         return float("nan"), []
     prompts = []
@@ -278,8 +307,9 @@ def evaluate_bbh(model, tokenizer, records, batch_size=4, gen_model=None, max_ne
                 "'so the answer is'\nQ: " + r["question"])
         p = format_prompt(tokenizer, user)
         prompts.append(p + ("A:" if p[-1:] in ("\n", " ") else " A:"))
-    outs = generate(gen_model or model, tokenizer, prompts, max_new_tokens, stop_strings=(BBH_STOP,),
-                    batch_size=batch_size, desc="bbh")
+    stops = (BBH_STOP,) if _choice("bbh_stop", stop, BBH_STOPS) == "question" else ()
+    outs = generate(gen_model or model, tokenizer, prompts, max_new_tokens, stop_strings=stops,
+                    batch_size=batch_size, desc="bbh", **_gen_kw(add_special_tokens, eos_ids))
     items = []
     for r, o in zip(records, outs):
         pred = extract_bbh_answer(o)
@@ -287,6 +317,12 @@ def evaluate_bbh(model, tokenizer, records, batch_size=4, gen_model=None, max_ne
                       "score": rwku_bbh_exact_match(pred, r["answer"]),
                       "score_corrected": M.exact_match(pred, r["answer"]), "task": r.get("task")})
     return M.mean([it["score"] for it in items]), items
+
+
+def _gen_kw(add_special_tokens: bool | None, eos_ids: list[int] | None) -> dict:
+    """``generate`` keywords of a utility part (only those that differ from its defaults)."""
+    kw = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
+    return kw if eos_ids is None else {**kw, "eos_ids": eos_ids}
 
 
 def rwku_bbh_exact_match(prediction: str, answer: str) -> float:
@@ -315,7 +351,8 @@ Q: Where were the 1992 Olympics held?
 A: The 1992 Olympics were held in Barcelona, Spain."""
 
 
-def evaluate_truthfulqa(model, tokenizer, records, batch_size=4, scorer: Callable | None = None):
+def evaluate_truthfulqa(model, tokenizer, records, batch_size=4, scorer: Callable | None = None,
+                        add_special_tokens: bool | None = None):
     """MC1: correct when the (single) true choice has a higher summed log-likelihood than every false one."""
     if not records:
         return float("nan"), []
@@ -328,7 +365,8 @@ def evaluate_truthfulqa(model, tokenizer, records, batch_size=4, scorer: Callabl
         pairs.extend((p, sep + c) for c in r["mc1_targets"]["choices"])
         spans.append((start, len(pairs)))
     if scorer is None:
-        lps = sequence_logprobs(model, tokenizer, pairs, batch_size=batch_size, desc="truthfulqa")
+        lps = sequence_logprobs(model, tokenizer, pairs, batch_size=batch_size, desc="truthfulqa",
+                                add_special_tokens=add_special_tokens)
         sums = [float(lp.sum()) for lp in lps]
     else:
         sums = scorer(pairs)
@@ -359,26 +397,30 @@ Please briefly answer the following question:
 """
 
 
-def evaluate_triviaqa(model, tokenizer, records, batch_size=8, gen_model=None):
+def evaluate_triviaqa(model, tokenizer, records, batch_size=8, gen_model=None, add_special_tokens: bool | None = None,
+                      eos_ids: list[int] | None = None):
     """F1 (max over aliases) of the raw 30-token output; RWKU stops only at EOS here (no newline stop)."""
     if not records:
         return float("nan"), []
     prompts = [format_prompt(tokenizer, TRIVIAQA_SHOTS + f"Q: {r['question']}\n") + "A:" for r in records]
     outs = generate(gen_model or model, tokenizer, prompts, 30, stop_strings=(), batch_size=batch_size,
-                    desc="triviaqa")
+                    desc="triviaqa", **_gen_kw(add_special_tokens, eos_ids))
     items = [{"query": r["question"], "answer": r["answers"][:5], "output": o,
               "score": M.max_over_aliases(M.qa_f1, o, r["answers"])} for r, o in zip(records, outs)]
     return M.mean([it["score"] for it in items]), items
 
 
-def evaluate_fluency(model, tokenizer, records, batch_size=8, gen_model=None, max_new_tokens=256):
+def evaluate_fluency(model, tokenizer, records, batch_size=8, gen_model=None, max_new_tokens=256,
+                     word_tokenizer: str = "treebank", add_special_tokens: bool | None = None,
+                     eos_ids: list[int] | None = None):
+    """Mean n-gram entropy of the responses; ``word_tokenizer`` as ``metrics.ngram_entropy``."""
     if not records:
         return float("nan"), []
     prompts = [format_prompt(tokenizer, f"Instruction: {r['instruction']}\n") for r in records]
     outs = generate(gen_model or model, tokenizer, prompts, max_new_tokens, stop_strings=(), batch_size=batch_size,
-                    desc="fluency")
-    items = [{"query": r["instruction"], "answer": "", "output": o, "score": M.ngram_entropy(o)}
-             for r, o in zip(records, outs)]
+                    desc="fluency", **_gen_kw(add_special_tokens, eos_ids))
+    items = [{"query": r["instruction"], "answer": "", "output": o,
+              "score": M.ngram_entropy(o, word_tokenizer=word_tokenizer)} for r, o in zip(records, outs)]
     return M.mean([it["score"] for it in items]), items
 
 
@@ -393,13 +435,19 @@ UTILITY_PARTS = {  # metric key -> (file stem, evaluator, generates text?)
 
 def evaluate_utility(
     model, tokenizer, target, limit=None, batch_size=8, gen_model=None, data_dir=None,
-    parts: Sequence[str] = tuple(UTILITY_PARTS), long_gen_tokens: int = 256,
+    parts: Sequence[str] = tuple(UTILITY_PARTS), long_gen_tokens: int = 256, bos: str = "single",
+    stop: str = "all", bbh_stop: str = "question", fluency_tokenizer: str = "treebank",
 ) -> tuple[dict, dict, dict]:
     """Gen / Rea / Tru / Fac / Flu of one target's utility files (missing files are skipped); BBH and fluency
-    generate ``long_gen_tokens`` new tokens (RWKU: 256). ``limit`` is an int or a per-part dict.
+    generate ``long_gen_tokens`` new tokens (RWKU: 256). ``limit`` is an int or a per-part dict. ``bos``
+    (UTILITY_BOS): "rwku" tokenizes every prompt with special tokens as RWKU's code does (two BOS on Llama-3);
+    ``stop`` (STOP_IDS), ``bbh_stop`` (BBH_STOPS) and ``fluency_tokenizer`` (metrics.WORD_TOKENIZERS) as their
+    functions.
 
     Returns ``(metrics, generations, timing)`` with per-part seconds in ``timing``."""
     tgt = _target(target, data_dir)
+    special = True if _choice("utility bos", bos, UTILITY_BOS) == "rwku" else None
+    eos = stop_ids(tokenizer, stop)
     metrics, gens, timing = {}, {}, {}
     for key in parts:
         stem, fn, generates = UTILITY_PARTS[key]
@@ -407,9 +455,14 @@ def evaluate_utility(
             continue
         t0 = time.time()
         records = _limit(tgt.load(stem), limit.get(key) if isinstance(limit, dict) else limit)
-        kw = {"gen_model": gen_model} if generates else {}
+        kw = {"gen_model": gen_model, "eos_ids": eos} if generates else {}
+        kw["add_special_tokens"] = special
         if key in ("Rea", "Flu"):
             kw["max_new_tokens"] = long_gen_tokens
+        if key == "Rea":
+            kw["stop"] = bbh_stop
+        if key == "Flu":
+            kw["word_tokenizer"] = fluency_tokenizer
         metrics[key], gens[stem] = fn(model, tokenizer, records, batch_size=batch_size, **kw)
         if key == "Rea":  # RWKU's character-wise EM above, the whole-answer match beside it
             metrics["Rea_corrected"] = M.mean([it["score_corrected"] for it in gens[stem]])

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from verl.protocol import DataProto
-from verl.utils.chat import format_prompt, muse_prompt, prompt_ids
+from verl.utils.chat import format_prompt, muse_prompt, prompt_ids, set_user_turn
 
 logger = logging.getLogger(__name__)
 
@@ -70,17 +70,19 @@ class RLDataset:
     few-shot prefix of ``muse_icl``, a ``muse:`` file stem, completion rows "Completion: ...\nAnswer: "; by the
     row's ``mode`` column, default qa); "rwku": the RWKU evaluator's probe wrapper in the chat template, then
     "Answer:" (FB wrapper for rows with "___", else QA; the sandbox). Raw-text prompts get the tokenizer's BOS
-    (``prompt_ids``).
+    (``prompt_ids``). ``user_turn`` (template | verbatim) is recorded on the tokenizer: how the chat formats render
+    the user text (``verl.utils.chat``).
     """
 
     def __init__(self, spec: str, tokenizer, max_prompt_length: int, prompt_key: str = "prompt",
                  answer_key: str = "solution", data_root: str | None = None, max_samples: int | None = None,
                  prompt_format: str = "chat", system_prompt: str | None = None,
-                 muse_icl: str = "knowmem/train_qa_icl"):
+                 muse_icl: str = "knowmem/train_qa_icl", user_turn: str = "template"):
         from data.schemas import DataValidationError, validate_rl_records
 
         self.path = resolve_data_path(spec, data_root)
         raw = validate_rl_records(read_rows(self.path), self.path, prompt_key, answer_key)  # every row, at load
+        set_user_turn(tokenizer, user_turn)
         if max_samples is not None and max_samples < len(raw):  # evenly spaced, so both labels stay represented
             raw = [raw[int(i)] for i in np.linspace(0, len(raw) - 1, num=max_samples).round()]
         self.rows: list[dict] = []
@@ -147,22 +149,44 @@ def collate(rows: list[dict], pad_token_id: int) -> DataProto:
     )
 
 
+SAMPLERS = ("project", "release")
+
+
+def release_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """Row order of epoch ``epoch`` as the RULE release draws it: torch's ``RandomSampler`` with one
+    ``torch.Generator`` seeded ``seed`` at start (its ``data.seed``, 42), batched with ``drop_last``. Each finished
+    epoch draws two permutations from that generator (the order, then an empty tail: ``RandomSampler.__iter__``), so
+    epoch ``e`` is the generator's ``2e + 1``-th ``randperm``."""
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    for _ in range(2 * epoch):
+        torch.randperm(n, generator=gen)
+    return torch.randperm(n, generator=gen).numpy()
+
+
 class StatefulSampler:
     """Batches of indices over epochs (seeded shuffle per epoch, incomplete tail dropped); ``state_dict`` resumes
     at the exact next batch.
 
-    With ``labels`` (one per row) the order is stratified: each label's rows are shuffled on their own and
-    interleaved so that every batch holds the labels in the file's proportion (to within one row), e.g. 4
-    ``<reject>`` + 4 ``<normal>`` of 8 on a balanced file. Without it, a small batch's share of one label swings
+    ``sampler`` "project": a numpy permutation seeded ``seed + epoch``; "release": the release's torch order
+    (``release_order``), so that the release's seed picks the same prompts in the same batches.
+    With ``labels`` (one per row; project sampler only) the order is stratified: each label's rows are shuffled on
+    their own and interleaved so that every batch holds the labels in the file's proportion (to within one row), e.g.
+    4 ``<reject>`` + 4 ``<normal>`` of 8 on a balanced file. Without it, a small batch's share of one label swings
     with the draw (1 to 7 of 8)."""
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, labels: list[str] | None = None):
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, labels: list[str] | None = None,
+                 sampler: str = "project"):
         if batch_size > n:
             raise ValueError(f"batch size {batch_size} > dataset size {n}")
         if labels is not None and len(labels) != n:
             raise ValueError(f"{len(labels)} labels for {n} rows")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler {sampler!r}: choose one of {SAMPLERS}")
+        if sampler == "release" and labels is not None:
+            raise ValueError("the release's sampler draws random batches: it cannot stratify labels")
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
-        self.labels = labels
+        self.labels, self.sampler = labels, sampler
         self.epoch, self.pos = 0, 0
         self._cached: tuple[int, np.ndarray] | None = None  # (epoch, order): a stratified order costs a loop
 
@@ -172,6 +196,8 @@ class StatefulSampler:
         return self._cached[1]
 
     def _make_order(self) -> np.ndarray:
+        if self.sampler == "release":
+            return release_order(self.n, self.seed, self.epoch) if self.shuffle else np.arange(self.n)
         rng = np.random.default_rng(self.seed + self.epoch)
         if self.labels is None:
             return rng.permutation(self.n) if self.shuffle else np.arange(self.n)
@@ -187,6 +213,11 @@ class StatefulSampler:
             order[i] = groups[k][taken[k]]
             taken[k] += 1
         return order
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Whole batches in one pass over the rows (the incomplete tail is dropped)."""
+        return self.n // self.batch_size
 
     def next_indices(self) -> list[int]:
         if self.pos + self.batch_size > self.n:

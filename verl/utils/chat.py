@@ -13,6 +13,13 @@ System prompts: none unless asked. Templates that insert one by themselves lose 
 
 ``system_prompt=TEMPLATE_DEFAULT`` keeps whatever the template renders; any other string is sent as the system turn.
 Other templates are used as rendered.
+
+User turn (``user_turn``): ``template`` renders the user text as the model's own template does (Llama-3's strips
+it, so "Question: ...\n" loses its newline before <|eot_id|>); ``verbatim`` places the text unchanged where the
+template puts it, which is what the RULE release tokenized: its RS ran LLaMA-Factory's ``llama3`` template
+(no trimming) and saved that template into every checkpoint's tokenizer, which its ReBO prompts and evaluator then
+rendered. Templates that do not trim (ChatML: SmolLM2, Qwen2.5) give the same text either way. The mode can be
+recorded on a tokenizer (``set_user_turn``) so that every prompt built with it follows.
 """
 
 from __future__ import annotations
@@ -28,24 +35,54 @@ _DEFAULT_SYSTEM_TURNS = (
 )
 
 
+USER_TURNS = ("template", "verbatim")
+_USER_TURN_ATTR = "rule_user_turn"  # where set_user_turn records the mode on a tokenizer
+_SLOT = "\x00RULE-USER-TURN\x00"  # stands in for the user text while the template renders
+
+
 def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def format_prompt(tokenizer, user_text: str, system_prompt: str | None = None) -> str:
+def check_user_turn(mode: str) -> str:
+    if mode not in USER_TURNS:
+        raise ValueError(f"user_turn={mode!r}: choose one of {USER_TURNS}")
+    return mode
+
+
+def set_user_turn(tokenizer, mode: str):
+    """Record how ``format_prompt`` renders the user text for this tokenizer (module doc), so that every prompt
+    builder sharing it (RS data, ReBO prompts, every evaluation suite) follows one setting. Returns the tokenizer
+    (None, a stand-in without a chat template, is returned as it is)."""
+    check_user_turn(mode)
+    if tokenizer is not None:
+        setattr(tokenizer, _USER_TURN_ATTR, mode)
+    return tokenizer
+
+
+def user_turn_of(tokenizer) -> str:
+    return getattr(tokenizer, _USER_TURN_ATTR, "template")
+
+
+def format_prompt(tokenizer, user_text: str, system_prompt: str | None = None, user_turn: str | None = None) -> str:
     """The user turn wrapped in the chat template with the assistant header appended. ``system_prompt`` None: no
     system turn (one the template inserts by itself is removed, see the module doc); ``TEMPLATE_DEFAULT``: the
-    template as it renders; a string: that system turn. Without a template: the raw text (BOS comes from
-    ``prompt_ids``)."""
+    template as it renders; a string: that system turn. ``user_turn``: template | verbatim (None: the tokenizer's
+    ``set_user_turn`` mode, else template). Without a template: the raw text (BOS comes from ``prompt_ids``)."""
     if not has_chat_template(tokenizer):
         return user_text
-    messages = [{"role": "user", "content": user_text}]
+    verbatim = check_user_turn(user_turn or user_turn_of(tokenizer)) == "verbatim"
+    messages = [{"role": "user", "content": _SLOT if verbatim else user_text}]
     if system_prompt not in (None, TEMPLATE_DEFAULT):
         messages.insert(0, {"role": "system", "content": system_prompt})
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if system_prompt is None:
         for pat in _DEFAULT_SYSTEM_TURNS:
             text = pat.sub("", text, count=1)
+    if verbatim:
+        if text.count(_SLOT) != 1:
+            raise ValueError("user_turn=verbatim: the chat template does not render the user text exactly once")
+        text = text.replace(_SLOT, user_text)
     return text
 
 
@@ -85,7 +122,8 @@ def encode_prompt_response(tokenizer, prompt: str, response: str, cutoff_len: in
 
     Returns ``input_ids``, ``attention_mask`` and ``labels`` (length <= cutoff_len) where every prompt token's
     label is IGNORE_INDEX, so the loss covers the response (and its end-of-turn token) only. When too long,
-    the prompt is truncated from the left first, keeping the response whole where possible. ``append_eos`` None:
+    the prompt is truncated from the left first, keeping the response whole where possible; ``cutoff_len`` <= 0
+    keeps every token (the release's MUSE RS encodes its rows without a cutoff). ``append_eos`` None:
     the end-of-turn/EOS token ends the response only with a chat template (a base model's RS targets end without
     one, as in the release's MUSE run). ``raw_prompt``: ``prompt`` is already formatted (e.g. ``muse_prompt``).
     """
@@ -94,6 +132,9 @@ def encode_prompt_response(tokenizer, prompt: str, response: str, cutoff_len: in
         append_eos = has_chat_template(tokenizer)
     eos = (tokenizer.eos_token or "") if append_eos else ""
     response_ids = tokenizer(response + eos, add_special_tokens=False)["input_ids"]
+    if cutoff_len <= 0:
+        return {"input_ids": ids + response_ids, "attention_mask": [1] * (len(ids) + len(response_ids)),
+                "labels": [IGNORE_INDEX] * len(ids) + response_ids}
     if len(response_ids) >= cutoff_len:
         response_ids = response_ids[: cutoff_len - 1]
     budget = cutoff_len - len(response_ids)
