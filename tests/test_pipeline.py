@@ -300,3 +300,123 @@ def test_every_argparse_flag_has_a_help_text():
     for parser in (rs_parser(), eval_parser(), pipeline_parser()):
         bare = [a.dest for a in parser._actions if not a.help]
         assert not bare, (parser.prog, bare)
+
+
+# ------------------------------------------------------------------------------------------- the release's settings
+def test_paper_budget_defaults_to_each_benchmarks_paper_model():
+    muse = resolve_settings("muse", {"BUDGET": "paper"}, {}, has_gpu=lambda: 0)
+    rwku = resolve_settings("rwku", {"BUDGET": "paper", "TARGETS": SAMPLE_TARGET}, {}, has_gpu=lambda: 0)
+    assert (muse.model, muse.exp) == ("muse-bench/MUSE-Books_target", "MUSE-Books_target_paper")
+    assert (rwku.model, rwku.protocol) == ("meta-llama/Meta-Llama-3-8B-Instruct", "paper")
+    assert resolve_settings("muse", {"BUDGET": "smoke"}, {}, has_gpu=lambda: 0).model == "smollm2-135m-instruct"
+    given = resolve_settings("muse", {"BUDGET": "paper", "MODEL": "smollm2-135m-instruct"}, {}, has_gpu=lambda: 0)
+    assert given.model == "smollm2-135m-instruct"
+
+
+def test_paper_plan_runs_the_releases_evaluator_and_cpu_budgets_keep_theirs():
+    release = {"user_turn": "verbatim", "stop_ids": "eot", "utility_bos": "rwku", "bbh_stop": "none",
+               "fluency_tokenizer": "word_tokenize"}
+    paper = _steps(_plan(env={**BASE, "BUDGET": "paper", "INJECT": "0", "GPUS": "0"}))
+    assert {k: paper["eval:original"].config[k] for k in release} == release
+    assert paper["rule_grpo"].config["data"]["user_turn"] == "verbatim"
+    assert (paper["rule_grpo"].config["data"]["sampler"], paper["rule_grpo"].config["data"]["seed"]) == ("release", 42)
+    assert paper["rs"].config["user_turn"] == "verbatim"
+    for budget, inject in (("smoke", "1"), ("smoke", "0"), ("test", "0")):
+        cpu = _steps(_plan(env={**BASE, "BUDGET": budget, "INJECT": inject}))
+        assert {k: cpu["eval:original"].config[k] for k in release} == {
+            "user_turn": "template", "stop_ids": "all", "utility_bos": "single", "bbh_stop": "question",
+            "fluency_tokenizer": "treebank"}, budget
+        assert (cpu["rule_grpo"].config["data"]["sampler"], cpu["rule_grpo"].config["data"]["user_turn"]) == (
+            "project", "template")
+        assert cpu["rs"].config["user_turn"] == "template"
+
+
+def test_muse_paper_plan_reproduces_the_releases_run():
+    steps = _steps(_plan("muse", env={"BUDGET": "paper", "GPUS": "0", "LOG_DIR": "/nonexistent-log"}))
+    assert steps["rs"].inputs["model"] == "muse-bench/MUSE-Books_target"
+    assert (steps["rs"].config["muse_icl"], steps["rs"].config["cutoff_len"]) == ("knowmem/forget_qa_icl", 0)
+    rebo = steps["rule_grpo"]
+    assert rebo.config["trainer"]["total_epochs"] == 1 and rebo.output.endswith("global_step_<last>/actor")
+    assert steps["eval:rule_grpo"].config["verbmem_prompt"] == "release"
+    fixed = _steps(_plan("muse", env={"BUDGET": "paper", "GPUS": "0", "LOG_DIR": "/x", "REBO_STEPS": "7"}))
+    assert fixed["rule_grpo"].config["trainer"]["total_epochs"] is None  # REBO_STEPS: exactly that many steps
+    assert fixed["rule_grpo"].output.endswith("global_step_7/actor")
+    smoke = _steps(_plan("muse", env={"BUDGET": "smoke", "LOG_DIR": "/x"}))
+    assert smoke["eval:rs"].config["verbmem_prompt"] == "muse"
+    assert smoke["rs"].config["muse_icl"] == "knowmem/train_qa_icl"
+
+
+def test_rs_checkpoint_variable_picks_the_rs_epoch(capsys):
+    plan = _plan(env={**BASE, "BUDGET": "paper", "INJECT": "0", "GPUS": "0", "RS_CHECKPOINT": "3"})
+    assert plan.config.rs_checkpoint == "checkpoint-epoch-3"
+    assert _steps(plan)["rule_grpo"].inputs["model"].endswith("/rs/checkpoint-epoch-3")
+    default = _plan(env={**BASE, "BUDGET": "paper", "INJECT": "0", "GPUS": "0"})
+    assert default.config.rs_checkpoint == "checkpoint-epoch-2"
+    assert main(["rwku", "--dry-run"], env={**BASE, "RS_CHECKPOINT": "4"}) == 2
+    assert "RS_CHECKPOINT must be an RS epoch, 1 | 2 | 3" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- memory and disk plans
+PAPER = {**BASE, "BUDGET": "paper", "INJECT": "0"}
+
+
+def test_dry_run_prints_the_memory_plan_and_sizes_vllm(capsys):
+    rc = main(["rwku", "--dry-run"], env={**PAPER, "METHODS": "rule_grpo rule_ppo", "GPUS": "0,1,2,3"})
+    out = capsys.readouterr().out
+    assert rc == 0 and "memory plan per GPU (GB = 1e9 bytes): 4 x 80.0 GB" in out
+    assert "8,030,261,248 parameters" in out and "disk plan (GB = 1e9 bytes) under LOG_DIR=" in out
+    assert "rule_ppo: without offload or LoRA" in out and "chose offload optimizer" in out
+    steps = _steps(_plan(env={**PAPER, "METHODS": "rule_grpo rule_ppo", "GPUS": "0,1,2,3"}))
+    assert "worker.rollout.gpu_memory_utilization=0.53" in steps["rule_grpo"].cmd  # sized, not the fixed 0.5
+    assert steps["rule_grpo"].config["worker"]["actor"]["offload_optimizer"] is False
+    assert steps["rule_ppo"].config["worker"]["critic"]["offload_optimizer"] is True
+
+
+def test_fewer_gpus_choose_offload_or_lora_in_the_commands():
+    steps = _steps(_plan(env={**PAPER, "METHODS": "rule_grpo", "GPUS": "0"}))
+    assert "worker.actor.offload_params=true" in steps["rule_grpo"].cmd
+    assert steps["rule_grpo"].config["worker"]["ref"]["offload_params"] is True
+    rs = steps["rs"]
+    assert rs.config["finetuning_type"] == "lora" or "RS/configs/accelerate_fsdp_offload.yaml" in rs.cmd
+    assert rs.memory.fits and not rs.memory.configured.fits
+
+
+def test_a_plan_that_cannot_fit_stops_before_any_work(tmp_path, monkeypatch, capsys):
+    from verl.pipeline import settings
+
+    monkeypatch.setattr(settings, "gpu_count", lambda: 1)  # one visible GPU of 24 GB
+    env = {**PAPER, "METHODS": "rule_ppo", "GPUS": "0", "GPU_MEMORY": "24", "LOG_DIR": str(tmp_path)}
+    plan = _plan(env=env)
+    ppo = next(p for p in plan.problems if p.startswith("rule_ppo (ReBO) does not fit 1 x 24.0 GB"))
+    assert "Would fit with: " in ppo and "worker.rollout.max_num_seqs=" in ppo
+    assert main(["rwku"], env=env) == 1
+    err = capsys.readouterr().err
+    assert "cannot run" in err and "does not fit 1 x 24.0 GB" in err
+    assert not list(tmp_path.iterdir())  # refused before the first stage
+
+
+def test_a_users_setting_wins_and_is_refused_when_it_cannot_fit(tmp_path):
+    overlay = tmp_path / "no_offload.yaml"
+    overlay.write_text("args:\n  rebo: {worker: {actor: {offload_params: false}, ref: {offload_params: false}}}\n")
+    plan = _plan(env={**PAPER, "METHODS": "rule_grpo", "GPUS": "0"}, overlays=[str(overlay)])
+    assert any("rule_grpo (ReBO) does not fit" in p and "(you set worker.actor.offload_params=false" in p
+               for p in plan.problems)
+    assert _steps(plan)["rule_grpo"].config["worker"]["actor"]["offload_params"] is False
+
+
+def test_a_run_that_would_not_fit_on_the_disk_is_refused(tmp_path, monkeypatch, capsys):
+    from verl.pipeline import resources
+
+    monkeypatch.setattr(resources, "free_bytes", lambda _: (1000, "/tiny"))
+    env = {**BASE, "LOG_DIR": str(tmp_path)}
+    plan = _plan(env=env)
+    assert any(p.startswith("disk: the stages still to run write") for p in plan.problems)
+    assert main(["rwku"], env=env) == 1 and "/tiny has 0.0 GB free" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+    # a plan for another machine's GPUs shows its disk need without refusing over this disk
+    assert not any(p.startswith("disk:") for p in _plan(env={**PAPER, "GPUS": "0,1"}).problems)
+
+
+def test_gpu_memory_must_be_a_size(capsys):
+    assert main(["rwku", "--dry-run", "--gpu-memory", "lots"], env=BASE) == 2
+    assert "GPU_MEMORY is GB per GPU" in capsys.readouterr().err

@@ -105,10 +105,25 @@ def format_plan(plan: Plan) -> str:
         for note in tp.notes:
             lines.append(f"     note: {note}")
     lines.append("\n  then: python -m verl.eval.report " + rel(s.exp_dir) + " --out " + rel(s.exp_dir / "report"))
+    lines += ["", *resource_lines(plan)]
     if plan.problems:
         lines.append("\nA real run would stop before its first stage:")
         lines += [f"  - {p}" for p in plan.problems]
     return "\n".join(lines)
+
+
+def resource_lines(plan: Plan) -> list[str]:
+    """The memory plan of the GPU stages (first target: every target's stages are the same) and the disk plan."""
+    from verl.pipeline.resources import memory_report
+
+    steps = plan.targets[0].steps if plan.targets else []
+    lines = memory_report(plan.resources, steps)
+    if not lines and plan.config.device == "cpu":
+        lines = ["memory plan: a CPU budget (no GPU stage)"]
+    lines += [f"note: {n}" for n in plan.notes]
+    if plan.disk is not None:
+        lines += plan.disk.report(plan.settings.log_dir)
+    return lines
 
 
 def main(argv: list[str] | None = None, env: dict | None = None) -> int:
@@ -137,4 +152,4 @@ def main(argv: list[str] | None = None, env: dict | None = None) -> int:
     return 0
 
 
-__all__ = ["build_parser", "format_plan", "main"]
+__all__ = ["build_parser", "format_plan", "main", "resource_lines"]

@@ -16,7 +16,7 @@ from typing import Any
 
 from verl.pipeline.config import REPO, PipelineConfig, budget_file, load_pipeline_config
 from verl.pipeline.methods import ALWAYS, METHODS, Method
-from verl.pipeline.settings import Settings, variable_overrides
+from verl.pipeline.settings import Settings, gpu_memory_bytes, variable_overrides
 
 MARKER = ".done"
 REBO_TRAIN_STEM = "rl_rejection_with_fb_neighbor_target"
@@ -53,6 +53,7 @@ class Step:
     prepare: Callable[[], None] | None = None  # in-process work before the command (e.g. writing a data subset)
     done: bool = False
     reason: str = ""  # why it is skipped, or what changed since it was done
+    memory: Any = None  # resources.StageMemory of a GPU training stage: its per-GPU plan and the knobs chosen
 
     def argv(self) -> list[str]:
         return [sys.executable, *self.cmd]
@@ -75,6 +76,9 @@ class Plan:
     problems: list[str]  # what stops a real run (missing GPUs, ...); a dry run lists them
     n_gpus: int
     env: dict[str, str]  # variables set for every stage
+    resources: Any = None  # resources.Resources of GPU plans (None: no GPU stage, or the model's shapes are unknown)
+    disk: Any = None  # resources.DiskPlan: checkpoints and outputs of the stages still to run, and the free space
+    notes: list[str] = field(default_factory=list)  # what the plan could not check
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -168,8 +172,13 @@ def latest_actor(run_dir: Path) -> Path | None:
 
 # ------------------------------------------------------------------------------------------------ planner
 class Planner:
-    def __init__(self, settings: Settings, n_gpus: int | None = None):
+    def __init__(self, settings: Settings, n_gpus: int | None = None,
+                 gpu_memory: Callable[[], int | None] | None = None):
+        """``gpu_memory``: bytes of the smallest visible GPU in GPUS (None: none here); asked once, only when a stage
+        runs on GPUs and GPU_MEMORY is not set."""
         self.s = settings
+        self._gpu_memory = gpu_memory
+        self._resources: Any = None
         self.files = [str(budget_file(settings.budget)), *settings.overlays]
         top, self.last = variable_overrides(settings)
         try:
@@ -178,9 +187,35 @@ class Planner:
             raise PlanError(str(exc)) from None
         self.n_gpus = len(settings.gpus) if n_gpus is None else n_gpus
         self.problems: list[str] = []
+        self.notes: list[str] = []  # what the plan could not check
         if self.cfg.device == "cuda" and self.n_gpus == 0:
             self.problems.append(f"BUDGET={settings.budget} is sized for GPUs (device: cuda) but no GPU is visible: "
                                  "use BUDGET=smoke or BUDGET=test on a CPU, or set GPUS")
+
+    # ---- GPU memory
+    def resources(self):
+        """The memory planner of GPU stages (``resources.Resources``), made on first use; None when the model's
+        shapes cannot be found offline (the plan says so and checks nothing)."""
+        if self._resources is None:
+            from verl.pipeline.resources import DEFAULT_GPU_GB, Resources
+            from verl.utils.memory import GB
+
+            here = None if self.s.gpu_memory else (self._gpu_memory or (lambda: gpu_memory_bytes(self.s.gpus)))()
+            if self.s.gpu_memory:
+                gpu_bytes, source = int(self.s.gpu_memory * GB), f"GPU_MEMORY={self.s.gpu_memory:g}"
+            elif here:
+                gpu_bytes, source = here, "the smallest GPU of GPUS"
+            else:
+                gpu_bytes, source = int(DEFAULT_GPU_GB * GB), "no GPU here: the paper's cards; set GPU_MEMORY"
+            from verl.utils.vllm_engine import vllm_available
+
+            self._resources = Resources(self.s.model, self.n_gpus, gpu_bytes, source, REPO,
+                                        engine_available=vllm_available() if here else True)
+            if self._resources.shape is None:
+                self.notes.append(f"memory plan: the shapes of MODEL={self.s.model} are not known offline (not a "
+                                  "local folder, not in the Hugging Face cache or the table of the paper's models): "
+                                  "not checked")
+        return self._resources if self._resources.shape is not None else None
 
     # ---- stage builders
     def args(self, kind: str) -> dict[str, Any]:
@@ -209,12 +244,24 @@ class Planner:
         argv += ["--data_dir", rel(self.s.data_dir), "--output_dir", rel(run_dir), "--overwrite_output_dir",
                  *_flags(flags)]
         resolved = _rs_config(title, argv)
+        accelerate, memory = "RS/configs/accelerate_fsdp.yaml", None
+        if self.cfg.device == "cuda" and self.n_gpus and self.resources():
+            memory = self.resources().fit_sft(name, kind, resolved, {k: v for k, v in flags.items()})
+        if memory is not None:
+            knobs = dict(memory.overrides)
+            accelerate = knobs.pop("accelerate_config", accelerate)
+            if knobs:  # RS.train flags the memory plan chose
+                argv += _flags(knobs)
+                resolved = _rs_config(title, argv)
+            if not memory.fits:
+                self.problems.append(memory.message)
         cmd = ["-m", "RS.train", *argv]
-        if self.cfg.device == "cuda" and self.n_gpus > 1:  # one process per GPU (FSDP)
-            cmd = ["-m", "accelerate.commands.launch", "--config_file", rel(REPO / "RS/configs/accelerate_fsdp.yaml"),
+        if self.cfg.device == "cuda" and (self.n_gpus > 1 or memory and "accelerate_config" in memory.overrides):
+            # one process per GPU (FSDP); the offload config also on one GPU
+            cmd = ["-m", "accelerate.commands.launch", "--config_file", rel(REPO / accelerate),
                    "--num_processes", str(self.n_gpus), *cmd]
         return Step(name, kind, title, run_dir, cmd, {"model": model}, rel(run_dir), resolved,
-                    run_dir / MARKER, run_dir / "run.log")
+                    run_dir / MARKER, run_dir / "run.log", memory=memory)
 
     def rs_output(self, rs: Step) -> str:
         """RS's model for ReBO: the configured epoch checkpoint when RS writes it, else its final model."""
@@ -248,11 +295,22 @@ class Planner:
             else:
                 overrides.append(f"trainer.n_workers={self.n_gpus}")  # one worker per GPU given
                 resolved = _rebo_config(title, rel(REPO / cfg_file), overrides)
+        memory = None
+        if resolved["trainer"]["device"] == "cuda" and self.n_gpus and self.resources():
+            from verl.pipeline.resources import flat
+
+            memory = self.resources().fit_rebo(m.name, resolved, flat(self.args("rebo")))
+            if memory.overrides:  # the knobs and the vLLM share the memory plan chose
+                overrides += _dotlist(memory.overrides)
+                resolved = _rebo_config(title, rel(REPO / cfg_file), overrides)
+            if not memory.fits:
+                self.problems.append(memory.message)
         cmd = ["-m", "verl.trainer.main", f"config={rel(REPO / cfg_file)}", *overrides]
         actor = latest_actor(run_dir)
-        out = rel(actor) if actor else f"{rel(run_dir)}/checkpoints/global_step_{resolved['trainer']['total_steps']}/actor"
+        last = "<last>" if resolved["trainer"].get("total_epochs") else resolved["trainer"]["total_steps"]  # by rows
+        out = rel(actor) if actor else f"{rel(run_dir)}/checkpoints/global_step_{last}/actor"
         return Step(m.name, "rebo", title, run_dir, cmd, {"model": start, "ref": ref, "data": train}, out, resolved,
-                    run_dir / MARKER, run_dir / "run.log")
+                    run_dir / MARKER, run_dir / "run.log", memory=memory)
 
     def evaluation(self, name: str, label: str, model: str, results: Path, target: str | None) -> Step:
         out = results / f"{name}.json"
@@ -362,6 +420,7 @@ class Planner:
         targets = [self.plan_target(t) for t in (self.s.targets if self.s.benchmark == "rwku" else ["books"])]
         needs_gpu = self.cfg.device == "cuda" or any(
             st.kind == "rebo" and st.config["trainer"]["device"] == "cuda" for tp in targets for st in tp.steps)
+        missing: list[str] = []
         if needs_gpu and self.s.gpus:  # the ids given must exist here (asked only now: it imports torch)
             from verl.pipeline.settings import gpu_count
 
@@ -370,10 +429,27 @@ class Planner:
             if missing:
                 self.problems.append(f"GPUS={','.join(self.s.gpus)}: this machine has {have} visible GPU(s), so "
                                      f"GPU id(s) {','.join(missing)} do not exist")
+        # a plan for another machine (its GPUs are not here) shows its disk need without refusing over this disk
+        runs_here = not needs_gpu or (self.n_gpus > 0 and not missing)
+        disk = self.disk_plan(targets, needs_gpu)
+        if disk is not None and not disk.fits and runs_here:
+            self.problems.append(disk.refusal(self.s.log_dir))
         env = {"RULE_DATA_DIR": rel(self.s.data_dir)}
         if self.s.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self.s.gpus)
-        return Plan(self.s, self.cfg, self.files, targets, list(dict.fromkeys(self.problems)), self.n_gpus, env)
+        return Plan(self.s, self.cfg, self.files, targets, list(dict.fromkeys(self.problems)), self.n_gpus, env,
+                    resources=self.resources() if needs_gpu and self.n_gpus else None, disk=disk,
+                    notes=list(dict.fromkeys(self.notes)))
+
+    def disk_plan(self, targets: list[TargetPlan], exact: bool):
+        """Disk need of the stages still to run against the free space under LOG_DIR (None: shapes unknown)."""
+        from verl.pipeline.resources import disk_plan, model_shape
+
+        res = self._resources
+        shape = res.shape if res is not None and res.shape is not None else model_shape(self.s.model, exact=exact)
+        if shape is None:
+            return None
+        return disk_plan([(tp.target, tp.steps) for tp in targets], shape, self.s.log_dir)
 
 
 def _reject_only_writer(folder: str, data_dir: str, out: Path) -> Callable[[], None]:

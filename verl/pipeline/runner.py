@@ -114,6 +114,10 @@ def run_plan(planner: Planner, plan: Plan) -> Path:
         f"DATA_DIR={s.data_dir} -> {rel(exp)}")
     for note in s.notes:
         log(f"note: {note}")
+    from verl.pipeline.cli import resource_lines
+
+    for line in resource_lines(plan):
+        log(line)
     for tp in plan.targets:
         log(f"== target {tp.target} ({s.protocol} protocol, {s.budget} budget) -> {rel(tp.dir)}")
         times: dict[str, float] = {}

@@ -14,6 +14,9 @@ from verl.pipeline.methods import Method, parse_methods
 REPO = Path(__file__).resolve().parents[2]
 EMBEDDED_PARAMS = 134_515_008  # SmolLM2-135M-Instruct, so its size is known before it is built
 SMALL_MODEL = 1_000_000_000  # below this many parameters the sandbox protocol is the default
+EMBEDDED = "smollm2-135m-instruct"
+# the model each benchmark's paper budget unlearns when MODEL is not given (the release's runs)
+PAPER_MODELS = {"rwku": "meta-llama/Meta-Llama-3-8B-Instruct", "muse": "muse-bench/MUSE-Books_target"}
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,9 @@ class Var:
 
 
 VARS = [
-    Var("MODEL", "--model", "smollm2-135m-instruct", "model to unlearn: HF folder, hub id or the embedded default"),
+    Var("MODEL", "--model", "BUDGET=paper: the paper's model (RWKU meta-llama/Meta-Llama-3-8B-Instruct, MUSE "
+        "muse-bench/MUSE-Books_target); else smollm2-135m-instruct", "model to unlearn: HF folder, hub id or the "
+        "embedded default"),
     Var("TARGETS", "--targets", "CPU: 1_Stephen_King when the data has it, else the sample 101_Elowen_Marsh; GPUs: 1 .. 10",
         "RWKU targets (ids, folder names or names), space or comma separated", ("rwku",)),
     Var("METHODS", "--methods", "rule_grpo", "methods to train and evaluate (table in --help); the Original and RS rows "
@@ -51,6 +56,10 @@ VARS = [
     Var("REBO_START", "--rebo-start", "rs", "ReBO start model: rs | original (ablation)"),
     Var("REBO_REF", "--rebo-ref", "start", "ReBO KL reference: start (the start model) | original (ablation)"),
     Var("REBO_DATA", "--rebo-data", "full", "ReBO prompts: full | reject_only (ablation: no boundary prompts)"),
+    Var("RS_CHECKPOINT", "--rs-checkpoint", "2", "RS epoch whose checkpoint ReBO starts from: 1 | 2 | 3 (the release "
+        "ran ReBO from epochs 2 and 3 on RWKU, RS steps 76 and 114, and from 1, 2 and 3 on MUSE, steps 208/416/624)"),
+    Var("GPU_MEMORY", "--gpu-memory", "the smallest GPU of GPUS; 80 on a machine without GPUs", "GB (1e9 bytes) per "
+        "GPU the memory plan checks every GPU stage against (plan here for other GPUs, or keep some free)"),
     Var("MUSE_LIMIT", "--muse-limit", "smoke: 20; test: 2; paper: all", "records per MUSE evaluation file", ("muse",)),
     Var("OVERLAYS", "--overlay", "none", "pipeline config overlays merged after the budget (YAML files, space "
         "separated; the flag may repeat), e.g. examples/ablations/without_rs.yaml"),
@@ -79,7 +88,9 @@ class Settings:
     rebo_start: str | None = None  # REBO_START
     rebo_ref: str | None = None  # REBO_REF
     rebo_data: str | None = None  # REBO_DATA
+    rs_checkpoint: str | None = None  # RS_CHECKPOINT (as the pipeline config's rs_checkpoint)
     muse_limit: int | None = None  # MUSE_LIMIT
+    gpu_memory: float | None = None  # GPU_MEMORY, GB per GPU
     overlays: list[str] = field(default_factory=list)  # OVERLAYS
     notes: list[str] = field(default_factory=list)  # settings that were ignored, and why
 
@@ -100,6 +111,18 @@ def _int(name: str, value: str | None) -> int | None:
     return n
 
 
+def _gb(name: str, value: str | None) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        gb = float(value)
+    except ValueError:
+        raise ValueError(f"{name} is GB per GPU, a number such as 80 or 24, got {value!r}") from None
+    if not 1 <= gb <= 10_000:
+        raise ValueError(f"{name} is GB per GPU (1 to 10000), got {value}")
+    return gb
+
+
 def _choice(name: str, value: str | None, choices: tuple[str, ...]) -> str | None:
     if value in (None, ""):
         return None
@@ -113,6 +136,17 @@ def gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def gpu_memory_bytes(ids: list[str]) -> int | None:
+    """Total memory of the smallest of the given visible CUDA devices (imports torch); None without CUDA here."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    n = torch.cuda.device_count()
+    sizes = [torch.cuda.get_device_properties(int(i)).total_memory for i in ids if int(i) < n]
+    return min(sizes) if sizes else None
 
 
 def count_params(model: str) -> int | None:
@@ -169,14 +203,6 @@ def resolve_settings(benchmark: str, values: dict[str, str], env: dict, has_gpu=
             _gpu_cache.append((has_gpu or gpu_count)())
         return _gpu_cache[0]
 
-    model = get.get("MODEL") or "smollm2-135m-instruct"
-    from verl.models.embedded import EMBEDDED_ALIASES, resolve_model_path
-
-    if model not in EMBEDDED_ALIASES:
-        try:
-            resolve_model_path(model)  # a local path must exist and hold config.json; a hub id passes
-        except (FileNotFoundError, OSError) as exc:
-            raise ValueError(f"MODEL: {exc}") from None
     gpus = [g.strip() for g in (get.get("GPUS") or "").split(",") if g.strip()]
     if any(not g.isdigit() for g in gpus):
         raise ValueError(f"GPUS must be a comma list of GPU ids such as 0,1,2,3, got {get['GPUS']!r}")
@@ -189,6 +215,14 @@ def resolve_settings(benchmark: str, values: dict[str, str], env: dict, has_gpu=
     from verl.pipeline.config import budget_file
 
     budget_file(budget)  # checks the value
+    model = get.get("MODEL") or (PAPER_MODELS[benchmark] if budget == "paper" else EMBEDDED)
+    from verl.models.embedded import EMBEDDED_ALIASES, resolve_model_path
+
+    if model not in EMBEDDED_ALIASES:
+        try:
+            resolve_model_path(model)  # a local path must exist and hold config.json; a hub id passes
+        except (FileNotFoundError, OSError) as exc:
+            raise ValueError(f"MODEL: {exc}") from None
     inject = _choice("INJECT", get.get("INJECT"), ("0", "1"))
     if inject is not None:
         protocol, reason = ("sandbox" if inject == "1" else "paper"), f"INJECT={inject}"
@@ -237,24 +271,37 @@ def resolve_settings(benchmark: str, values: dict[str, str], env: dict, has_gpu=
         rebo_start=_choice("REBO_START", get.get("REBO_START"), ("rs", "original")),
         rebo_ref=_choice("REBO_REF", get.get("REBO_REF"), ("start", "original")),
         rebo_data=_choice("REBO_DATA", get.get("REBO_DATA"), ("full", "reject_only")),
-        muse_limit=_int("MUSE_LIMIT", get.get("MUSE_LIMIT")),
+        rs_checkpoint=_rs_checkpoint(get.get("RS_CHECKPOINT")),
+        muse_limit=_int("MUSE_LIMIT", get.get("MUSE_LIMIT")), gpu_memory=_gb("GPU_MEMORY", get.get("GPU_MEMORY")),
         overlays=(get.get("OVERLAYS") or "").split(), notes=notes,
     )
+
+
+def _rs_checkpoint(value: str | None) -> str | None:
+    """RS_CHECKPOINT 1 | 2 | 3 (or checkpoint-epoch-N) -> the RS checkpoint folder name."""
+    if value in (None, ""):
+        return None
+    epoch = value.removeprefix("checkpoint-epoch-")
+    if epoch not in ("1", "2", "3"):
+        raise ValueError(f"RS_CHECKPOINT must be an RS epoch, 1 | 2 | 3, got {value!r}")
+    return f"checkpoint-epoch-{epoch}"
 
 
 def variable_overrides(s: Settings) -> tuple[dict, dict]:
     """The variables that set pipeline-config keys: (top-level keys, merged after the budget and overlays;
     stage flags by stage kind, merged last onto every stage of that kind)."""
-    top = {k: getattr(s, k) for k in ("rebo_start", "rebo_ref", "rebo_data") if getattr(s, k) is not None}
+    top = {k: getattr(s, k) for k in ("rebo_start", "rebo_ref", "rebo_data", "rs_checkpoint")
+           if getattr(s, k) is not None}
     stages: dict = {}
     if s.rs_steps is not None:  # exactly that many steps: also turns off the sandbox's refusal stop
         stages["rs"] = {"max_steps": s.rs_steps, "refusal_stop": 0}
-    if s.rebo_steps is not None:
-        stages["rebo"] = {"trainer": {"total_steps": s.rebo_steps}}
+    if s.rebo_steps is not None:  # exactly that many steps, also where a config counts epochs (MUSE paper)
+        stages["rebo"] = {"trainer": {"total_steps": s.rebo_steps, "total_epochs": None}}
     ev = {k: v for k, v in (("suites", s.suites), ("limit", s.muse_limit)) if v is not None}
     if ev:
         stages["eval"] = ev
     return top, stages
 
 
-__all__ = ["Settings", "VARS", "Var", "count_params", "gpu_count", "resolve_settings", "variable_overrides"]
+__all__ = ["Settings", "VARS", "Var", "count_params", "gpu_count", "gpu_memory_bytes", "resolve_settings",
+           "variable_overrides"]
