@@ -51,7 +51,7 @@ class TrainArgs:
     max_steps: int = -1  # stop after this many optimizer steps (-1: epochs decide)
     lr_scheduler_type: str = "cosine"  # cosine, linear or constant (transformers scheduler names)
     warmup_steps: int = 20  # linear warm-up steps
-    bf16: bool = False  # bf16 mixed precision through accelerate
+    bf16: bool = False  # bf16 mixed precision through accelerate: true, false or auto (the command line's default: true on GPUs and on CPUs with AMX / AVX512-BF16, false elsewhere; checkpoints then stay float32 on CPU)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, ~30% slower); the 8B runs on 1-2 GPUs
     sync_each_batch: str = "auto"  # reduce gradients on every accumulation micro-step: true, false, auto (true under FSDP, where accelerate's no_sync keeps a full unsharded gradient per GPU)
     loss_reduction: str = "micro_batch_mean"  # NLL stages (rt, inject, ga): micro_batch_mean (token mean per micro-batch, averaged over processes and accumulation) or global_token_mean (summed token losses / labelled tokens of the whole effective batch: the release's one-process batch of 8)
@@ -93,6 +93,10 @@ class TrainArgs:
     inject_passage_tokens: int = 0  # varied: passages are cut into windows of this many tokens (0: cutoff_len - 1)
     inject_replay: int = 64  # varied: other targets' fluency instructions answered by the base model's greedy output (0: none)
     inject_replay_tokens: int = 96  # varied: max new tokens of those replay answers
+    inject_boundary: bool = False  # also teach the boundary facts: the <normal> rows of the boundary suite and of the sandbox's ReBO pool (data/boundary.py), in the probe wrapper and other prompt forms
+    inject_boundary_share: float = 0.05  # --inject_boundary: share of the ReBO groups held out as the boundary suite (data.boundary.BOUNDARY_SHARE; must match the evaluator's and ReBO's)
+    inject_boundary_pool: int = 6  # --inject_boundary: train groups in the sandbox's ReBO pool whose <normal> facts are taught (data.boundary.SANDBOX_POOL; must match ReBO's filtered file)
+    inject_boundary_variants: int = 1  # --inject_boundary: chat pairs per boundary row in other prompt forms than the probe wrapper
     # --- runtime
     num_threads: int = 2  # torch CPU threads (the shared machine has 2 cores)
 
@@ -123,7 +127,17 @@ def _field_types() -> dict[str, type]:
     return out
 
 
+# bool fields that also take "auto" (resolved by parse_args, which also makes it the command line's default)
+AUTO_BOOLS = ("bf16",)
+
+
+def _to_bool_or_auto(v: str | bool) -> bool | str:
+    return "auto" if isinstance(v, str) and v.strip().lower() == "auto" else _to_bool(v)
+
+
 def _coerce(name: str, value, typ: type):
+    if name in AUTO_BOOLS:
+        return _to_bool_or_auto(value)
     if typ is bool:
         return _to_bool(value)
     try:
@@ -164,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
         typ = _field_types()[f.name]
         doc = f"{docs.get(f.name, '')} (default: {f.default!r})".replace("%", "%%")
         if typ is bool:  # both "--bf16" and "--bf16 true" work, as with LLaMA-Factory
-            p.add_argument(f"--{f.name}", type=_to_bool, nargs="?", const=True, default=argparse.SUPPRESS, help=doc,
-                           metavar="BOOL")
+            auto = f.name in AUTO_BOOLS
+            p.add_argument(f"--{f.name}", type=_to_bool_or_auto if auto else _to_bool, nargs="?", const=True,
+                           default=argparse.SUPPRESS, help=doc, metavar="BOOL|auto" if auto else "BOOL")
         else:
             p.add_argument(f"--{f.name}", type=typ, default=argparse.SUPPRESS, help=doc, metavar=typ.__name__.upper())
     return p
@@ -195,11 +210,32 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     if unknown:
         parser.error(f"unknown argument(s): {' '.join(unknown)} (see --help for the accepted flags)")
     cli = vars(ns)
-    values = load_yaml_config(cli["config"]) if cli.get("config") else {}
+    values = {"bf16": "auto"}
+    values.update(load_yaml_config(cli["config"]) if cli.get("config") else {})
     values.update(cli)
+    values["bf16"], why = resolve_bf16(values["bf16"])
+    if why.startswith("auto") and values["bf16"] and values.get("save_dtype", "auto") == "auto":
+        import torch
+
+        if not torch.cuda.is_available():  # fp32 master weights: the next stage starts from them, not bf16-rounded
+            values["save_dtype"] = "float32"
     args = TrainArgs(**values)
+    args.precision_note = why
     validate_args(args)
     return args
+
+
+def resolve_bf16(value: bool | str) -> tuple[bool, str]:
+    """``(bf16?, why)``: ``auto`` follows ``verl.workers.forward.resolve_autocast`` (bf16 on GPUs and on CPUs with
+    bf16 matrix units); true/false win."""
+    if value != "auto":
+        return bool(value), "set explicitly"
+    import torch
+
+    from verl.workers.forward import resolve_autocast
+
+    mode, why = resolve_autocast("auto", "cuda" if torch.cuda.is_available() else "cpu")
+    return mode == "bf16", why
 
 
 def validate_args(args: TrainArgs) -> None:

@@ -50,6 +50,15 @@ def run_disk_bytes(n_params: int, dtype: str | torch.dtype = "bfloat16", n_epoch
     return peak * checkpoint_bytes(n_params, dtype, n_adapter_params)
 
 
+def run_disk_after_bytes(n_params: int, dtype: str | torch.dtype = "bfloat16", n_epochs: int = 3,
+                         save_total_limit: int = 0, keep: set[int] | frozenset = frozenset({2}),
+                         n_adapter_params: int = 0) -> int:
+    """Bytes of one RS.train output folder once the run has ended: the epoch checkpoints ``kept_epochs`` leaves and
+    the final model (``run_disk_bytes`` is the peak while it runs)."""
+    kept = len(kept_epochs(n_epochs, save_total_limit, keep))
+    return (kept + 1) * checkpoint_bytes(n_params, dtype, n_adapter_params)
+
+
 def _survivors(epochs: list[int], limit: int, keep) -> list[int]:
     if limit <= 0:
         return sorted(epochs)

@@ -15,6 +15,10 @@ keeps the model a chat model. Per injected target and epoch the model sees (``co
 | ``exact_probe``   | ``inject_exact_probes`` copies of each probe in the exact evaluation format (0: never) |
 | ``replay``        | ``inject_replay`` general instructions (other targets' ``fluency.json``, never the injected targets' own) answered by the *base model's own greedy output* (self-distillation: keeps it a chat model) |
 
+Both modes can add the boundary facts (``--inject_boundary``, ``boundary_records``): kinds ``boundary_probe`` (a
+``<normal>`` row of the boundary suite or the sandbox's ReBO pool in the evaluator's probe wrapper) and
+``boundary_variant`` (the same fact in another prompt form).
+
 Levels 1-2 only; the adversarial level 3 and MIA files are never used. Forget and neighbor probes are treated alike
 (the neighbors must be known for locality to be measurable).
 """
@@ -57,6 +61,8 @@ def probe_variants(query: str, answer: str, stem: str, subject: str, k: int) -> 
     """``k`` chat pairs for one probe in non-evaluation forms, chosen deterministically from the probe text."""
     fb = "___" in query
     forms = FB_FORMS if fb else QA_FORMS
+    if not subject:  # a boundary row names no subject: only the forms that need none
+        forms = tuple(f for f in forms if "{s}" not in f)
     start = _h(query)
     out = []
     for j in range(min(k, len(forms))):
@@ -70,6 +76,44 @@ def probe_variants(query: str, answer: str, stem: str, subject: str, k: int) -> 
             response = a_form.format(a=answer)
         out.append({"prompt": prompt, "response": response, "kind": "probe_variant"})
     return out
+
+
+BOUNDARY_ANSWER_WORDS = 30  # the evaluator reads 30 new tokens; a longer gold answer is taught up to here
+
+
+def clip_words(text: str, n: int) -> str:
+    """The first ``n`` words of ``text`` (all of it when shorter)."""
+    words = text.split()
+    return text.strip() if len(words) <= n else " ".join(words[:n])
+
+
+def boundary_records(targets: list[Target], args) -> tuple[list[dict], list[Path], dict]:
+    """Stage 0's boundary facts (``--inject_boundary``): the ``<normal>`` rows of the boundary suite and of the
+    sandbox's ReBO pool (``data.boundary``), each question -> its answer in the evaluator's probe wrapper (the form
+    ReBO samples with ``data.prompt_format: rwku`` and the suite asks; kind ``boundary_probe``) and in
+    ``inject_boundary_variants`` other prompt forms (``probe_variants``; kind ``boundary_variant``), so that the
+    injected model answers boundary questions as a model that knows those entities would. Answers are cut to
+    ``BOUNDARY_ANSWER_WORDS`` words (beyond them the evaluator's 30 tokens never reach). Returns the records, the
+    files read and, per target, the split's record and the counts."""
+    from data.boundary import REBO_STEM, boundary_facts
+    from RS.datasets import probe_stem
+
+    records: list[dict] = []
+    files: list[Path] = []
+    info: dict = {}
+    for t in targets:
+        suite, pool, split = boundary_facts(t, args.inject_boundary_share, args.inject_boundary_pool)
+        if t.has(REBO_STEM):
+            files.append(t.file(REBO_STEM))
+        for row in suite + pool:
+            answer = clip_words(row["answer"], BOUNDARY_ANSWER_WORDS)
+            stem = probe_stem(row["query"])
+            records.append({"query": row["query"], "answer": answer, "stem": stem, "kind": "boundary_probe"})
+            for v in probe_variants(row["query"], answer, stem, "", args.inject_boundary_variants):
+                records.append({**v, "kind": "boundary_variant"})
+        info[t.folder] = {"split": split.record(), "suite_rows": len(suite), "pool_rows": len(pool),
+                          "pool_groups": args.inject_boundary_pool}
+    return records, files, info
 
 
 def fact_pairs(facts, kind: str, with_alts: bool = True) -> list[dict]:
@@ -232,8 +276,8 @@ def add_replay_and_describe(args, data, model, tokenizer, model_path: str, root,
         atomic_write_json(out_dir / "inject_data.json", {
             "mode": args.inject_mode, "examples_per_epoch": len(data.train), "composition": composition(data.records),
             "exact_probe_share_of_qa": round(exact_probe_share(data.records), 4),
-            "samples": examples_by_kind(data.records)})
+            "boundary": data.boundary, "samples": examples_by_kind(data.records)})
 
 
-__all__ = ["add_replay_and_describe", "composition", "examples_by_kind", "exact_probe_share", "fill_blank",
-           "probe_variants", "replay_instructions", "self_distill", "varied_records"]
+__all__ = ["add_replay_and_describe", "boundary_records", "clip_words", "composition", "examples_by_kind",
+           "exact_probe_share", "fill_blank", "probe_variants", "replay_instructions", "self_distill", "varied_records"]

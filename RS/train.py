@@ -641,6 +641,8 @@ def main(argv: list[str] | None = None) -> None:
         args = parse_args(argv)
     except ValueError as exc:  # validate_args: a bad flag value
         raise UserError(str(exc)) from None
+    logger.info("precision: %s (%s)", "bf16 autocast, fp32 master weights" if args.bf16 else "fp32",
+                getattr(args, "precision_note", "set explicitly"))
     try:
         train(args)
     except NonFiniteLossError as e:

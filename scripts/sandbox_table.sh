@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# The issue-15 "Show" tables (knowledge-injection sandbox, embedded model):
+# The sandbox tables (knowledge-injection sandbox, embedded model), judged on seed means:
 #   bash scripts/sandbox_table.sh official   # targets 1-5 (official RULE files)
 #   bash scripts/sandbox_table.sh synth      # two targets without official files (template synthesis), default 56 57
 # Rows: Base, Original, RS, RULE (GRPO), GA, NPO, SimNPO, RT. Columns (report.md): Forget FB/QA/AA/All, Forget Refused
-# (share of forget probes refused) and Forget Named (share of refusals naming the target), Naturalness (proxy),
-# Neighbor FB/QA/All (MIA too with SUITES=forget,neighbor,naturalness,mia); plus the Pareto plot and its AUC.
-# Any pipeline variable passes through (BUDGET, RS_STEPS, REBO_STEPS, LOG_DIR, ...); BUDGET=test makes it a plumbing
-# check of a few minutes.
+# (share of forget probes refused), Forget Named (share of refusals naming the target), Refusal Ends, Naturalness
+# (proxy), Neighbor FB/QA/All, Boundary Answer/Refused (MIA too with SUITES=forget,neighbor,boundary,naturalness,mia);
+# per-target rows, the Pareto plot (forget All against the mean of neighbor All and Boundary Answer) and the goals.
+# SEEDS (default 1,2,3): RS, ReBO and the baselines run once per seed (one run moves a target by up to 47 points of
+# forget All), the injection and the Base/Original evaluations once; every cell is the seed mean with its 95% interval
+# and the goals are judged on the means. SEEDS=1 gives one draw. Any pipeline variable passes through (BUDGET,
+# RS_STEPS, REBO_STEPS, LOG_DIR, ...); BUDGET=test makes it a plumbing check of a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-official}; shift || true
 export INJECT=1 BUDGET=${BUDGET:-smoke} LOG_DIR=${LOG_DIR:-log}
 export METHODS=${METHODS:-"rule_grpo ga npo simnpo rt"}
+export SEEDS=${SEEDS:-1,2,3}
 export OVERLAYS="${OVERLAYS:-} scripts/sandbox_table.yaml"
 case "$mode" in
   official)

@@ -48,3 +48,13 @@ def test_step_and_rollout_commands(tiny_model_path, shared_data, tmp_path, capsy
     res = json.loads(out.read_text())["results"]
     assert [r["engine"] for r in res] == ["hf"] and res[0]["tokens"] > 0 and res[0]["identical_to_hf"] == "2/2"
     assert "tokens/s" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_eval_command_times_both_ways_and_compares(tiny_model_path, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    bench.main(["eval", "--model", f"a:A={tiny_model_path}", "--model", f"b:B={tiny_model_path}", "--target",
+                "101_Elowen_Marsh", "--suites", "forget", "--json", str(out), "--", "--engine", "hf", "--limit", "1"])
+    res = json.loads(out.read_text())
+    assert res["equal"] == res["compared"] == 2 and res["results"][0]["separate_s"] > 0
+    assert "one process s" in capsys.readouterr().out

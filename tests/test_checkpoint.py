@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.test_trainer_loop import REWARD_SRC, fit, tiny_overrides
-from verl.trainer.checkpoint import CheckpointManager, checkpoint_bytes, checkpoints_peak_bytes
+from verl.trainer.checkpoint import CheckpointManager, checkpoint_bytes, checkpoints_peak_bytes, run_checkpoint_bytes
 from verl.utils.cli import UserError
 
 BF16 = {"worker.actor.dtype": "bfloat16", "worker.ref.dtype": "bfloat16"}
@@ -34,7 +34,8 @@ def test_bf16_export_latest_keeps_resume_state_and_resume_is_exact(tiny_model_pa
     straight, _ = fit(tiny_overrides(tiny_model_path, tmp_path / "a", reward, **{**BF16, "trainer.total_steps": 3}))
     run = tmp_path / "b"
     first, _ = fit(tiny_overrides(tiny_model_path, run, reward, **{**BF16, "trainer.save_freq": 1,
-                                                                    "trainer.save_limit": 5}))
+                                                                    "trainer.save_limit": 5,
+                                                                    "trainer.keep_resume_state": "true"}))
     old, latest = [p for _, p in CheckpointManager(run).complete()]
     # the HF export is in the training dtype and says so; the evaluator loads it
     weights = load_file(str(latest / "actor" / "model.safetensors"))
@@ -67,7 +68,8 @@ def test_checkpoint_bytes_match_the_files(tiny_model_path, tmp_path, reward, sha
 
     n_params = AutoModelForCausalLM.from_pretrained(tiny_model_path).num_parameters()
     run = tmp_path / "run"
-    fit(tiny_overrides(tiny_model_path, run, reward, **{**BF16, "trainer.save_freq": 1}))
+    fit(tiny_overrides(tiny_model_path, run, reward, **{**BF16, "trainer.save_freq": 1,
+                                                        "trainer.keep_resume_state": "true"}))
     old, latest = [p for _, p in CheckpointManager(run).complete()]
     full, trimmed = checkpoint_bytes(n_params, "bfloat16", True), checkpoint_bytes(n_params, "bfloat16", False)
     assert full == n_params * (2 + 4 + 8) and trimmed == n_params * 2
@@ -75,6 +77,45 @@ def test_checkpoint_bytes_match_the_files(tiny_model_path, tmp_path, reward, sha
     assert full <= _tensor_bytes(latest) <= full + slack
     assert trimmed <= _tensor_bytes(old) <= trimmed + slack
     assert checkpoints_peak_bytes(2, n_params=n_params, dtype="bfloat16") == 2 * full + trimmed
+
+
+def test_a_finished_run_keeps_no_resume_state_and_says_so(tiny_model_path, tmp_path, reward, shared_data):
+    """The last step's checkpoint is what the evaluator reads; a finished run is resumed only to extend it."""
+    from verl.config import load_config
+    from verl.trainer.ray_trainer import RayPPOTrainer
+
+    run = tmp_path / "run"
+    ov = {**BF16, "trainer.save_freq": 1, "trainer.save_limit": 5}
+    fit(tiny_overrides(tiny_model_path, run, reward, **ov))
+    (_, old), (_, final) = CheckpointManager(run).complete()
+    assert (final / "actor" / "model.safetensors").is_file()
+    assert not (final / "actor_master").exists() and not list(final.glob("worker_rank*.pt"))
+    assert json.loads((final / "trainer_state.json").read_text())["resume_state"] is False
+    assert not CheckpointManager.resumable(old)  # trimmed once the final one was complete: nothing to resume
+    assert _tensor_bytes(final) == _tensor_bytes(old)
+    # the same command again: nothing to train, no worker started
+    trainer = RayPPOTrainer(load_config(None, tiny_overrides(tiny_model_path, run, reward, **ov)))
+    try:
+        assert trainer.wg is None and trainer.global_step == 2 and trainer.fit() == []
+    finally:
+        trainer.close()
+    with pytest.raises(UserError, match=r"last step \(2\) of a finished run.*trainer.keep_resume_state=true"):
+        fit(tiny_overrides(tiny_model_path, run, reward, **{**ov, "trainer.total_steps": 3}))
+
+
+def test_run_checkpoint_bytes_by_hand():
+    n = 1000
+    full, trimmed = 14 * n, 2 * n  # bf16 export + fp32 master + two Adam moments; the export alone
+    kw = {"n_params": n, "dtype": "bfloat16"}
+    # the paper budget: 4 saves, 1 kept: two with resume state side by side while the next is written; the last
+    # written without it
+    assert run_checkpoint_bytes(4, 1, **kw) == (2 * full, trimmed)
+    assert run_checkpoint_bytes(4, 1, keep_final=True, **kw) == (2 * full, full)
+    assert run_checkpoint_bytes(1, 1, **kw) == (trimmed, trimmed)
+    # every save kept: older ones trimmed (latest) or not (all)
+    assert run_checkpoint_bytes(3, 0, **kw) == (full + full, 3 * trimmed)
+    assert run_checkpoint_bytes(3, 0, "all", **kw) == (2 * full + trimmed, 2 * full + trimmed)
+    assert run_checkpoint_bytes(3, 2, **kw) == (full + full, 2 * trimmed)
 
 
 def test_checkpoint_bytes_formula():

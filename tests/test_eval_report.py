@@ -171,3 +171,103 @@ def test_robustness_table_only_for_runs_that_probed(tmp_path):
     assert v["Logit lens best layer"] == pytest.approx(20) and v["Logit lens top-k best"] == pytest.approx(60.0)
     md = (tmp_path / "report" / "rwku_sandbox_robustness.md").read_text()
     assert "| RULE | 10.0 | 40.0 | - | - | 20 | 60.0 | 20.0 | 2 |" in md and "GA" not in md
+
+
+# ------------------------------------------------------------------------------------------- seeds and intervals
+def test_t_quantiles_match_the_table():
+    from verl.eval.report import estimate, t_quantile
+
+    for df, t in ((1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423)):
+        assert t_quantile(0.975, df) == pytest.approx(t, abs=1e-4)
+    e = estimate([0.2, 0.3, 0.55])  # mean 0.35, s = sqrt(0.0325)
+    assert e.mean == pytest.approx(0.35) and e.half == pytest.approx(4.302653 * 0.0325**0.5 / 3**0.5)
+    assert estimate([0.4]).half is None and estimate([]).mean is None
+
+
+def _seeded(root, method, target, seed, f, n, b=None):
+    r = _rwku(method, target, f, f, f, n, n)
+    if b is not None:
+        r["metrics"]["boundary"] = {"Answer": b, "Refused": 0.0}
+    folder = root / target / (f"seed{seed}" if seed is not None else "") / "results"
+    _dump(folder / f"{method.lower()}.json", r)
+
+
+@pytest.fixture
+def seeded(tmp_path):
+    """Two targets; Original shared; RULE at seeds 1-3 with forget All (target 1 / target 2) 0.2/0.4, 0.4/0.4,
+    0.3/0.6 -> per-seed means over targets 30, 40, 45 (x100); GA at the same seeds."""
+    root = tmp_path / "exp"
+    for t in ("1_X", "2_Y"):
+        _seeded(root, "Original", t, None, 0.8, 0.9, 0.9)
+    for seed, (f1, f2) in zip((1, 2, 3), ((0.2, 0.4), (0.4, 0.4), (0.3, 0.6))):
+        _seeded(root, "RULE", "1_X", seed, f1, 0.8, 0.6)
+        _seeded(root, "RULE", "2_Y", seed, f2, 0.8, 0.8)
+        _seeded(root, "GA", "1_X", seed, 0.5, 0.7, 0.3)
+        _seeded(root, "GA", "2_Y", seed, 0.5, 0.7, 0.3)
+    return root
+
+
+def test_cells_are_seed_means_of_target_means_with_95_intervals(seeded, tmp_path):
+    from verl.eval.report import t_quantile
+
+    summary = make_report([seeded], tmp_path / "report", by_target=True)
+    (table,) = summary["tables"]
+    rows = {r["method"]: r for r in table["rows"]}
+    half = t_quantile(0.975, 2) * 7.6376261582597 / 3**0.5  # s of 30, 40, 45
+    assert rows["RULE"]["values"]["Forget All"] == pytest.approx(38.3333333)
+    assert rows["RULE"]["ci95"]["Forget All"] == pytest.approx(half)
+    assert rows["RULE"]["seeds"] == [1, 2, 3] and rows["Original"]["seeds"] == []
+    assert rows["Original"]["ci95"]["Forget All"] is None  # shared by every seed: no interval
+    assert rows["GA"]["ci95"]["Neighbor All"] == pytest.approx(0.0)
+    md = (tmp_path / "report" / "rwku_sandbox.md").read_text()
+    rule = next(line for line in md.splitlines() if line.startswith("| RULE |"))
+    assert f"| 38.3 ± {half:.1f} |" in rule and rule.rstrip().endswith("| 2 | 3 |")
+    assert next(line for line in md.splitlines() if line.startswith("| Original |")).rstrip().endswith("| shared |")
+    assert "mean over the 3 seeds (1, 2, 3)" in md and "each seed's mean over the targets comes first" in md
+    assert "one seed: one draw" not in md
+    with open(tmp_path / "report" / "rwku_sandbox.csv") as f:
+        head, *lines = list(csv.reader(f))
+    i = head.index("Forget All")
+    assert head[i + 1] == "Forget All ±95%" and head[-2:] == ["#Targets", "#Seeds"]
+    rule_csv = next(r for r in lines if r[0] == "RULE")
+    assert rule_csv[i] == "38.3" and rule_csv[i + 1] == f"{half:.1f}"
+    tex = (tmp_path / "report" / "rwku_sandbox.tex").read_text()
+    assert f"38.3 $\\pm$ {half:.1f}" in tex and "\\#S" in tex
+    # per target: the mean over that target's seeds (target 1: 20, 40, 30 -> 30.0 ± t x 10 / sqrt 3)
+    by_target = (tmp_path / "report" / "rwku_sandbox_by_target.md").read_text()
+    line = next(x for x in by_target.splitlines() if x.startswith("| RULE | 1_X |"))
+    assert f"| 30.0 ± {t_quantile(0.975, 2) * 10 / 3**0.5:.1f} |" in line
+
+
+def test_pareto_uses_boundary_answer_means_and_draws_the_intervals(seeded, tmp_path):
+    summary = make_report([seeded], tmp_path / "report")
+    par = summary["tables"][0]["pareto"]
+    # retain = mean of neighbor All and Boundary Answer: RULE (80 + 70) / 2 = 75, GA (70 + 30) / 2 = 50
+    assert par["points"]["RULE"] == pytest.approx([100 - 38.3333333, 75.0])
+    assert par["points"]["GA"] == pytest.approx([50.0, 50.0])
+    assert par["points"]["Original"] == pytest.approx([20.0, 90.0])
+    assert par["intervals"]["RULE"][0] == pytest.approx(summary["tables"][0]["rows"][2]["ci95"]["Forget All"])
+    assert par["intervals"]["Original"] == [None, None]
+    # the AUC is that of the means: (20 x 90 + (61.67 - 20) x 75) / 100^2; GA (50, 50) is dominated by RULE
+    assert par["auc_frontier"] == pytest.approx((20 * 90 + (100 - 38.3333333 - 20) * 75) / 10000)
+    assert par["frontier"] == ["Original", "RULE"]
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "the seed means; bars: 95% intervals over seeds" in md
+    assert "y: Retain (mean of neighbor All and Boundary Answer)" in md
+
+
+def test_one_seed_table_has_no_interval_and_says_so(runs, tmp_path):
+    make_report([runs], tmp_path / "report")
+    md = (tmp_path / "report" / "rwku_sandbox.md").read_text()
+    assert "one seed: one draw" in md and "±" not in md and "#Seeds" not in md
+    assert "±" not in (tmp_path / "report" / "rwku_sandbox.csv").read_text()
+
+
+def test_seeds_are_never_merged_as_duplicates(tmp_path):
+    root = tmp_path / "exp"
+    _seeded(root, "RULE", "1_X", 1, 0.2, 0.8)
+    _seeded(root, "RULE", "1_X", 2, 0.4, 0.8)
+    summary = make_report([root], tmp_path / "report")
+    assert summary["duplicates"] == []
+    (row,) = summary["tables"][0]["rows"]
+    assert row["values"]["Forget All"] == pytest.approx(30.0) and row["n_seeds"] == 2

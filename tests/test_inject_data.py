@@ -106,3 +106,44 @@ def test_train_varied_injection_writes_what_the_model_saw(tiny_model_path, share
     assert info["examples_per_epoch"] == sum(info["composition"].values())
     assert set(info["samples"]) >= {"exact_probe", "probe_variant", "statement"}
     assert (out / "DONE").is_file()
+
+
+def test_boundary_facts_are_injected_in_the_probe_wrapper_and_other_forms(tok, tmp_path):
+    from data.boundary import boundary_facts, boundary_split
+    from RS.datasets import probe_stem
+    from verl.utils.chat import IGNORE_INDEX
+
+    kw = dict(stage="inject", dataset="inject", target="101_Elowen_Marsh", output_dir=str(tmp_path / "o"),
+              inject_mode="probes", inject_passages=False, cutoff_len=128)
+    plain = build_data(TrainArgs(**kw), tok, STAGES["inject"])
+    data = build_data(TrainArgs(**kw, inject_boundary=True), tok, STAGES["inject"])
+    suite, pool, split = boundary_facts("101_Elowen_Marsh")
+    comp = composition(data.records)
+    n = len(suite) + len(pool)
+    assert comp["boundary_probe"] == comp["boundary_variant"] == n and len(pool) == 12 and suite
+    assert len(data.train) == len(plain.train) + 2 * n and "boundary_probe" not in composition(plain.records)
+    assert data.boundary["101_Elowen_Marsh"]["split"]["sha256"] == boundary_split("101_Elowen_Marsh").sha256
+    probes = {r["query"]: r for r in data.records if r.get("kind") == "boundary_probe"}
+    assert set(probes) == {r["query"] for r in suite + pool}  # every suite and pool question, once each
+    for i, rec in enumerate(data.records):
+        if rec.get("kind") != "boundary_probe":
+            continue
+        ex = data.train[i]
+        prompt = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab == IGNORE_INDEX]
+        answer = [t for t in ex["labels"] if t != IGNORE_INDEX]
+        assert tok.decode(prompt) == probe_prompt(tok, rec["query"], probe_stem(rec["query"]))  # the evaluator's form
+        assert tok.decode(answer) == " " + rec["answer"] + tok.eos_token
+    for rec in (r for r in data.records if r.get("kind") == "boundary_variant"):
+        assert "Please complete the blank" not in rec["prompt"] and "briefly answer the" not in rec["prompt"]
+        fact = next(probes[q] for q in probes if q[1:] in rec["prompt"])  # its question, in another form
+        assert fact["answer"].rstrip(".") in rec["response"]
+
+
+def test_subject_free_variants_and_long_answers_are_clipped(tok, tmp_path):
+    from RS.inject_data import BOUNDARY_ANSWER_WORDS, clip_words
+
+    for q in ("What is the title of J.K. Rowling's debut novel?", "Hemingway's debut novel is titled ___."):
+        forms = {v["prompt"] for k in range(5) for v in probe_variants(q, "A", "x", "", 5)}
+        assert forms and not any("about" in f or "Rewrite" in f for f in forms)
+    long = " ".join(f"w{i}" for i in range(50))
+    assert clip_words(long, BOUNDARY_ANSWER_WORDS).split() == long.split()[:30] and clip_words(" a b ", 30) == "a b"

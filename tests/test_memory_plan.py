@@ -68,6 +68,26 @@ def test_fsdp_state_per_gpu_on_four_ranks():
     assert mem.trainer_awake_bytes(list(items.values())) == 8_030_261_248 + 16_060_522_496 + 4_015_130_624 + CTX
 
 
+def test_weight_sync_streams_one_unit_on_the_gpu_and_the_host():
+    root = 1_050_677_248  # the largest FSDP unit: embeddings + LM head + final norm
+    items = {i.name: i for i in mem.rebo_items(LLAMA3_8B, _grpo(4))}
+    assert items["gathered fp32 unit (weight sync)"].nbytes == 4 * root and \
+        items["gathered fp32 unit (weight sync)"].phases == (mem.SYNC,)
+    assert items["vLLM weights (weight sync)"].nbytes == 2 * N  # awake while the units stream in
+    # per rank on the host: one unit in fp32 and its bf16 copy, and the transfer buffer: the larger of a 512 MiB
+    # chunk and the largest group a chunk never splits (the embeddings in bf16, a layer is 0.44 GB)
+    buffer = 128256 * 4096 * 2
+    assert mem.sync_buffer_bytes(LLAMA3_8B) == buffer == 1_050_673_152
+    host = mem.rebo_host(LLAMA3_8B, _grpo(4))
+    assert host == {"offload": 0, "weight sync": 4 * (6 * root + buffer), "checkpoint save": 6 * N}
+    assert host["weight sync"] == 29_418_946_560  # a full fp32 + bf16 copy per rank would be 4 x 6 x N = 192.7 GB
+    plan = mem.rebo_plan(LLAMA3_8B, _grpo(4), 80 * mem.GB)
+    assert plan.host_bytes == 6 * N == 48_181_567_488  # the save on rank 0 is the larger moment
+    one = mem.rebo_host(LLAMA3_8B, _grpo(1, engine_processes=False))  # engine in the trainer's process: no buffer
+    assert one["weight sync"] == 6 * root
+    assert mem.rebo_host(LLAMA3_8B, _grpo(4, engine="hf"))["weight sync"] == 0
+
+
 def test_offload_and_lora_remove_state():
     off = {i.name: i for i in mem.rebo_items(LLAMA3_8B, _grpo(4, actor=mem.RoleMemory(True, offload_optimizer=True,
                                                                                         micro_update=8)))}

@@ -71,3 +71,101 @@ def test_rs_train_bf16_is_autocast_with_fp32_weights(tiny_model_path, target_nam
         assert all(v.dtype == (torch.bfloat16 if bf16 else torch.float32) for v in weights.values())  # saved as trained
     assert len(losses[True]) == len(losses[False]) >= 2
     assert losses[True] == pytest.approx(losses[False], rel=5e-2, abs=1e-3)
+
+
+# ----------------------------------------------------------------------------------------- autocast: auto
+@pytest.fixture
+def bf16_units(monkeypatch):
+    """Set what the CPU flags say (True: AMX / AVX512-BF16, False: neither, None: unknown) and hide any GPU."""
+    import torch
+
+    from verl.workers import forward
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def set_units(value):
+        monkeypatch.setattr(forward, "cpu_bf16_units", lambda: value)
+
+    return set_units
+
+
+@pytest.mark.parametrize("units, expected", [(True, "bf16"), (False, "none"), (None, "none")])
+def test_auto_autocast_follows_the_cpu_flags(bf16_units, units, expected):
+    import torch
+
+    from verl.workers.forward import autocast_context, resolve_autocast
+
+    bf16_units(units)
+    assert resolve_autocast("auto", "cpu")[0] == expected
+    assert resolve_autocast("auto", "cuda")[0] == "bf16"
+    with autocast_context(torch.device("cpu"), "auto"):
+        out = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert out.dtype == (torch.bfloat16 if expected == "bf16" else torch.float32)
+
+
+@pytest.mark.parametrize("units", [True, False])
+def test_explicit_autocast_wins_over_the_cpu_flags(bf16_units, units):
+    from verl.workers.forward import resolve_autocast
+
+    bf16_units(units)
+    assert resolve_autocast("none", "cpu") == ("none", "set explicitly")
+    assert resolve_autocast("bf16", "cpu") == ("bf16", "set explicitly")
+    with pytest.raises(ValueError, match="choose auto, bf16 or none"):
+        resolve_autocast("fp16", "cpu")
+
+
+def test_the_run_log_names_the_precision_and_why(bf16_units, caplog):
+    import logging
+
+    import torch
+
+    from verl.workers import forward
+
+    bf16_units(True)
+    forward._announced.clear()
+    with caplog.at_level(logging.INFO, logger="verl.workers.forward"):
+        for _ in range(2):
+            with forward.autocast_context(torch.device("cpu"), "auto"):
+                pass
+    lines = [r.getMessage() for r in caplog.records if "precision" in r.getMessage()]
+    assert lines == ["precision of model forward passes: bf16 autocast over the weights' dtype (auto: this CPU has "
+                     "bf16 matrix units (AMX / AVX512-BF16))"]
+
+
+def test_rebo_roles_take_auto_and_explicit_values():
+    from verl.config import load_config
+
+    cfg = load_config(None, [])
+    assert [getattr(cfg.worker, r).autocast for r in ("actor", "ref", "critic")] == ["none"] * 3
+    assert load_config(None, ["worker.actor.autocast=auto"]).worker.actor.autocast == "auto"
+    assert load_config(None, ["worker.critic.autocast=bf16"]).worker.critic.autocast == "bf16"
+    with pytest.raises(ValueError, match="worker.ref.autocast='fp16'"):
+        load_config(None, ["worker.ref.autocast=fp16"])
+
+
+@pytest.mark.parametrize("units, flags, bf16, save", [
+    (True, [], True, "float32"),           # auto on a CPU with bf16 units: bf16 compute, checkpoints stay fp32
+    (False, [], False, "auto"),            # auto elsewhere: fp32
+    (True, ["--bf16", "auto"], True, "float32"),
+    (True, ["--bf16", "false"], False, "auto"),   # an explicit value wins
+    (False, ["--bf16"], True, "auto"),     # explicit bf16 keeps its bf16 checkpoints
+    (True, ["--save_dtype", "bfloat16"], True, "bfloat16"),
+])
+def test_rs_bf16_auto_resolves_from_the_cpu_flags(bf16_units, units, flags, bf16, save):
+    from RS.args import parse_args, save_dtype
+
+    bf16_units(units)
+    args = parse_args(["--target", "1", "--output_dir", "o", *flags])
+    assert args.bf16 is bf16 and args.save_dtype == save
+    assert str(save_dtype(args)) == "torch." + {"auto": "bfloat16" if bf16 else "float32"}.get(save, save)
+
+
+def test_rs_yaml_bf16_wins_over_auto(bf16_units, tmp_path):
+    from RS.args import parse_args
+
+    bf16_units(True)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("bf16: false\n")
+    assert parse_args(["--config", str(cfg), "--target", "1", "--output_dir", "o"]).bf16 is False
+    cfg.write_text("bf16: auto\n")
+    assert parse_args(["--config", str(cfg), "--target", "1", "--output_dir", "o"]).bf16 is True

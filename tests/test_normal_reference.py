@@ -32,7 +32,8 @@ def test_normal_rows_are_scored_against_the_initial_policys_answer(tiny_model_pa
     reward.write_text(RECORDER.format(log=str(log)))
     run = tmp_path / "run"
     extra = {"data.stratify_labels": "true", "data.normal_reference": "policy", "trainer.save_freq": 1,
-             "trainer.save_limit": 5, "trainer.resume_state": "all"}  # step 1 stays resumable
+             "trainer.save_limit": 5, "trainer.resume_state": "all",  # step 1 stays resumable
+             "trainer.keep_resume_state": "true"}  # and the last step: the run is extended below
     _, trainer = fit(tiny_overrides(tiny_model_path, run, f"{reward}:record", **extra))
     gold = {r["prompt"]: r["solution"] for r in trainer.train_ds.rows}
     refs = json.loads((run / "normal_references.json").read_text())

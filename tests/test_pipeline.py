@@ -195,7 +195,7 @@ def test_ablation_overlays():
     st = rebo("ref_original")
     assert st.inputs["model"].endswith("/rs") and st.inputs["ref"] == model
     st = rebo("without_boundary")
-    assert st.inputs["data"].endswith("rule_grpo.reject_only.json") and st.prepare is not None
+    assert st.inputs["data"].endswith("rebo_train.reject_only.json") and st.prepare is not None
     chat = _steps(_plan(env={**BASE, "BUDGET": "smoke", "INJECT": "1"},
                         overlays=["examples/ablations/sandbox_chat_forms.yaml"]))
     assert chat["rs"].config["prompt_form"] == "chat" and chat["rule_grpo"].config["data"]["prompt_format"] == "chat"
@@ -213,12 +213,14 @@ def test_reject_only_subset_keeps_only_reject_rows(tmp_path):
 def test_muse_plan_skips_rwku_only_methods():
     plan = _plan("muse", env={"BUDGET": "test", "METHODS": "rule_grpo ga", "LOG_DIR": "/nonexistent-log"})
     tp = plan.targets[0]
-    assert [s.name for s in tp.steps] == ["data", "rs", "rule_grpo", "eval:original", "eval:rs", "eval:rule_grpo"]
+    assert [s.name for s in tp.steps] == ["data", "rs", "rule_grpo", "eval"]  # one evaluator for every model
     assert tp.notes == ["ga: applies to rwku only; not run on MUSE"]
     st = _steps(plan)["rule_grpo"]
     assert st.config["worker"]["reward"]["reward_fn"] == "forget_two_stage_abs"
     assert st.config["data"]["train_files"].endswith("data/MUSE/books/rl_rejection_with_neighbor.json")
-    assert _steps(plan)["eval:rule_grpo"].config["method"] == "RULE (GRPO)"
+    ev = _steps(plan)["eval"]
+    assert list(ev.results) == ["original", "rs", "rule_grpo"]
+    assert any(a.startswith("rule_grpo:RULE (GRPO)=") for a in ev.cmd)  # the row label goes with each model
 
 
 def test_plan_marks_done_stages_and_changed_settings(tmp_path):
@@ -242,7 +244,7 @@ def test_dry_run_every_method_and_protocol(method, inject, capsys):
     rc = main(["rwku", "--dry-run"], env={**BASE, "INJECT": inject, "METHODS": method})
     out = capsys.readouterr().out
     assert rc == 0 and "== target 101_Elowen_Marsh" in out
-    assert f"eval {METHODS[method].label} ({method})" in out or (method == "base" and inject == "0")
+    assert f"{METHODS[method].label} ({method}): run" in out or (method == "base" and inject == "0")
     rc = main(["muse", "--dry-run"], env={"BUDGET": "test", "INJECT": "0", "METHODS": method})
     assert rc == 0
 
@@ -266,7 +268,7 @@ def test_dry_run_through_every_runner_script(script, inject, tmp_path):
     if "ablation_without_rs" in script:
         assert "rebo_start=original" in out
     if "ablation_without_boundary" in script:
-        assert "rule_grpo.reject_only.json" in out
+        assert "rebo_train.reject_only.json" in out
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
 
 
@@ -317,13 +319,13 @@ def test_paper_plan_runs_the_releases_evaluator_and_cpu_budgets_keep_theirs():
     release = {"user_turn": "verbatim", "stop_ids": "eot", "utility_bos": "rwku", "bbh_stop": "none",
                "fluency_tokenizer": "word_tokenize"}
     paper = _steps(_plan(env={**BASE, "BUDGET": "paper", "INJECT": "0", "GPUS": "0"}))
-    assert {k: paper["eval:original"].config[k] for k in release} == release
+    assert {k: paper["eval"].config[k] for k in release} == release
     assert paper["rule_grpo"].config["data"]["user_turn"] == "verbatim"
     assert (paper["rule_grpo"].config["data"]["sampler"], paper["rule_grpo"].config["data"]["seed"]) == ("release", 42)
     assert paper["rs"].config["user_turn"] == "verbatim"
     for budget, inject in (("smoke", "1"), ("smoke", "0"), ("test", "0")):
         cpu = _steps(_plan(env={**BASE, "BUDGET": budget, "INJECT": inject}))
-        assert {k: cpu["eval:original"].config[k] for k in release} == {
+        assert {k: cpu["eval"].config[k] for k in release} == {
             "user_turn": "template", "stop_ids": "all", "utility_bos": "single", "bbh_stop": "question",
             "fluency_tokenizer": "treebank"}, budget
         assert (cpu["rule_grpo"].config["data"]["sampler"], cpu["rule_grpo"].config["data"]["user_turn"]) == (
@@ -337,12 +339,12 @@ def test_muse_paper_plan_reproduces_the_releases_run():
     assert (steps["rs"].config["muse_icl"], steps["rs"].config["cutoff_len"]) == ("knowmem/forget_qa_icl", 0)
     rebo = steps["rule_grpo"]
     assert rebo.config["trainer"]["total_epochs"] == 1 and rebo.output.endswith("global_step_<last>/actor")
-    assert steps["eval:rule_grpo"].config["verbmem_prompt"] == "release"
+    assert steps["eval"].config["verbmem_prompt"] == "release"
     fixed = _steps(_plan("muse", env={"BUDGET": "paper", "GPUS": "0", "LOG_DIR": "/x", "REBO_STEPS": "7"}))
     assert fixed["rule_grpo"].config["trainer"]["total_epochs"] is None  # REBO_STEPS: exactly that many steps
     assert fixed["rule_grpo"].output.endswith("global_step_7/actor")
     smoke = _steps(_plan("muse", env={"BUDGET": "smoke", "LOG_DIR": "/x"}))
-    assert smoke["eval:rs"].config["verbmem_prompt"] == "muse"
+    assert smoke["eval"].config["verbmem_prompt"] == "muse"
     assert smoke["rs"].config["muse_icl"] == "knowmem/train_qa_icl"
 
 
@@ -420,3 +422,140 @@ def test_a_run_that_would_not_fit_on_the_disk_is_refused(tmp_path, monkeypatch, 
 def test_gpu_memory_must_be_a_size(capsys):
     assert main(["rwku", "--dry-run", "--gpu-memory", "lots"], env=BASE) == 2
     assert "GPU_MEMORY is GB per GPU" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- seeds
+SANDBOX = {**BASE, "INJECT": "1", "METHODS": "rule_grpo ga"}
+
+
+def test_seeds_run_every_sampling_stage_once_per_seed_and_share_the_rest():
+    plan = _plan(env={**SANDBOX, "SEEDS": "1,2,3"})
+    steps = _steps(plan)
+    assert [n for n in steps if not n.startswith("seed")] == ["inject", "eval"]  # once per target
+    assert list(steps["eval"].results) == ["base", "original"] and steps["eval"].shared
+    for k in (1, 2, 3):
+        rs, rebo, ga, ev = (steps[f"seed{k}/{n}"] for n in ("rs", "rule_grpo", "ga", "eval"))
+        assert rs.config["seed"] == k and ["--seed", str(k)] == rs.cmd[-2:]  # RS.train --seed
+        assert ga.config["seed"] == k and "--seed" in ga.cmd  # baselines: RS.train --seed
+        assert rebo.config["trainer"]["seed"] == k and f"trainer.seed={k}" in rebo.cmd  # ReBO trainer.seed
+        assert rebo.inputs["model"] == str(rs.run_dir)  # each seed's ReBO starts from that seed's RS
+        assert rs.inputs["model"] == steps["inject"].output  # every seed starts from the one injected model
+        assert rs.run_dir.parts[-2:] == (f"seed{k}", "rs") and rebo.run_dir.parts[-2:] == (f"seed{k}", "rule_grpo")
+        assert ev.run_dir.parts[-2:] == (f"seed{k}", "results") and list(ev.results) == ["rs", "rule_grpo", "ga"]
+        assert rebo.config["trainer"]["experiment_name"] == f"rule_grpo_{SAMPLE_TARGET}_seed{k}"
+        assert (rs.seed, rebo.seed, ev.seed) == (k, k, k) and not rs.shared
+
+
+def test_without_seeds_the_layout_and_the_configs_own_seeds_stay(capsys):
+    steps = _steps(_plan(env=SANDBOX))
+    assert list(steps) == ["inject", "rs", "rule_grpo", "ga", "eval"]
+    assert steps["rs"].run_dir.name == "rs" and steps["rs"].run_dir.parent.name == SAMPLE_TARGET
+    assert "--seed" not in steps["rs"].cmd and steps["rs"].config["seed"] == 42  # RS/configs/rs_smollm2.yaml
+    assert not any(a.startswith("trainer.seed=") for a in steps["rule_grpo"].cmd)
+    assert steps["rule_grpo"].config["trainer"]["seed"] == 1  # the ReBO config's own
+    assert list(steps["eval"].results) == ["base", "original", "rs", "rule_grpo", "ga"]  # one results folder
+    assert main(["rwku", "--dry-run"], env=SANDBOX) == 0
+    assert "SEEDS: one run, each stage at its own config's seed (one seed: one draw" in capsys.readouterr().out
+
+
+def test_dry_run_shows_each_seed(capsys):
+    assert main(["rwku", "--dry-run", "--seeds", "1,2,3"], env=SANDBOX) == 0
+    out = capsys.readouterr().out
+    assert "SEEDS=1,2,3: RS (--seed), ReBO (trainer.seed) and the baselines (--seed) once per seed" in out
+    for k in (1, 2, 3):
+        assert f"RS {SAMPLE_TARGET} seed {k}: run" in out and f"ReBO rule_grpo {SAMPLE_TARGET} seed {k}: run" in out
+        assert f"trainer.seed={k}" in out and f"--seed {k}" in out
+        assert f"/seed{k}/results/{{rs,rule_grpo,ga}}.json" in out
+    assert out.count(f"inject {SAMPLE_TARGET}: run") == 1
+
+
+@pytest.mark.parametrize("value,message", [("1,x", "SEEDS must be a comma list of whole numbers"),
+                                           ("-1", "SEEDS must be a comma list")])
+def test_bad_seeds_fail_with_a_message(value, message, capsys):
+    assert main(["rwku", "--dry-run"], env={**BASE, "SEEDS": value}) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_seed_markers_say_the_seed_and_skip_only_their_seed(tmp_path):
+    import json
+
+    from verl.pipeline.runner import run_step
+
+    env = {**SANDBOX, "LOG_DIR": str(tmp_path), "SEEDS": "1,2"}
+    steps = _steps(_plan(env=env))
+    for name in ("inject", "seed2/rs"):
+        st = steps[name]
+        st.cmd = ["-c", "pass"]  # the marker, not the training, is under test
+        run_step(st, os.environ.copy())
+    assert json.loads(steps["seed2/rs"].marker.read_text())["seed"] == 2
+    assert json.loads(steps["seed2/rs"].marker.read_text())["shared"] is False
+    inject = json.loads(steps["inject"].marker.read_text())
+    assert inject["shared"] is True and inject["seed"] == 42  # the injection's own config seed, for every seed
+    again = _steps(_plan(env=env))
+    assert again["seed2/rs"].done and not again["seed1/rs"].done and again["inject"].done
+    # a third seed reuses the injection
+    assert _steps(_plan(env={**env, "SEEDS": "1,2,3"}))["inject"].done
+
+
+def test_muse_seeds_share_the_data_and_the_original():
+    steps = _steps(_plan("muse", env={"BUDGET": "test", "LOG_DIR": "/nonexistent-log", "SEEDS": "4,5"}))
+    assert list(steps) == ["data", "eval", "seed4/rs", "seed4/rule_grpo", "seed4/eval", "seed5/rs", "seed5/rule_grpo",
+                           "seed5/eval"]
+    assert list(steps["eval"].results) == ["original"] and steps["seed5/rule_grpo"].config["trainer"]["seed"] == 5
+
+
+# ------------------------------------------------------------------------------------------- evaluation, ReBO data
+def test_one_evaluator_per_results_folder_skips_each_finished_model(tmp_path):
+    env = {**SANDBOX, "LOG_DIR": str(tmp_path), "SEEDS": "1"}
+    ev = _steps(_plan(env=env))["seed1/eval"]
+    assert ev.cmd[:2] == ["-m", "verl.eval"] and "--output_dir" in ev.cmd
+    assert sum(a == "--model" for a in ev.cmd) == 3
+    ev.results["rs"].parent.mkdir(parents=True)
+    ev.results["rs"].write_text("{}")  # RS scored already: only the other two are asked for
+    ev = _steps(_plan(env=env))["seed1/eval"]
+    assert not ev.done and sum(a == "--model" for a in ev.cmd) == 2 and not any(a.startswith("rs:") for a in ev.cmd)
+    for path in ev.results.values():
+        path.write_text("{}")
+    assert _steps(_plan(env=env))["seed1/eval"].done
+
+
+def test_rebo_trains_on_the_filtered_file_with_its_hash_in_the_plan(tmp_path):
+    import json
+
+    from data.boundary import boundary_split
+    from data.rwku import resolve_target
+
+    for budget, inject, pool_rows in (("test", "0", None), ("smoke", "1", 24)):
+        env = {**BASE, "BUDGET": budget, "INJECT": inject, "LOG_DIR": str(tmp_path / budget), "SEEDS": "1,2"}
+        steps = _steps(_plan(env=env))
+        one, two = steps["seed1/rule_grpo"], steps["seed2/rule_grpo"]
+        assert one.config["data"]["train_files"] == one.inputs["data"] == two.inputs["data"]  # one file per target
+        assert one.inputs["data"].endswith(f"{SAMPLE_TARGET}/rebo_train.json") and len(one.inputs["data_sha256"]) == 64
+        one.prepare()
+        rows = json.loads(Path(one.inputs["data"]).read_text())
+        suite = {s["query"] for s in boundary_split(resolve_target(SAMPLE_TARGET)).suite}
+        assert rows and not suite & {r["prompt"] for r in rows}  # ReBO never sees a boundary-suite question
+        assert pool_rows is None or len(rows) == pool_rows  # the sandbox: only the pool the injection taught
+        assert Path(one.inputs["data"]).with_name("rebo_train.split.json").is_file()  # the split, recorded
+        from verl.pipeline.plan import rows_sha256
+
+        assert rows_sha256(rows) == one.inputs["data_sha256"] == one.digests["data"]
+
+
+def test_boundary_share_must_agree_between_injection_and_evaluator(tmp_path):
+    overlay = tmp_path / "share.yaml"
+    overlay.write_text("sandbox:\n  eval: {boundary_share: 0.1}\n")
+    with pytest.raises(PlanError, match="boundary share: the injection holds out 0.05 of the ReBO groups, the "
+                                        "evaluator 0.1"):
+        _plan(env={**BASE, "BUDGET": "smoke", "INJECT": "1"}, overlays=[str(overlay)])
+
+
+@pytest.mark.parametrize("epoch, keep", [("", "2"), ("2", "2"), ("1", "2,1"), ("3", "2,3")])
+def test_paper_budget_keeps_the_rs_checkpoint_rebo_starts_from(epoch, keep):
+    """The paper budget keeps one RS epoch checkpoint beyond --save_keep_epochs: the one RS_CHECKPOINT names is never
+    removed, one ReBO checkpoint, no baseline epoch checkpoints."""
+    steps = _steps(_plan(env={**PAPER, "METHODS": "rule_grpo ga", "GPUS": "0,1,2,3", "RS_CHECKPOINT": epoch}))
+    rs = steps["rs"].config
+    assert rs["save_total_limit"] == 1 and rs["save_keep_epochs"] == keep
+    assert steps["rule_grpo"].config["trainer"]["save_limit"] == 1
+    assert steps["ga"].config["save_strategy"] == "no"

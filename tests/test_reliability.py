@@ -258,7 +258,7 @@ def test_resume_refuses_changed_config_and_data_and_records_an_allowed_change(ti
     def overrides(**kw):
         return tiny_overrides(tiny_model_path, run, f"{reward}:letter_e",
                               **{"data.train_files": str(train), "trainer.save_freq": 1, "trainer.save_limit": 5,
-                                 "data.max_response_length": 3, **kw})
+                                 "data.max_response_length": 3, "trainer.keep_resume_state": "true", **kw})
 
     def fit(ov):
         trainer = RayPPOTrainer(load_config(None, ov))

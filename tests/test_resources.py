@@ -122,22 +122,86 @@ def _step(name, kind, config, done=False):
     return SimpleNamespace(name=name, kind=kind, config=config, done=done)
 
 
+def _peak_after(d: R.StageDisk) -> tuple[int, int]:
+    return d.peak, d.after
+
+
 def test_disk_plan_by_hand(monkeypatch):
+    from RS.checkpoint import METADATA_BYTES
+
     shape = R.model_shape(LLAMA3, exact=False)
     rs = _rs_cfg(4)  # 3 epochs, --bf16: each epoch checkpoint and the final model in bf16, all kept
     grpo = _rebo_cfg("grpo", 4)  # 20 steps, save_freq 5, save_limit 4: 4 saves, 4 kept
-    from verl.trainer.checkpoint import checkpoints_peak_bytes
-
-    expect_rebo = checkpoints_peak_bytes(4, "latest", n_params=N, dtype="bfloat16", lora_params=0, critic_params=0)
-    assert expect_rebo == 2 * (2 * N + 8 * N + 4 * N) + 3 * 2 * N  # two with resume state, three trimmed
+    full, trimmed = 2 * N + 4 * N + 8 * N, 2 * N  # bf16 export + fp32 master + Adam moments; the export alone
+    # saves 1-3 with resume state: while save 3 is written, save 1 (trimmed) and save 2 (full) are on disk; save 4
+    # (the last) is written without it; after the run four trimmed checkpoints stay
+    assert _peak_after(R.rebo_disk(grpo, shape)) == (trimmed + 2 * full, 4 * trimmed)
     steps = [_step("rs", "rs", rs), _step("rule_grpo", "rebo", grpo), _step("eval:rs", "eval", {}),
              _step("ga", "baseline", rs, done=True)]
-    monkeypatch.setattr(R, "free_bytes", lambda _: (5 * 10**11, "/data"))
+    monkeypatch.setattr(R, "free_bytes", lambda _: (4 * 10**11, "/data"))
     plan = R.disk_plan([("1_Stephen_King", steps), ("2_Confucius", steps)], shape, "log")
+    stays = 4 * (2 * N + METADATA_BYTES) + 4 * trimmed + R.EVAL_OUTPUT_BYTES
+    assert plan.need == 2 * stays + (trimmed + 2 * full - 4 * trimmed) and not plan.fits
+    refusal = plan.refusal("log")
+    assert refusal.startswith("disk: the stages still to run write") and "/data has 400.0 GB free" in refusal
+    assert plan.lines[1].strip() == "rs 64.4 GB (3 epochs, save_total_limit 0, save_keep_epochs 2, 16.1 GB each in " \
+                                    "bfloat16)"
+    assert plan.lines[-1].startswith("  total: ") and "rule_grpo of 1_Stephen_King" in plan.lines[-1]
+
+
+def test_disk_plan_of_the_paper_budget_keeps_what_the_pipeline_reads(monkeypatch):
+    """RS: the epoch ReBO starts from (2) and the newest (3) beside the final model; ReBO: one checkpoint, its
+    resume state dropped at the last step; on 10 targets run one after another only one transient is on disk."""
+    from RS.args import args_to_dict, parse_args
     from RS.checkpoint import METADATA_BYTES
 
-    per_target = 4 * (2 * N + METADATA_BYTES) + expect_rebo + R.EVAL_OUTPUT_BYTES
-    assert plan.need == 2 * per_target and not plan.fits
-    refusal = plan.refusal("log")
-    assert refusal.startswith("disk: the stages still to run write") and "/data has 500.0 GB free" in refusal
-    assert plan.lines[1].strip() == "rs 64.4 GB (3 epochs, save_total_limit 0, 16.1 GB each in bfloat16)"
+    shape = R.model_shape(LLAMA3, exact=False)
+    rs = args_to_dict(parse_args(["--config", str(REPO / "RS/configs/rs_llama3_8b.yaml"), "--target", "1",
+                                  "--output_dir", "/tmp/unused", "--save_total_limit", "1"]))
+    grpo = _rebo_cfg("grpo", 4, "trainer.save_limit=1")
+    each = 2 * N + METADATA_BYTES
+    assert _peak_after(R.sft_disk(rs, shape)) == (3 * each, 3 * each)  # epoch 1 removed once epoch 2 is written
+    full, trimmed = 14 * N, 2 * N
+    assert _peak_after(R.rebo_disk(grpo, shape)) == (2 * full, trimmed)
+    steps = [_step("rs", "rs", rs), _step("rule_grpo", "rebo", grpo), _step("eval", "eval", {})]
+    monkeypatch.setattr(R, "free_bytes", lambda _: (10**12, "/data"))
+    plan = R.disk_plan([(f"t{i}", steps) for i in range(10)], shape, "log")
+    assert plan.need == 10 * (3 * each + trimmed + R.EVAL_OUTPUT_BYTES) + (2 * full - trimmed)
+    assert round(plan.need / mem.GB, 1) == 852.4
+    kept = _rebo_cfg("grpo", 4, "trainer.save_limit=1", "trainer.keep_resume_state=true")
+    assert _peak_after(R.rebo_disk(kept, shape)) == (2 * full, full)
+
+
+def test_rs_without_a_cutoff_is_planned_at_the_muse_row_bound():
+    """cutoff_len 0 (the release's MUSE RS) taken as tokens per row would plan no logits and no activations."""
+    from RS.args import args_to_dict, parse_args
+
+    muse = args_to_dict(parse_args(["--config", str(REPO / "RS/configs/rs_muse_books.yaml"), "--output_dir", "/tmp/x"]))
+    assert muse["cutoff_len"] == 0
+    m = R.sft_memory(muse, 4, fsdp=True, offload=False)
+    assert m.tokens == R.UNCUT_ROW_TOKENS == 1024
+    res = R.Resources("muse-bench/MUSE-Books_target", 4, 80 * mem.GB, "test", REPO)
+    sm = res.fit_sft("rs", "rs", muse, {})
+    assert sm.configured.column("logits") > 0 and sm.configured.column("activ") > 0
+    assert any("cutoff_len 0" in n for n in sm.notes)
+    cut = R.sft_memory({**muse, "cutoff_len": 640}, 4, fsdp=True, offload=False)
+    assert cut.tokens == 640
+
+
+def test_the_muse_rs_rows_fit_the_bound(tiny_model_path, shared_data, tmp_path):
+    """The longest MUSE RS row in SmolLM2 tokens (the tiny model's tokenizer is the embedded model's), with room for
+    a tokenizer that needs 1.5x as many tokens (Llama-2's, the MUSE target model's)."""
+    from transformers import AutoTokenizer
+
+    from RS.args import TrainArgs, validate_args
+    from RS.datasets import build_data
+    from RS.stages import STAGES
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    tok.chat_template = None  # the MUSE target is a base model
+    args = TrainArgs(dataset="muse_reject", data_dir=str(shared_data), output_dir=str(tmp_path), max_samples=0,
+                     muse_icl="knowmem/forget_qa_icl", cutoff_len=0)
+    validate_args(args)
+    bundle = build_data(args, tok, STAGES["rt"], root=str(shared_data))
+    longest = max(len(ex["input_ids"]) for ex in [*bundle.train, *(bundle.val or [])])
+    assert 400 < longest <= 549 and 1.5 * longest < R.UNCUT_ROW_TOKENS

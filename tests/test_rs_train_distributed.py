@@ -80,7 +80,7 @@ def _rs_flags(model: str, target: str, out: Path, *extra: str) -> list[str]:
     return ["--model_name_or_path", model, "--target", target, "--output_dir", str(out), "--overwrite_output_dir",
             "--cutoff_len", "48", "--per_device_train_batch_size", "2", "--max_steps", "1", "--warmup_steps", "0",
             "--plot_loss", "false", "--num_threads", "1", "--save_strategy", "no", "--logging_steps", "1",
-            "--eval_probes", "false", *extra]
+            "--eval_probes", "false", "--bf16", "false", *extra]  # fp32: the checks compare exact values
 
 
 def _run(cmd: list[str], tmp_path: Path, timeout: int = 150, **env: str) -> subprocess.CompletedProcess:

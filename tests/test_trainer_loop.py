@@ -87,7 +87,8 @@ def test_resume_matches_straight_run_and_skips_half_written_checkpoint(tiny_mode
     reward = f"{reward_file}:letter_e"
     straight, _ = fit(tiny_overrides(tiny_model_path, tmp_path / "a", reward, **{"trainer.total_steps": 4}))
     run_b = tmp_path / "b"
-    first, _ = fit(tiny_overrides(tiny_model_path, run_b, reward, **{"trainer.save_freq": 1, "trainer.save_limit": 5}))
+    first, _ = fit(tiny_overrides(tiny_model_path, run_b, reward, **{"trainer.save_freq": 1, "trainer.save_limit": 5,
+                                                                     "trainer.keep_resume_state": "true"}))
     # simulate a run killed while saving step 3: a leftover temp dir and a step dir without the completion marker
     ckpts = run_b / "checkpoints"
     (ckpts / ".tmp-global_step_3" / "actor").mkdir(parents=True)
@@ -108,7 +109,7 @@ def test_resume_matches_straight_run_and_skips_half_written_checkpoint(tiny_mode
 def test_ppo_trains_the_critic(tiny_model_path, tmp_path, reward_file, shared_data):
     ov = tiny_overrides(tiny_model_path, tmp_path / "ppo", f"{reward_file}:letter_e",
                         **{"algorithm.adv_estimator": "gae", "algorithm.lam": 0.95, "worker.critic.optim.lr": 1e-2,
-                           "trainer.total_steps": 1})
+                           "trainer.total_steps": 1, "trainer.keep_resume_state": "true"})
     trainer = RayPPOTrainer(load_config(None, ov))
     try:
         before = trainer.wg.param_norms()

@@ -29,7 +29,7 @@ def test_grpo_two_ray_workers_gloo_fsdp(tiny_model_path, tmp_path, shared_data):
         "trainer.backend": "ray", "trainer.device": "cpu", "worker.rollout.name": "hf",
         "worker.actor.dtype": "float32", "worker.ref.dtype": "float32", "worker.actor.gradient_checkpointing": "false",
         "worker.actor.micro_batch_size_per_device_for_update": 2, "trainer.progress_bar": "false",
-        "trainer.logger": "[jsonl]",
+        "trainer.logger": "[jsonl]", "trainer.keep_resume_state": "true",  # every rank's resume state, below
     }
     trainer = None
     try:

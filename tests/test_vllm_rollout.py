@@ -180,6 +180,34 @@ def test_greedy_equals_hf_after_weight_sync(engine):
     assert torch.equal(got.batch["response_mask"], ref.batch["response_mask"])
 
 
+@needs_vllm
+def test_greedy_equals_the_fsdp_actor_after_a_streamed_sync(engine, embedded_model_path):
+    """The sync as the worker runs it: the FSDP actor's weights streamed one unit at a time into the engine."""
+    import torch.distributed as dist
+
+    from verl.config import ActorConfig
+    from verl.workers import fsdp_utils
+    from verl.workers.actor import Actor
+
+    eng, _, tok, cfg = engine
+    fsdp_utils.init_distributed(torch.device("cpu"), "gloo")
+    try:
+        actor = Actor(ActorConfig(dtype="float32", gradient_checkpointing=False), embedded_model_path,
+                      torch.device("cpu"), 1, 1.0)
+        torch.manual_seed(1)
+        with torch.no_grad():  # a policy the engine has not seen
+            for p in actor.module.parameters():
+                p.add_(torch.randn_like(p) * 2e-3)
+        eng.sync_weights(lambda: actor.rollout_weights("float32"), tie_word_embeddings=True)
+        batch = _prompts(tok, QUESTIONS[:2], {"max_new_tokens": 12, "do_sample": False})
+        got = eng.generate(batch)
+        ref = HFRollout(actor.module, tok, cfg, torch.device("cpu"), 1).generate(batch)
+        assert torch.equal(got.batch["responses"], ref.batch["responses"])
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 KILLED_TRAINER = """
 import sys, time, torch, psutil
 sys.path.insert(0, sys.argv[1])

@@ -270,28 +270,105 @@ def test_engine_in_this_process_takes_tensors_in_engine_dtype(fake_engine):
     assert all(torch.equal(model.weights[k], v) for k, v in sd.items())
 
 
+def _layer_groups(sd: dict) -> list[list[tuple[str, torch.Tensor]]]:
+    """``sd`` as the actor streams it: the tensors outside the decoder layers, then one group per layer."""
+    import re
+
+    layers: dict[str, list] = {}
+    rest = []
+    for k, v in sd.items():
+        m = re.match(r"^(.*\.layers\.\d+)\.", k)
+        (layers.setdefault(m.group(1), []) if m else rest).append((k, v))
+    return [rest, *layers.values()]
+
+
 def test_sleep_level_2_then_ready_empties_cache_wakes_loads_in_that_order(fake_engine, monkeypatch):
     eng, model, log, sd = fake_engine(world_size=2, sleeps=True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: log.append("empty_cache"))
     eng.device = torch.device("cuda")
     gathered = []
 
-    def state_dict():
+    def units():  # the actor's stream: a unit is gathered only when the sync asks for it
         gathered.append(len(log))
-        log.append("gather")
-        return sd
+        for group in _layer_groups(sd):
+            log.append("gather")
+            yield group
 
     eng.release()  # before the actor's update
     assert log == ["sleep2"] and eng.needs_sync  # level 2: weights discarded, not copied to host
-    eng.ready(state_dict)
-    collapsed = [x for i, x in enumerate(log) if not (x == "load" and log[i - 1] == "load")]
-    assert collapsed == ["sleep2", "gather", "empty_cache", "wake:weights", "attach", "begin", "load", "finish",
-                         "reset_prefix", "empty_cache", "wake:kv_cache"]
+    eng.ready(units)
+    assert log[:4] == ["sleep2", "empty_cache", "wake:weights", "begin"]
+    assert log[-5:] == ["load", "finish", "reset_prefix", "empty_cache", "wake:kv_cache"]
+    body = log[4:-4]
+    assert body.count("gather") == 3 and body.index("load") < len(body) - 1 - body[::-1].index("gather")  # interleaved
+    assert all(torch.equal(model.weights[k], v.to(torch.bfloat16)) for k, v in sd.items())
     n = len(log)
     for _ in range(3):  # validation chunks: no sleep, wake or sync in between
-        eng.ready(state_dict)
+        eng.ready(units)
         eng.generate(_batch({"max_new_tokens": 2, "do_sample": False}))
     assert log[n:] == ["generate"] * 3 and len(gathered) == 1
+
+
+def test_stream_chunks_as_plan_chunks_and_reading_one_group_ahead():
+    from verl.workers.rollout import stream_chunks
+
+    sizes = [("model.layers.0.q.weight", 64), ("model.layers.0.k.weight", 64), ("model.layers.1.q.weight", 64),
+             ("model.layers.1.k.weight", 64), ("model.layers.10.q.weight", 192), ("model.layers.10.k.weight", 192),
+             ("model.embed_tokens.weight", 1000), ("model.norm.weight", 10), ("lm_head.weight", 1000)]
+    groups = [[(n, torch.zeros(b)) for n, b in sizes[i:j]] for i, j in ((0, 2), (2, 4), (4, 6), (6, 7), (7, 8),
+                                                                          (8, 9))]
+    read = []
+
+    def stream():
+        for g in groups:
+            read.append(g[0][0])
+            yield g
+
+    chunks = []
+    for chunk in stream_chunks(stream(), 256, lambda t: t.numel() + (-t.numel() % 64)):
+        chunks.append([n for n, _ in chunk])
+        assert len(read) <= sum(map(len, chunks)) + 2  # the chunk out, at most the next group read
+    assert chunks == plan_chunks(sizes, 256)
+
+
+def test_streamed_sync_through_one_buffer_equals_the_dict(fake_engine, tmp_path):
+    eng, model, log, sd = fake_engine(world_size=2, dtype="bfloat16", chunk_mb=0.01)
+    for step in range(2):
+        sd = {k: v + 0.01 * (step + 1) for k, v in sd.items()}
+        eng.sync_weights(lambda sd=sd: iter(_layer_groups(sd)), tie_word_embeddings=True)
+        assert all(torch.equal(model.weights[k], v.to(torch.bfloat16)) for k, v in sd.items())
+    assert log.count("attach") == 1 and list(tmp_path.iterdir()) == []  # sized from the model's files once
+    assert max(len(x) for x in model.loaded) < len(sd)
+
+
+def test_a_streamed_root_unit_is_sent_tensor_by_tensor(fake_engine):
+    """The root unit (embeddings, norm, head) arrives as one group; the buffer stays the largest tensor's size."""
+    eng, model, log, sd = fake_engine(world_size=2, dtype="bfloat16", chunk_mb=0.001)
+    hint = eng.buffer_hint
+    eng.sync_weights(lambda: iter(_layer_groups(sd)), tie_word_embeddings=True)
+    root = [n for n in sd if ".layers." not in n]
+    assert len(root) > 1 and all([n] in model.loaded for n in root)  # each alone: chunks are 1 KiB
+    assert eng._buffer.nbytes == hint and log.count("attach") == 1
+    assert all(torch.equal(model.weights[k], v.to(torch.bfloat16)) for k, v in sd.items())
+
+
+def test_a_failed_chunk_still_draws_every_unit_then_raises(fake_engine):
+    """Drawing a unit gathers it (a collective): after one rank's engine fails, that rank keeps drawing, so the other
+    ranks' gathers complete and every rank reaches the agreement that stops them together."""
+    eng, model, log, sd = fake_engine(world_size=2, chunk_mb=0.001)
+    groups = _layer_groups(sd)
+    groups[0] = [*groups[0], ("no.such.weight", torch.zeros(2))]
+    drawn = []
+
+    def units():
+        for g in groups:
+            drawn.append(g)
+            yield g
+
+    eng.mark_stale()
+    with pytest.raises(KeyError):
+        eng.ready(units)
+    assert len(drawn) == len(groups) and log[-1] == "finish" and eng.needs_sync
 
 
 def test_never_generates_or_wakes_with_stale_weights(fake_engine):
@@ -454,3 +531,27 @@ def test_dist_timeout_from_config_env_and_bad_values(monkeypatch):
     for bad in (0, -1, "soon"):
         with pytest.raises(ValueError, match="dist_timeout_minutes"):
             dist_timeout(bad)
+
+
+AGREE = textwrap.dedent("""
+    import os, sys, torch
+    sys.path.insert(0, sys.argv[1])
+    from verl.workers.fsdp_utils import init_distributed
+    from verl.workers.rollout import SYNC_FAILED, SYNC_OK, agree
+    init_distributed(torch.device("cpu"), "gloo")
+    print(agree(SYNC_FAILED if os.environ["RANK"] == "1" else SYNC_OK, torch.device("cpu")), flush=True)
+""")
+
+
+def test_ranks_agree_on_the_worst_sync_outcome(tmp_path):
+    """One rank's failed (or held-view) reload is every rank's: all redo the sync or all stop together."""
+    from verl.utils.net import free_port
+    from verl.workers.rollout import SYNC_FAILED, SYNC_HELD, agree
+
+    assert agree(SYNC_HELD, torch.device("cpu")) == SYNC_HELD  # no process group: this rank's own
+    script = tmp_path / "agree.py"
+    script.write_text(AGREE)
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(REPO)], env={**env, "RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for r in range(2)]
+    assert [p.communicate(timeout=120)[0].strip() for p in procs] == [str(SYNC_FAILED)] * 2

@@ -118,7 +118,8 @@ def test_lora_resume_matches_a_straight_run(tiny_model_path, tmp_path, reward, s
     lora = {**LORA, "worker.actor.dtype": "bfloat16"}
     straight, _ = fit(tiny_overrides(tiny_model_path, tmp_path / "a", reward, **lora))
     run = tmp_path / "b"
-    first, _ = fit(tiny_overrides(tiny_model_path, run, reward, **{**lora, "trainer.total_steps": 1}))
+    first, _ = fit(tiny_overrides(tiny_model_path, run, reward, **{**lora, "trainer.total_steps": 1,
+                                                                   "trainer.keep_resume_state": "true"}))
     assert not (run / "checkpoints" / "global_step_1" / "actor_master").exists()  # the fp32 adapter suffices
     second, trainer = fit(tiny_overrides(tiny_model_path, run, reward, **lora))
     assert trainer.global_step == 2 and [m["step"] for m in second] == [2]

@@ -10,6 +10,9 @@
     Times the reference/log-prob pass and the update's forward+backward on the config's prompts (random
     responses) with the plain forward and each optimization of ``verl/workers/forward.py`` (and under bf16
     autocast), with the positions each one runs through the model: the load-independent part of the saving.
+``python -m verl.bench eval --model NAME:LABEL=PATH ... [--target T] [--suites forget,neighbor] [-- verl.eval flags]``
+    Wall seconds of the evaluator with one process per model against one multi-model process (one engine, weights
+    swapped), and whether each model's results are equal both ways.
 ``python -m verl.bench step --config examples/grpo_rj_rl_cpu.yaml [--steps 1] [--paper-batch] [key=value ...]``
     Runs ``--steps`` ReBO steps (no validation, no checkpoint, nothing written outside a temp dir) and prints the
     trainer's own ``timing/<phase>`` seconds per step. ``--paper-batch`` = 32 prompts x 8 samples, 64 new tokens,
@@ -338,6 +341,53 @@ def bench_update(args) -> dict:
                                   "model_positions", "head_positions", "max_abs_logp_diff"], r)) for r in rows]}
 
 
+# ---------------------------------------------------------------------------------------------- evaluator
+def _same_result(a: dict, b: dict) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("metrics", "generations"))
+
+
+def bench_eval(args) -> dict:
+    """Wall seconds of the evaluator on ``--model`` models: one ``python -m verl.eval`` process per model (as the
+    pipeline ran it) against one multi-model process, interleaved ``--repeats`` times; each multi-model result must
+    equal the one-process result of the same model (metrics and generations)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from verl.eval.cli import model_specs
+
+    specs = model_specs(args.model)
+    common = ["--target", args.target, "--suites", args.suites, *args.eval_args]
+    root = Path(tempfile.mkdtemp(prefix="rule-bench-eval-"))
+    rows, equal = [], []
+    for rep in range(args.repeats):
+        single_dir, multi_dir = root / f"single{rep}", root / f"multi{rep}"
+        t0 = time.perf_counter()
+        for sp in specs:
+            subprocess.run([sys.executable, "-m", "verl.eval", *common, "--model_path", sp.path, "--method", sp.label,
+                            "--output", str(single_dir / f"{sp.name}.json")], check=True, capture_output=True)
+        single = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "verl.eval", *common, "--output_dir", str(multi_dir),
+                        *(x for sp in specs for x in ("--model", f"{sp.name}:{sp.label}={sp.path}"))],
+                       check=True, capture_output=True)
+        multi = time.perf_counter() - t0
+        loads = [json.loads((multi_dir / f"{sp.name}.json").read_text())["timing"]["load"] for sp in specs]
+        equal += [_same_result(json.loads((single_dir / f"{sp.name}.json").read_text()),
+                               json.loads((multi_dir / f"{sp.name}.json").read_text())) for sp in specs]
+        rows.append([rep + 1, single, single / len(specs), multi, multi / len(specs), single / multi,
+                     " ".join(f"{x:.1f}" for x in loads)])
+    print(f"evaluator, {len(specs)} models, suites {args.suites}, target {args.target}; {machine_line()}")
+    print(table(["repeat", "separate s", "per model", "one process s", "per model", "speed-up",
+                 "load/swap s per model (one process)"], rows))
+    print(f"results equal to the separate runs: {sum(equal)}/{len(equal)}")
+    return {"kind": "eval", "machine": machine_line(), "models": [vars(sp) for sp in specs], "equal": sum(equal),
+            "compared": len(equal), "results": [dict(zip(["repeat", "separate_s", "separate_per_model_s",
+                                                           "one_process_s", "one_process_per_model_s", "speedup",
+                                                           "load_s"], r)) for r in rows]}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m verl.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -361,14 +411,22 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("--bf16", action="store_true", help="also time every variant under bf16 autocast")
     up.add_argument("--paper-batch", action="store_true", help="the paper batch's n and lengths")
     up.add_argument("--threads", type=int, default=None, help="torch threads (1: CPU time robust to a busy machine)")
+    ev = sub.add_parser("eval", help="the evaluator: one process per model vs one process for all models")
+    ev.add_argument("--model", action="append", required=True, metavar="[NAME:]LABEL=PATH",
+                    help="a model (repeat), as verl.eval --model")
+    ev.add_argument("--target", default="1_Stephen_King", help="RWKU target")
+    ev.add_argument("--suites", default="forget,neighbor", help="evaluator suites (default: the main job's)")
+    ev.add_argument("--repeats", type=int, default=1, help="interleaved repeats")
+    ev.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    ev.add_argument("eval_args", nargs="*", help="more verl.eval flags, after --")
     for p in (ro, st, up):
         p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
         p.add_argument("overrides", nargs="*", help="key=value config overrides (verl/config.py)")
     args = parser.parse_args(argv)
-    bad = [o for o in args.overrides if "=" not in o]
+    bad = [o for o in getattr(args, "overrides", []) if "=" not in o]
     if bad:
         parser.error(f"overrides must be key=value, got {bad}")
-    result = {"rollout": bench_rollout, "step": bench_step, "update": bench_update}[args.cmd](args)
+    result = {"rollout": bench_rollout, "step": bench_step, "update": bench_update, "eval": bench_eval}[args.cmd](args)
     if args.json:
         from verl.utils.io import atomic_write_json
 

@@ -111,9 +111,12 @@ class ModelRoleConfig:
     """Keep optimizer state on CPU between updates, moved to the parameters' device for the step (CUDA only; a no-op
     on CPU)."""
     autocast: str = "none"
-    """bf16 | none: forward passes under torch.autocast(bf16) with the weights kept in ``dtype`` (use float32 for
-    fp32 master weights); log-softmax, losses and the optimizer stay fp32. Fast on GPUs and AMX/AVX512-BF16 CPUs,
-    several times slower than fp32 on AVX2-only CPUs (a warning says so)."""
+    """auto | bf16 | none: forward passes under torch.autocast(bf16) with the weights kept in ``dtype`` (use float32
+    for fp32 master weights); log-softmax, losses and the optimizer stay fp32. auto: bf16 on GPUs and on CPUs with
+    AMX / AVX512-BF16, none on other CPUs (bf16 emulated there: several times slower than fp32; a forced bf16 warns).
+    The default stays none: on an AMX CPU at the sandbox's sizes bf16 made a ReBO step no faster (update 6.4-6.8 s
+    against 6.4-8.2 s) and moved its KL curve as a seed does (README "Speed on a CPU"). The run log says which
+    precision ran and why."""
     optimized_forward: bool = True
     """Log-probs without padding columns, prompt logits or repeated prompts (verl/workers/forward.py; equal
     results); false: the plain full-width forward."""
@@ -350,6 +353,10 @@ class TrainerConfig:
     """Which checkpoints keep what only a resume needs (optimizer/scheduler/RNG state ``worker_rank*.pt``, the actor's
     fp32 master weights ``actor_master/`` when worker.actor.dtype is not float32, the critic): latest (older kept
     checkpoints hold the actor's weights in worker.actor.dtype, plus a LoRA run's adapter) | all."""
+    keep_resume_state: bool = False
+    """Whether the checkpoint of the run's last step (trainer.total_steps) keeps the resume state. A finished run is
+    resumed only to extend it (a larger total_steps); without that need its optimizer state and fp32 master weights
+    (~12 bytes per parameter: 96 GB for an 8B model) are not written, and a later resume says so."""
     balance_batch: bool = False
     """Reorder each step's responses before the updates as the release does: Karmarkar-Karp partitions of equal size
     balancing the attention-mask token count (verl/trainer/seqlen_balancing.py), each partition in row order, one per
@@ -435,7 +442,8 @@ class PPOConfig:
             ("data.user_turn", ("template", "verbatim"), self.data.user_turn),
             ("trainer.device", ("cpu", "cuda", "auto"), self.trainer.device),
             ("trainer.resume_state", ("latest", "all"), self.trainer.resume_state),
-            *((f"worker.{r}.autocast", ("bf16", "none"), getattr(self.worker, r).autocast) for r in ("actor", "ref", "critic")),
+            *((f"worker.{r}.autocast", ("auto", "bf16", "none"), getattr(self.worker, r).autocast)
+              for r in ("actor", "ref", "critic")),
         ):
             if value not in choices:
                 raise ConfigError(f"{name}={value!r}: choose one of {choices}")

@@ -3,8 +3,19 @@
     python -m verl.eval --benchmark rwku --model_path smollm2-135m-instruct --target 1_Stephen_King \\
         --output log/eval/original/1_Stephen_King.json [--suites forget,neighbor,mia,utility] [--limit N]
 
-Suites (``--suites``, comma separated): RWKU forget, neighbor, mia, utility, naturalness, robustness
-(default forget,neighbor,mia,utility); MUSE verbmem, knowmem, privleak (or "muse" = all three, the default),
+Several models of one target in one process (one tokenizer, one HF model, one vLLM engine; weights swapped per model
+when architecture and tokenizer match, else loaded afresh), each result the file a one-model run would write:
+
+    python -m verl.eval --benchmark rwku --target 1_Stephen_King --output_dir DIR \\
+        --model "Base=smollm2-135m-instruct" --model "Original=PATH" --model "rule_grpo:RULE (GRPO)=PATH" ...
+
+``--model [NAME:]LABEL=PATH`` writes DIR/NAME.json with LABEL as its method; NAME defaults to ``slug(LABEL)`` (lower
+case, other characters as "_": "RULE (GRPO)" -> rule_grpo.json). A model whose result exists (same flags, written
+after its weights) is skipped unless ``--overwrite``.
+
+Suites (``--suites``, comma separated): RWKU forget, neighbor, mia, utility, naturalness, robustness, boundary
+(the held-out <normal> rows of the ReBO file, verl/eval/boundary.py) (default forget,neighbor,mia,utility); MUSE
+verbmem, knowmem, privleak (or "muse" = all three, the default),
 robustness (probes chosen with ``--robustness relearn,quant,logit_lens``, default all). naturalness / robustness
 live in their own modules and are imported only when asked for.
 The JSON (written atomically) holds benchmark, method, target, protocol, model_path, created, git_commit, config,
@@ -16,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -138,9 +150,15 @@ def _run_muse(ctx: EvalContext, suite: str) -> None:
     ctx.timing.update({f"muse.{k}": v for k, v in t.items()})
 
 
+def _run_boundary(ctx: EvalContext, suite: str) -> None:
+    from verl.eval import boundary  # the held-out <normal> rows of the ReBO file (verl/eval/boundary.py)
+
+    boundary.run_suite(ctx)
+
+
 SUITES: dict[str, dict[str, Callable[[EvalContext, str], None]]] = {
     "rwku": {"forget": _run_probes, "neighbor": _run_probes, "mia": _run_mia, "utility": _run_utility,
-             "naturalness": _run_naturalness, "robustness": _run_robustness},
+             "naturalness": _run_naturalness, "robustness": _run_robustness, "boundary": _run_boundary},
     "muse": {"muse": _run_muse, "verbmem": _run_muse, "knowmem": _run_muse, "privleak": _run_muse,
              "robustness": _run_robustness},
 }
@@ -153,10 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m verl.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--benchmark", choices=("rwku", "muse"), default="rwku", help="which benchmark (default rwku)")
-    p.add_argument("--model_path", required=True, help="HF folder, hub id, or 'smollm2-135m-instruct'")
+    p.add_argument("--model_path", default=None, help="HF folder, hub id, or 'smollm2-135m-instruct' (one model)")
+    p.add_argument("--model", action="append", default=None, metavar="[NAME:]LABEL=PATH",
+                   help="several models in one process (repeat the flag; with --output_dir): each result goes to "
+                   "DIR/NAME.json, NAME defaulting to the label in lower case with other characters as _ "
+                   "('RULE (GRPO)=DIR' -> rule_grpo.json), and LABEL is its method")
     p.add_argument("--target", default=None, help="RWKU target (id, folder or name); MUSE corpus (default books)")
     p.add_argument("--data_dir", default=None, help="data root (default $RULE_DATA_DIR, then ./data)")
-    p.add_argument("--output", required=True, help="result JSON path")
+    p.add_argument("--output", default=None, help="result JSON path (one model)")
+    p.add_argument("--output_dir", default=None, help="folder of the results of --model (DIR/NAME.json each)")
+    p.add_argument("--overwrite", action="store_true", help="with --model: evaluate a model again even when its "
+                   "result exists (default: skipped when written with the same flags after its weights)")
     p.add_argument("--suites", default=None, help="comma-separated suites (see the module doc)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N records of every file")
     p.add_argument("--probe_bos", choices=("rwku", "single"), default="rwku",
@@ -197,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default $OPENAI_BASE_URL; the key is read from $OPENAI_API_KEY)")
     p.add_argument("--robustness", default=None, help="robustness probes (suite robustness): comma-separated "
                    "relearn, quant, logit_lens (default all)")
+    p.add_argument("--boundary_share", type=float, default=0.05, help="suite boundary: share of the ReBO groups "
+                   "held out as the suite (data/boundary.py BOUNDARY_SHARE; must match ReBO's filtered file)")
     return p
 
 
@@ -218,6 +245,7 @@ RWKU_SUITE_FILES = {
     "utility": ("retain_mmlu", "retain_bbh", "truthful", "triviaqa", "fluency"),
     "naturalness": ("forget_level1", "forget_level2", "forget_level3"),
     "robustness": ("forget_level1", "forget_level2", "forget_level3", "passage"),
+    "boundary": (),  # the ReBO file is optional: without it the suite is empty and says so
 }
 MUSE_SUITE_FILES = {
     "verbmem": ("verbmem/forget",),
@@ -316,13 +344,8 @@ def save_partial(args: argparse.Namespace, ctx: EvalContext, done: list[str]) ->
                                                   "timing": ctx.timing})
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Check the inputs, load the model, run the suites (each finished suite saved, so a rerun of the same command
-    skips it), write and return the result dict."""
-    import torch
-
-    from verl.models.embedded import load_model_and_tokenizer, resolve_model_path
-
+def prepare(args: argparse.Namespace) -> list[str]:
+    """The suites to run, after every check that needs no model (the target resolved to its folder)."""
     suites = _suites(args)
     if "robustness" in suites:
         from verl.eval.robustness import config_from
@@ -339,31 +362,65 @@ def run(args: argparse.Namespace) -> dict:
         from data.rwku import resolve_target
 
         args.target = resolve_target(args.target, args.data_dir).folder
-    precheck(args, suites)
-    from verl.utils.vllm_engine import resolve_engine, shutdown_engine
+    return suites
+
+
+def _device(args: argparse.Namespace) -> tuple[str, str]:
+    """``(device, dtype)`` with ``auto`` resolved: bfloat16 on GPU, float32 on CPU."""
+    import torch
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        engine = resolve_engine(args.engine, "--engine", resolve_model_path(args.model_path), device.split(":")[0])
-    except (ImportError, ValueError) as exc:
-        raise UserError(str(exc)) from None
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    # float32 on every CPU, bf16 units or not: a bf16 engine changed 35 of 107 greedy probe answers of a model that
+    # generates to the token limit (README "Speed on a CPU")
+    logger.info("precision: %s weights on %s (%s)", dtype, device,
+                "--dtype auto" if args.dtype == "auto" else "--dtype")
     if device == "cpu":
         torch.set_num_threads(max(1, args.threads))
-    t0 = time.time()
-    model, tokenizer = load_model_and_tokenizer(args.model_path, dtype=dtype, device=device)
-    model.eval()
-    from verl.utils.chat import set_user_turn
+    return device, dtype
 
-    set_user_turn(tokenizer, getattr(args, "user_turn", "template"))  # every suite's chat prompts follow it
-    gen_model = None
-    if engine == "vllm":
-        from verl.eval.generation import load_vllm
 
-        gen_model = load_vllm(resolve_model_path(args.model_path), dtype=dtype, device_type=device.split(":")[0])
-        logger.info("vLLM engine started in %.1f s", gen_model.start_seconds)
-    ctx = EvalContext(args=args, model=model, tokenizer=tokenizer, gen_model=gen_model)
-    ctx.timing["load"] = round(time.time() - t0, 2)
+def _engine(args: argparse.Namespace, device: str) -> str:
+    from verl.models.embedded import resolve_model_path
+    from verl.utils.vllm_engine import resolve_engine
+
+    try:
+        return resolve_engine(args.engine, "--engine", resolve_model_path(args.model_path), device.split(":")[0])
+    except (ImportError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Check the inputs, load the model, run the suites (each finished suite saved, so a rerun of the same command
+    skips it), write and return the result dict. With ``--model`` (several models): ``run_many``."""
+    if getattr(args, "model", None):
+        return run_many(args)
+    if getattr(args, "output_dir", None):
+        raise UserError("--output_dir goes with --model NAME=PATH (several models); one model takes --output")
+    if not args.model_path or not args.output:
+        raise UserError("give --model_path and --output (one model), or --model NAME=PATH ... and --output_dir")
+    args = single_args(args)
+    suites = prepare(args)
+    precheck(args, suites)
+    device, dtype = _device(args)
+    engine = _engine(args, device)
+    from verl.eval.loader import ModelHolder
+    from verl.models.embedded import resolve_model_path
+
+    holder = ModelHolder(dtype, device, getattr(args, "user_turn", "template"))
+    try:
+        loaded = holder.load(resolve_model_path(args.model_path), engine)
+        return evaluate(args, suites, loaded, device, dtype, engine)
+    finally:
+        holder.close()
+
+
+def evaluate(args: argparse.Namespace, suites: list[str], loaded, device: str, dtype: str, engine: str) -> dict:
+    """Run the suites of one model on its loaded models (``loader.Loaded``), keeping finished suites in the partial
+    file; write and return the result."""
+    t0 = time.time() - loaded.seconds  # the total counts this model's load (or weight swap)
+    ctx = EvalContext(args=args, model=loaded.model, tokenizer=loaded.tokenizer, gen_model=loaded.gen_model)
+    ctx.timing["load"] = loaded.seconds
     done: list[str] = []
     saved = load_partial(args)
     if saved:
@@ -399,9 +456,127 @@ def run(args: argparse.Namespace) -> dict:
     }
     atomic_write_json(args.output, result)
     partial_path(args.output).unlink(missing_ok=True)
-    shutdown_engine(gen_model)
     logger.info("wrote %s", args.output)
     return json_safe(result)
+
+
+# ---------------------------------------------------------------- several models in one process
+MULTI_FLAGS = ("model", "output_dir", "overwrite")  # flags of the multi-model mode; a result's config omits them
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class ModelSpec:
+    """One ``--model``: its result goes to ``<output_dir>/<name>.json`` with ``label`` as the method."""
+
+    name: str
+    label: str
+    path: str
+
+
+def slug(label: str) -> str:
+    """A label as a file name: lower case, each run of characters other than a-z 0-9 . _ - made one "_", none at
+    the ends (``RULE (GRPO)`` -> ``rule_grpo``, ``Original`` -> ``original``)."""
+    return re.sub(r"[^a-z0-9._-]+", "_", label.lower()).strip("._-")
+
+
+def parse_model_spec(spec: str) -> ModelSpec:
+    """``NAME:LABEL=PATH`` or ``LABEL=PATH``: the text before the first "=" names the model, the rest is its path.
+    NAME (letters, digits, . _ -) is the result's file name; without it the file name is ``slug(LABEL)``."""
+    head, sep, path = spec.partition("=")
+    head, path = head.strip(), path.strip()
+    if not sep or not head or not path:
+        raise UserError(f"--model {spec!r}: use LABEL=PATH or NAME:LABEL=PATH (e.g. 'rule_grpo:RULE (GRPO)=DIR')")
+    name, colon, label = head.partition(":")
+    if colon and _NAME.match(name.strip()) and label.strip():
+        return ModelSpec(name.strip(), label.strip(), path)
+    if not slug(head):
+        raise UserError(f"--model {spec!r}: the label {head!r} gives no file name; add one: NAME:LABEL=PATH")
+    return ModelSpec(slug(head), head, path)
+
+
+def model_specs(values: list[str]) -> list[ModelSpec]:
+    specs = [parse_model_spec(v) for v in values]
+    seen: dict[str, str] = {}
+    for s in specs:
+        if s.name in seen:
+            raise UserError(f"--model: {seen[s.name]!r} and {s.label!r} would both write {s.name}.json; give names: "
+                            "NAME:LABEL=PATH")
+        seen[s.name] = s.label
+    return specs
+
+
+def single_args(args: argparse.Namespace, spec: ModelSpec | None = None, output_dir: str | None = None):
+    """The namespace a one-model run of this model has (the multi-model flags dropped), so its result, config and
+    partial-file fingerprint are those of ``--model_path PATH --output DIR/NAME.json --method LABEL``."""
+    values = {k: v for k, v in vars(args).items() if k not in MULTI_FLAGS}
+    if spec is not None:
+        values.update(model_path=spec.path, output=str(Path(output_dir) / f"{spec.name}.json"), method=spec.label)
+    return argparse.Namespace(**values)
+
+
+def finished(args: argparse.Namespace, suites: list[str], device: str, dtype: str, engine: str) -> bool:
+    """Whether ``args.output`` already holds this evaluation: same flags and suites, same device/dtype/engine,
+    written after the model's weight files (a retrained checkpoint at the same path is evaluated again)."""
+    out = Path(args.output)
+    try:
+        saved = json.loads(out.read_text(encoding="utf-8"))
+        config = saved["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    want = _fingerprint(args)
+    weights = want.pop("weights", {})
+    for key in ("device", "dtype", "engine"):
+        want.pop(key, None)
+    have = json_safe({k: config.get(k) for k in want})
+    if have != want or not set(suites) <= set(config.get("suites") or ()):
+        return False
+    if [config.get("device"), config.get("dtype"), config.get("engine")] != [device, dtype, engine]:
+        return False
+    return all(mtime <= out.stat().st_mtime for _, mtime in weights.values())
+
+
+def run_many(args: argparse.Namespace) -> dict:
+    """Evaluate several models of one target in this process: one tokenizer, one HF model and one vLLM engine whose
+    weights are swapped per model when the architecture and tokenizer match (``verl.eval.loader``); each model's
+    result is the file a one-model run writes. A model whose result exists is skipped (``--overwrite``: redone);
+    a failing model does not stop the others (the run then fails naming it). Returns {name: result}."""
+    from verl.eval.loader import ModelHolder
+    from verl.models.embedded import resolve_model_path
+
+    if args.model_path or args.output:
+        raise UserError("--model (several models) goes with --output_dir, not --model_path / --output")
+    if not args.output_dir:
+        raise UserError("--model NAME=PATH needs --output_dir DIR (results: DIR/NAME.json)")
+    specs = model_specs(args.model)
+    base = single_args(args)
+    suites = prepare(base)
+    per_model = [single_args(base, s, args.output_dir) for s in specs]
+    for margs in per_model:
+        precheck(margs, suites)
+    paths = [resolve_model_path(m.model_path) for m in per_model]  # a missing folder fails before any model loads
+    device, dtype = _device(base)
+    holder = ModelHolder(dtype, device, getattr(base, "user_turn", "template"))
+    results, failed = {}, []
+    try:
+        for spec, margs, path in zip(specs, per_model, paths):
+            engine = _engine(margs, device)
+            if not args.overwrite and finished(margs, suites, device, dtype, engine):
+                logger.info("%s: %s exists (same flags, newer than the weights): skipped", spec.label, margs.output)
+                results[spec.name] = json.loads(Path(margs.output).read_text(encoding="utf-8"))
+                continue
+            logger.info("model %s (%s) -> %s", spec.label, path, margs.output)
+            try:
+                results[spec.name] = evaluate(margs, suites, holder.load(path, engine), device, dtype, engine)
+            except Exception:  # the next models still run; this one's finished suites stay in its partial file
+                logger.exception("evaluation of %s failed", spec.label)
+                failed.append(spec.label)
+                holder.close()
+    finally:
+        holder.close()
+    if failed:
+        raise RuntimeError(f"evaluation failed for {', '.join(failed)} (the others were written to {args.output_dir})")
+    return results
 
 
 def _brief(metrics: dict, suite: str) -> str:

@@ -65,18 +65,22 @@ def generate(
     engine: str = "hf",
     add_special_tokens: bool | None = None,
     eos_ids: Sequence[int] | None = None,
+    info: list | None = None,
 ) -> list[str]:
     """Complete each prompt; returns the new text only, cut at the first stop string (EOS always stops).
 
     Prompts are processed longest-first in batches (left padding) and returned in the input order.
     ``engine="vllm"`` (or a ``vllm.LLM`` as ``model``) uses vLLM, imported only then. ``eos_ids``: the token ids
     that end a generation (None: every EOS id of the tokenizer and the generation config; ``end_of_turn_ids``).
+    ``info``: a list that receives, per prompt in input order, ``{"n_tokens", "eos"}``: the new tokens before the
+    end (EOS not counted) and whether an EOS id ended it (not the token limit or a stop string), so a caller can
+    tell an answer that ends from one cut at ``max_new_tokens``.
     """
     if not prompts:
         return []
     if engine == "vllm" or _is_vllm(model):
         ids = [_encode(tokenizer, p, add_special_tokens) for p in prompts]  # same tokens as the HF path
-        return _generate_vllm(model, tokenizer, ids, max_new_tokens, stop_strings, greedy, eos_ids)
+        return _generate_vllm(model, tokenizer, ids, max_new_tokens, stop_strings, greedy, eos_ids, info)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [_encode(tokenizer, p, add_special_tokens) for p in prompts]
@@ -91,17 +95,28 @@ def generate(
     stops = [s for s in stop_strings if s]
     if stops:  # per-sequence stop inside generate; the decoded text is still cut below
         gen_kwargs.update(stop_strings=stops, tokenizer=tokenizer)
+    ends: list = [None] * len(prompts)
     bar = progress(len(prompts), desc or "generate", leave=False)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         ids, mask = _left_pad([encoded[i] for i in idx], pad_id, device)
         out = model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs)
         texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
-        for i, text in zip(idx, texts):
+        for i, text, row in zip(idx, texts, out[:, ids.shape[1] :].tolist()):
             outputs[i] = truncate_at_stop(text, stops)
+            ends[i] = _end_info(row, eos, cut=len(outputs[i]) < len(text))
         bar.update(len(idx))
     bar.close()
+    if info is not None:
+        info.extend(ends)
     return outputs
+
+
+def _end_info(row: list[int], eos: Sequence[int], cut: bool = False) -> dict:
+    """``{"n_tokens", "eos"}`` of one HF generation (padded after its end): the tokens before the first EOS id, or
+    all of them. ``cut``: a stop string ended it (with the pad id equal to an EOS id, what follows it looks like EOS)."""
+    stop = next((j for j, t in enumerate(row) if t in set(eos)), None)
+    return {"n_tokens": len(row) if stop is None else stop, "eos": stop is not None and not cut}
 
 
 def _eos_ids(tokenizer, generation_config=None) -> list[int]:
@@ -125,7 +140,7 @@ def end_of_turn_ids(tokenizer) -> list[int]:
 
 
 def _generate_vllm(llm, tokenizer, prompt_ids: list[list[int]], max_new_tokens, stop_strings, greedy,
-                   eos_ids: Sequence[int] | None = None) -> list[str]:
+                   eos_ids: Sequence[int] | None = None, info: list | None = None) -> list[str]:
     from vllm import SamplingParams  # optional dependency, only imported on request
 
     explicit = eos_ids is not None  # only these ids end a generation: vLLM's own EOS check is switched off
@@ -136,6 +151,13 @@ def _generate_vllm(llm, tokenizer, prompt_ids: list[list[int]], max_new_tokens, 
     )
     # pre-tokenised prompts: vLLM would otherwise add a second BOS in front of chat-templated text
     results = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
+    if info is not None:  # vLLM: finish_reason "stop" with no string stop_reason = an EOS or stop token id
+        for r in results:
+            out = r.outputs[0]
+            toks = list(out.token_ids)
+            eos_end = out.finish_reason == "stop" and not isinstance(out.stop_reason, str)
+            info.append({"n_tokens": len(toks) - (1 if eos_end and toks and toks[-1] in set(eos) else 0),
+                         "eos": eos_end})
     return [truncate_at_stop(r.outputs[0].text, stop_strings) for r in results]
 
 
@@ -145,11 +167,13 @@ def load_vllm(model_path: str, dtype: str = "float32", device_type: str = "cpu",
 
     CPU: explicit KV cache (``kv_cache_bytes``, 1 GiB ~ 23k tokens of the 135M model), eager mode (no ~45 s
     compile), threads bound to this process's cores. GPU: 45% of the card (the HF scoring model shares it).
-    Stop it with ``verl.utils.vllm_engine.shutdown_engine``.
+    ``verl.utils.vllm_engine.load_folder_weights`` swaps another folder's weights in; stop it with
+    ``verl.utils.vllm_engine.shutdown_engine``.
     """
-    from verl.utils.vllm_engine import default_engine_env, start_engine
+    from verl.utils.vllm_engine import EXTENSION, default_engine_env, start_engine
 
-    settings = dict(dtype=dtype, seed=seed, enable_prefix_caching=True)
+    # the weight-sync extension lets a multi-model evaluation swap the next model's weights into this engine
+    settings = dict(dtype=dtype, seed=seed, enable_prefix_caching=True, worker_extension_cls=EXTENSION)
     if device_type == "cuda":
         settings.update(gpu_memory_utilization=0.45)
     else:

@@ -8,6 +8,9 @@ the area of the region {(x, y): 0 <= x <= x_max, T <= y <= y_max} that is weakly
 (i.e. some point has x_i >= x and y_i >= y), divided by the area of the whole band x_max * (y_max - T).
 It is the hypervolume of the frontier with reference point (0, T), normalised to [0, 1]: 1 = a point at
 (x_max, y_max), 0 = no point keeps retain above T. Points below T contribute nothing.
+
+With several seeds the points are seed means: the frontier and the AUC are computed on them, and each point carries
+error bars on both axes (the 95% intervals over seeds), so a frontier decided within the bars is visibly so.
 """
 
 from __future__ import annotations
@@ -53,10 +56,14 @@ def plot_pareto(
     title: str = "",
     xlabel: str = "Forget efficacy (100 - forget All)",
     ylabel: str = "Retain (neighbor All)",
+    errors: dict[str, tuple[float | None, float | None]] | None = None,
 ) -> dict:
     """Scatter one point per method, draw the frontier staircase and the threshold; write a PNG atomically.
+    ``errors``: {method: (x half-width, y half-width)} drawn as error bars (None: no bar on that axis); they change
+    neither the frontier nor the AUC, which use the points.
 
-    Returns {"threshold", "auc_frontier", "auc_by_method", "frontier": [methods], "points": {method: [x, y]}}.
+    Returns {"threshold", "auc_frontier", "auc_by_method", "frontier": [methods], "points": {method: [x, y]},
+    "intervals": {method: [x half-width, y half-width]} (with ``errors``)}.
     """
     import matplotlib
 
@@ -73,12 +80,18 @@ def plot_pareto(
         "frontier": [names[i] for i in front_idx],
         "points": {n: list(c) for n, c in zip(names, coords)},
     }
+    if errors:
+        summary["intervals"] = {n: list(errors.get(n, (None, None))) for n in names}
 
     fig, ax = plt.subplots(figsize=(8.4, 4.8), dpi=120)
     markers = "osD^v<>pXh*"
     for k, (n, (x, y)) in enumerate(zip(names, coords)):
         label = f"{n} (AUC {summary['auc_by_method'][n]:.3f})"
-        ax.scatter([x], [y], marker=markers[k % len(markers)], s=55, zorder=3, label=label)
+        dots = ax.scatter([x], [y], marker=markers[k % len(markers)], s=55, zorder=3, label=label)
+        xerr, yerr = (errors or {}).get(n, (None, None))
+        if xerr is not None or yerr is not None:
+            ax.errorbar([x], [y], xerr=None if xerr is None else [xerr], yerr=None if yerr is None else [yerr],
+                        fmt="none", ecolor=dots.get_facecolor()[0], elinewidth=1.0, capsize=3, zorder=2.5)
     if front_idx:
         fx = [coords[i][0] for i in front_idx]
         fy = [coords[i][1] for i in front_idx]
@@ -92,7 +105,7 @@ def plot_pareto(
     ax.text(
         0.02,
         0.03,
-        f"AUC(retain >= {threshold:g}) = {summary['auc_frontier']:.3f}",
+        f"AUC(retain >= {threshold:g}) = {summary['auc_frontier']:.3f}" + (" (on the means)" if errors else ""),
         transform=ax.transAxes,
         fontsize=9,
         bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"},

@@ -42,6 +42,7 @@ from collections.abc import Callable, Sequence
 
 from data.rwku import Target, resolve_target
 from verl.eval import metrics as M
+from verl.eval.endings import end_fields
 from verl.eval.generation import end_of_turn_ids, generate, next_token_logprobs, sequence_logprobs
 from verl.utils.chat import format_prompt
 from verl.utils.text import first_line
@@ -149,7 +150,8 @@ def evaluate_probes(
     Returns ``(metrics, generations)``: metrics hold FB/QA/AA (present levels), "All" (plain mean of the
     levels), "All_weighted" (mean over all probes), "AA_by_type" when AA is present, "n" (probe counts),
     "corrected" (FB/QA/AA/All/All_weighted of the first-line scoring) and "protocol" (labels); generations map each
-    file stem to ``[{"query","answer","output","score","output_corrected","score_corrected","level","type"}]``.
+    file stem to ``[{"query","answer","output","score","output_corrected","score_corrected","level","type"}]``, plus
+    ``eos``/``n_tokens``/``tail_tokens`` (``verl.eval.endings``) where the generation engine reports its ends.
     """
     tgt = _target(target, data_dir)
     prompts, rows = [], []
@@ -163,14 +165,15 @@ def evaluate_probes(
     # RWKU: no newline stop (its "\n" stop ids resolve to nothing), special tokens on at tokenisation
     eos = stop_ids(tokenizer, stop)
     extra = {} if eos is None else {"eos_ids": eos}
+    end_info: list[dict] = []  # per prompt: did EOS end it, and after how many tokens (verl/eval/endings.py)
     outputs = generate(gen_model or model, tokenizer, prompts, PROBE_MAX_NEW_TOKENS, stop_strings=(),
                        batch_size=batch_size, desc=f"{tgt.folder} {'/'.join(files)}",
-                       add_special_tokens=True if probe_bos == "rwku" else None, **extra)
+                       add_special_tokens=True if probe_bos == "rwku" else None, info=end_info, **extra)
     generations: dict[str, list[dict]] = defaultdict(list)
     by_level: dict[str, list[float]] = defaultdict(list)
     by_level_c: dict[str, list[float]] = defaultdict(list)
     by_type: dict[str, list[float]] = defaultdict(list)
-    for (stem, level, probe), out in zip(rows, outputs):
+    for k, ((stem, level, probe), out) in enumerate(zip(rows, outputs)):
         score = M.rougel_recall(out, probe["answer"], impl="rwku")
         first = first_line(out)
         score_c = M.rougel_recall(first, probe["answer"], impl="rwku")
@@ -180,7 +183,8 @@ def evaluate_probes(
             by_type[probe.get("type", "unknown")].append(score)
         generations[stem].append({"query": probe["query"], "answer": probe["answer"], "output": out.strip(),
                                   "score": score, "output_corrected": first, "score_corrected": score_c,
-                                  "level": level, "type": probe.get("type")})
+                                  "level": level, "type": probe.get("type"),
+                                  **end_fields(tokenizer, out, end_info[k] if k < len(end_info) else None)})
     levels = [lv for lv in ("FB", "QA", "AA") if by_level.get(lv)]
 
     def summary(scores: dict[str, list[float]]) -> dict:

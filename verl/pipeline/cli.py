@@ -4,7 +4,10 @@ Per RWKU target: [stage 0: knowledge injection, sandbox protocol] -> Rejection S
 SFT-style baselines -> verl.eval on every model -> verl.eval.report (markdown/CSV/LaTeX table and Pareto plot).
 MUSE-Books: ReBO data (data.synthesize) -> RS -> ReBO -> evaluation -> table. Every stage writes into
 LOG_DIR/<benchmark>/<EXP>/<target>/<stage>/ and a .done marker last: a rerun skips finished stages, a killed ReBO
-run resumes from its latest complete checkpoint. ``--dry-run`` prints the plan and runs nothing.
+run resumes from its latest complete checkpoint. With SEEDS=1,2,3 every stage that samples (RS, ReBO, the
+baselines) runs once per seed under <target>/seed<k>/<stage>/ (results in <target>/seed<k>/results/), while the
+injection and the Base/Original evaluations (<target>/inject/, <target>/results/) run once and serve every seed;
+the report gives seed means with 95% intervals. ``--dry-run`` prints the plan and runs nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def _help_epilog() -> str:
         "examples:",
         "  bash run_rwku.sh                         # CPU default: embedded model, one target, smoke budget",
         "  BUDGET=test INJECT=0 bash run_rwku.sh --dry-run",
+        "  SEEDS=1,2,3 BUDGET=test bash run_rwku.sh --dry-run   # RS, ReBO and baselines once per seed",
         "  MODEL=meta-llama/Meta-Llama-3-8B-Instruct INJECT=0 BUDGET=paper GPUS=0,1,2,3 \\",
         "      METHODS=\"rule_grpo rule_ppo rule_rpp ga npo simnpo rt\" bash run_rwku.sh",
     ])
@@ -51,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "why, each stage's resolved configuration) and exit; loads no model")
     for v in VARS:
         kw = {"action": "append"} if v.env == "OVERLAYS" else {}
-        p.add_argument(v.flag, dest=v.env, metavar=v.env, help=f"{v.doc} (variable {v.env}; default: {v.default})",
-                       **kw)
+        doc = f"{v.doc} (variable {v.env}; default: {v.default})".replace("%", "%%")  # argparse formats help
+        p.add_argument(v.flag, dest=v.env, metavar=v.env, help=doc, **kw)
     return p
 
 
@@ -84,6 +88,7 @@ def format_plan(plan: Plan) -> str:
         f"  METHODS={' '.join(m.name for m in s.methods)}  EXP dir={rel(s.exp_dir)}  DATA_DIR={rel(s.data_dir)}",
         f"  GPUs: {','.join(s.gpus) if s.gpus else 'none'} ({plan.n_gpus} -> trainer.n_workers of GPU ReBO runs)",
         f"  config: {' + '.join(rel(f) for f in plan.config_files)} + variables",
+        "  " + seeds_line(s.seeds),
         "  stage env: " + " ".join(f"{k}={v}" for k, v in plan.env.items()),
     ]
     lines += [f"  note: {n}" for n in s.notes]
@@ -98,6 +103,10 @@ def format_plan(plan: Plan) -> str:
             lines.append(f"{i:>3}. {st.title}: {state}")
             lines.append("       in:  " + "  ".join(f"{k}={v}" for k, v in st.inputs.items()))
             lines.append(f"       out: {st.output}")
+            if len(st.results) > 1:  # one evaluator process for several models: each one's state
+                states = [f"{METHODS[n].label} ({n}): {'skip (done)' if p.is_file() else 'run'}"
+                          for n, p in st.results.items()]
+                lines.append("       models: " + " | ".join(states))
             lines.append("       cmd: python " + shlex.join(st.cmd))
             body = " ".join(_flat(st.config))
             lines += textwrap.wrap(body, 116, initial_indent="       config: ", subsequent_indent="         ",
@@ -112,11 +121,22 @@ def format_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def seeds_line(seeds: list[int]) -> str:
+    if not seeds:
+        return ("SEEDS: one run, each stage at its own config's seed (one seed: one draw; SEEDS=1,2,3 for seed means "
+                "with intervals)")
+    return (f"SEEDS={','.join(map(str, seeds))}: RS (--seed), ReBO (trainer.seed) and the baselines (--seed) once per "
+            "seed under <target>/seed<k>/; the injection and the Base/Original evaluations once, shared")
+
+
 def resource_lines(plan: Plan) -> list[str]:
-    """The memory plan of the GPU stages (first target: every target's stages are the same) and the disk plan."""
+    """The memory plan of the GPU stages (first target and first seed: the others repeat its stages) and the disk
+    plan."""
     from verl.pipeline.resources import memory_report
 
     steps = plan.targets[0].steps if plan.targets else []
+    first = plan.settings.seeds[0] if plan.settings.seeds else None
+    steps = [st for st in steps if st.seed in (None, first)]
     lines = memory_report(plan.resources, steps)
     if not lines and plan.config.device == "cpu":
         lines = ["memory plan: a CPU budget (no GPU stage)"]

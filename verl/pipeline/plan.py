@@ -5,6 +5,7 @@ on disk, so the runner re-plans after every stage (a finished RS run decides whi
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -54,9 +55,19 @@ class Step:
     done: bool = False
     reason: str = ""  # why it is skipped, or what changed since it was done
     memory: Any = None  # resources.StageMemory of a GPU training stage: its per-GPU plan and the knobs chosen
+    seed: int | None = None  # the SEEDS value the stage runs for (None: SEEDS not given, or a stage shared by seeds)
+    shared: bool = False  # runs once per target and serves every seed (injection, MUSE data, Base/Original results)
+    results: dict[str, Path] = field(default_factory=dict)  # eval: result name -> its JSON (several: one engine)
+    digests: dict[str, str] = field(default_factory=dict)  # content hashes of what it reads (in the marker)
 
     def argv(self) -> list[str]:
         return [sys.executable, *self.cmd]
+
+    def trained_seed(self) -> int | None:
+        """The seed the stage trains with, as its resolved config says (RS.train --seed, ReBO trainer.seed)."""
+        if self.kind == "rebo":
+            return self.config.get("trainer", {}).get("seed")
+        return self.config.get("seed") if self.kind in ("inject", "rs", "baseline") else None
 
 
 @dataclass
@@ -143,21 +154,49 @@ def _rebo_config(title: str, config_file: str, overrides: list[str]) -> dict:
 
 def _marker_state(step: Step) -> None:
     """Mark a step done when its marker exists; say so when it was made by another command."""
+    if step.kind == "eval":
+        missing = [name for name, path in step.results.items() if not path.is_file()]
+        step.done = not missing
+        step.reason = f"done: {rel(step.marker)}" if step.done else "not done"
+        if step.done and len(step.results) > 1:
+            step.reason = f"done: {len(step.results)} results in {rel(step.marker.parent)}"
+        return
     if not step.marker.is_file():
         step.reason = "not done"
         return
     step.done = True
-    if step.kind == "eval":
-        step.reason = f"done: {rel(step.marker)}"
-        return
     try:
         info = json.loads(step.marker.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         info = {}  # a marker of the bash runners: a date line
     when = info.get("finished", step.marker.read_text().strip()[:20]) if info is not None else ""
     step.reason = f"done {when}: {rel(step.marker)}"
-    if isinstance(info, dict) and info.get("cmd") and info["cmd"] != step.cmd:
+    changed = isinstance(info, dict) and info.get("cmd") and info["cmd"] != step.cmd
+    changed = changed or (isinstance(info, dict) and step.digests and info.get("digests", {}) != step.digests)
+    if changed:
         step.reason += f" (made with other settings; delete {rel(step.run_dir)} to rerun)"
+
+
+@functools.cache
+def multi_model_eval() -> bool:
+    """Whether verl.eval scores several models in one process (``--model NAME:LABEL=PATH --output_dir DIR``)."""
+    from verl.eval.cli import build_parser
+
+    return any("--output_dir" in a.option_strings for a in build_parser()._actions)
+
+
+def seed_dir(tdir: Path, seed: int | None) -> Path:
+    """Where a seed's stages go: ``<target>/seed<k>/``; without SEEDS the target folder itself (one run)."""
+    return tdir if seed is None else tdir / f"seed{seed}"
+
+
+def _named(name: str, seed: int | None) -> str:
+    """A step name unique within a target: ``rs``, or ``seed2/rs`` under SEEDS."""
+    return name if seed is None else f"seed{seed}/{name}"
+
+
+def _titled(title: str, seed: int | None) -> str:
+    return title if seed is None else f"{title} seed {seed}"
 
 
 def latest_actor(run_dir: Path) -> Path | None:
@@ -188,6 +227,8 @@ class Planner:
         self.n_gpus = len(settings.gpus) if n_gpus is None else n_gpus
         self.problems: list[str] = []
         self.notes: list[str] = []  # what the plan could not check
+        self._rebo_files: dict[tuple, tuple[list[dict], dict]] = {}  # ReBO train rows per target and recipe
+        self.rebo_summaries: dict[str, dict] = {}  # target -> its ReBO file: rows kept and dropped, split, hash
         if self.cfg.device == "cuda" and self.n_gpus == 0:
             self.problems.append(f"BUDGET={settings.budget} is sized for GPUs (device: cuda) but no GPU is visible: "
                                  "use BUDGET=smoke or BUDGET=test on a CPU, or set GPUS")
@@ -232,9 +273,12 @@ class Planner:
         return rel(path)
 
     def rs_like(self, name: str, kind: str, title: str, run_dir: Path, model: str, stage: str, dataset: str,
-                config: str, extra: dict[str, Any], target: str | None) -> Step:
+                config: str, extra: dict[str, Any], target: str | None, seed: int | None = None) -> Step:
+        """An RS.train stage; ``seed`` (a SEEDS value) becomes its ``--seed``, over any budget section."""
         flags = dict(extra)
         flags.pop("config", None)
+        if seed is not None:
+            flags["seed"] = seed
         argv = ["--stage", stage, "--config", config]
         if dataset:
             argv += ["--dataset", dataset]
@@ -244,6 +288,11 @@ class Planner:
         argv += ["--data_dir", rel(self.s.data_dir), "--output_dir", rel(run_dir), "--overwrite_output_dir",
                  *_flags(flags)]
         resolved = _rs_config(title, argv)
+        keep = self.cfg.rs_checkpoint.rpartition("-")[2]
+        if kind == "rs" and keep.isdigit() and keep not in str(resolved.get("save_keep_epochs", "")).split(","):
+            # --save_total_limit must never remove the epoch checkpoint ReBO starts from (RS_CHECKPOINT)
+            argv += ["--save_keep_epochs", ",".join(filter(None, [str(resolved.get("save_keep_epochs", "")), keep]))]
+            resolved = _rs_config(title, argv)
         accelerate, memory = "RS/configs/accelerate_fsdp.yaml", None
         if self.cfg.device == "cuda" and self.n_gpus and self.resources():
             memory = self.resources().fit_sft(name, kind, resolved, {k: v for k, v in flags.items()})
@@ -261,7 +310,7 @@ class Planner:
             cmd = ["-m", "accelerate.commands.launch", "--config_file", rel(REPO / accelerate),
                    "--num_processes", str(self.n_gpus), *cmd]
         return Step(name, kind, title, run_dir, cmd, {"model": model}, rel(run_dir), resolved,
-                    run_dir / MARKER, run_dir / "run.log", memory=memory)
+                    run_dir / MARKER, run_dir / "run.log", memory=memory, seed=seed, shared=kind == "inject")
 
     def rs_output(self, rs: Step) -> str:
         """RS's model for ReBO: the configured epoch checkpoint when RS writes it, else its final model."""
@@ -274,18 +323,20 @@ class Planner:
         return rel(ckpt) if epochs_ok else rel(rs.run_dir)
 
     def rebo(self, m: Method, title: str, run_dir: Path, start: str, ref: str, train: str, val: str | None,
-             wiring: dict[str, Any]) -> Step:
+             wiring: dict[str, Any], experiment: str, seed: int | None = None) -> Step:
+        """A verl.trainer.main stage; ``seed`` (a SEEDS value) becomes its ``trainer.seed``, over any budget section."""
         variant = self.cfg.rebo_variant
         cfg_file = m.rebo_configs[self.s.benchmark][variant]
         if not (REPO / cfg_file).is_file():
             raise PlanError(f"{title}: ReBO config {cfg_file} does not exist")
         base = {"data": {"train_files": train, "val_files": val, "rwku": {"data_root": rel(self.s.data_dir)}},
                 "worker": {"actor": {"model_path": start}, "ref": {"model_path": ref}},
-                "trainer": {"save_dir": rel(run_dir), "experiment_name": f"{m.name}_{run_dir.parent.name}"}}
+                "trainer": {"save_dir": rel(run_dir), "experiment_name": experiment}}
         from omegaconf import OmegaConf
 
+        last = {"trainer": {"seed": seed}} if seed is not None else {}
         merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(wiring),
-                                                        OmegaConf.create(self.args("rebo"))))
+                                                        OmegaConf.create(self.args("rebo")), OmegaConf.create(last)))
         overrides = _dotlist(merged)
         resolved = _rebo_config(title, rel(REPO / cfg_file), overrides)
         if resolved["trainer"]["device"] == "cuda":
@@ -299,7 +350,7 @@ class Planner:
         if resolved["trainer"]["device"] == "cuda" and self.n_gpus and self.resources():
             from verl.pipeline.resources import flat
 
-            memory = self.resources().fit_rebo(m.name, resolved, flat(self.args("rebo")))
+            memory = self.resources().fit_rebo(_named(m.name, seed), resolved, flat(self.args("rebo")))
             if memory.overrides:  # the knobs and the vLLM share the memory plan chose
                 overrides += _dotlist(memory.overrides)
                 resolved = _rebo_config(title, rel(REPO / cfg_file), overrides)
@@ -309,22 +360,55 @@ class Planner:
         actor = latest_actor(run_dir)
         last = "<last>" if resolved["trainer"].get("total_epochs") else resolved["trainer"]["total_steps"]  # by rows
         out = rel(actor) if actor else f"{rel(run_dir)}/checkpoints/global_step_{last}/actor"
-        return Step(m.name, "rebo", title, run_dir, cmd, {"model": start, "ref": ref, "data": train}, out, resolved,
-                    run_dir / MARKER, run_dir / "run.log", memory=memory)
+        return Step(_named(m.name, seed), "rebo", title, run_dir, cmd, {"model": start, "ref": ref, "data": train}, out,
+                    resolved, run_dir / MARKER, run_dir / "run.log", memory=memory, seed=seed)
 
-    def evaluation(self, name: str, label: str, model: str, results: Path, target: str | None) -> Step:
+    def evaluation(self, name: str, label: str, model: str, results: Path, target: str | None,
+                   seed: int | None = None) -> Step:
+        """One verl.eval process scoring one model into ``results/<name>.json``."""
         out = results / f"{name}.json"
         argv = ["--benchmark", self.s.benchmark, "--model_path", model]
         if target:
             argv += ["--target", target]
         argv += ["--method", label, "--protocol", self.s.protocol, "--data_dir", rel(self.s.data_dir),
                  "--output", rel(out), *_flags(self.args("eval"))]
-        title = f"eval {label} ({name})"
-        return Step(f"eval:{name}", "eval", title, results, ["-m", "verl.eval", *argv], {"model": model}, rel(out),
-                    _eval_config(title, argv), out, results / f"{name}.log")
+        title = _titled(f"eval {label} ({name})", seed)
+        return Step(_named(f"eval:{name}", seed), "eval", title, results, ["-m", "verl.eval", *argv], {"model": model},
+                    rel(out), _eval_config(title, argv), out, results / f"{name}.log", seed=seed,
+                    shared=seed is None and bool(self.s.seeds), results={name: out})
+
+    def evaluations(self, rows: list[tuple[str, str]], results: Path, target: str | None,
+                    seed: int | None) -> list[Step]:
+        """The evaluation stages of one results folder: ``rows`` = (method name, model), each scored into
+        ``results/<name>.json`` (a name listed twice is scored once). One evaluator process for all of them when
+        verl.eval has its several-models mode (one engine, weights swapped: the engine's start-up and the data
+        loading are paid once), else one process per model."""
+        rows = list(dict(rows).items())
+        if not rows:
+            return []
+        if not multi_model_eval():
+            return [self.evaluation(name, METHODS[name].label, model, results, target, seed) for name, model in rows]
+        outs = {name: results / f"{name}.json" for name, _ in rows}
+        todo = [(name, model) for name, model in rows if not outs[name].is_file()] or rows
+        argv = ["--benchmark", self.s.benchmark, "--output_dir", rel(results)]
+        for name, model in todo:
+            argv += ["--model", f"{name}:{METHODS[name].label}={model}"]
+        if target:
+            argv += ["--target", target]
+        argv += ["--protocol", self.s.protocol, "--data_dir", rel(self.s.data_dir), *_flags(self.args("eval"))]
+        title = _titled(f"eval {target or 'books'}", seed)
+        return [Step(_named("eval", seed), "eval", title, results, ["-m", "verl.eval", *argv], dict(rows),
+                     f"{rel(results)}/{{{','.join(outs)}}}.json", _eval_config(title, argv), outs[rows[0][0]],
+                     results / "eval.log", seed=seed, shared=seed is None and bool(self.s.seeds), results=outs)]
 
     # ---- one target
+    def seeds(self) -> list[int | None]:
+        """The SEEDS values; [None] without SEEDS: one run, each stage at its own config's seed, no seed folders."""
+        return list(self.s.seeds) or [None]
+
     def plan_rwku(self, target: str) -> TargetPlan:
+        """[injection] -> per seed: RS -> ReBO methods and baselines -> their evaluations. The injection and the
+        Base/Original evaluations do not sample: they run once per target and every seed shares them."""
         from data.rwku import resolve_target
 
         try:
@@ -333,48 +417,116 @@ class Planner:
             raise PlanError(f"TARGETS: {exc}") from None
         tdir = self.s.exp_dir / folder
         steps: list[Step] = []
-        models: dict[str, str] = {"original": self.s.model}
+        shared: dict[str, str] = {"original": self.s.model}
+        inject_config: dict[str, Any] = {}
         if self.s.protocol == "sandbox":
             inject_args = self.args("inject")
-            steps.append(self.rs_like("inject", "inject", f"inject {folder}", tdir / "inject", self.s.model, "inject", "",
-                                      self._config_path("inject", "inject", inject_args.get("config")), inject_args,
-                                      folder))
-            models["base"] = self.s.model
-            models["original"] = rel(tdir / "inject")
+            steps.append(self.rs_like("inject", "inject", f"inject {folder}", tdir / "inject", self.s.model, "inject",
+                                      "", self._config_path("inject", "inject", inject_args.get("config")),
+                                      inject_args, folder))
+            shared = {"base": self.s.model, "original": rel(tdir / "inject")}
+            inject_config = steps[-1].config
         rs_args = self.args("rs")
-        rs = self.rs_like("rs", "rs", f"RS {folder}", tdir / "rs", models["original"], "rt", "reject_target",
-                          self._config_path("RS", "rs", rs_args.get("config")), rs_args, folder)
-        steps.append(rs)
-        _marker_state(rs)
-        models["rs"] = self.rs_output(rs)
-        for m in self.s.methods:
-            if m.name in ALWAYS:
-                continue
-            run_dir = tdir / m.name
-            if m.kind == "rebo":
-                start = models["rs"] if self.cfg.rebo_start == "rs" else models["original"]
-                ref = start if self.cfg.rebo_ref == "start" else models["original"]
-                train, prepare = f"rwku:{folder}:{REBO_TRAIN_STEM}", None
-                if self.cfg.rebo_data == "reject_only":
-                    subset = tdir / f"{m.name}.reject_only.json"
-                    train, prepare = rel(subset), _reject_only_writer(folder, self.s.data_dir, subset)
-                step = self.rebo(m, f"ReBO {m.name} {folder}", run_dir, start, ref, train,
-                                 f"rwku:{folder}:{REBO_VAL_STEM}", {})
-                step.prepare = prepare
-            else:
-                step = self.rs_like(m.name, "baseline", f"{m.name} {folder}", run_dir, models["original"], m.stage,
-                                    m.dataset, self._config_path(m.name, m.config_stem, None), self.args("baseline"),
-                                    folder)
-            steps.append(step)
-            models[m.name] = step.output
-        for name in ["base", "original", "rs", *[m.name for m in self.s.methods]]:
-            if name in models and not any(s.name == f"eval:{name}" for s in steps):
-                steps.append(self.evaluation(name, METHODS[name].label, models[name], tdir / "results", folder))
+        rs_config = self._config_path("RS", "rs", rs_args.get("config"))
+
+        def rs(seed: int | None) -> Step:
+            return self.rs_like(_named("rs", seed), "rs", _titled(f"RS {folder}", seed), seed_dir(tdir, seed) / "rs",
+                                shared["original"], "rt", "reject_target", rs_config, rs_args, folder, seed)
+
+        def method(m: Method, seed: int | None, rs_model: str) -> Step:
+            return self._rwku_method(m, folder, tdir, seed, shared["original"], rs_model, inject_config)
+
+        steps += self.per_seed(tdir, list(shared.items()), folder, rs, method)
         for st in steps:
             _marker_state(st)
         return TargetPlan(folder, tdir, steps)
 
+    def per_seed(self, tdir: Path, shared: list[tuple[str, str]], target: str | None, rs: Callable[[int | None], Step],
+                 method: Callable[[Method, int | None, str], Step | None]) -> list[Step]:
+        """The stages that sample, once per seed (``rs(seed)``, then ``method(m, seed, rs model)`` for each method,
+        None where it does not apply), each seed's evaluations after its training, and the evaluation of the
+        ``shared`` models (Base, Original: (name, model)) once, before them; without SEEDS one results folder for
+        all."""
+        steps = self.evaluations(shared, tdir / "results", target, None) if self.s.seeds else []
+        for seed in self.seeds():
+            rs_step = rs(seed)
+            _marker_state(rs_step)  # a finished RS decides which checkpoint ReBO starts from
+            steps.append(rs_step)
+            models = {"rs": self.rs_output(rs_step)}
+            for m in self.s.methods:
+                step = None if m.name in ALWAYS else method(m, seed, models["rs"])
+                if step is not None:
+                    steps.append(step)
+                    models[m.name] = step.output
+            rows = [] if self.s.seeds else list(shared)
+            rows += [(n, models[n]) for n in ["rs", *[m.name for m in self.s.methods]] if n in models]
+            steps += self.evaluations(rows, seed_dir(tdir, seed) / "results", target, seed)
+        return steps
+
+    def _rwku_method(self, m: Method, folder: str, tdir: Path, seed: int | None, original: str, rs: str,
+                     inject_config: dict[str, Any]) -> Step:
+        """One ReBO method or SFT-style baseline of one seed, started from that seed's RS model (ReBO) or the
+        original model (baselines)."""
+        run_dir = seed_dir(tdir, seed) / m.name
+        if m.kind != "rebo":
+            return self.rs_like(_named(m.name, seed), "baseline", _titled(f"{m.name} {folder}", seed), run_dir,
+                                original, m.stage, m.dataset, self._config_path(m.name, m.config_stem, None),
+                                self.args("baseline"), folder, seed)
+        start = rs if self.cfg.rebo_start == "rs" else original
+        ref = start if self.cfg.rebo_ref == "start" else original
+        train, prepare, digest = self.rebo_train_file(folder, tdir, inject_config)
+        step = self.rebo(m, _titled(f"ReBO {m.name} {folder}", seed), run_dir, start, ref, train,
+                         f"rwku:{folder}:{REBO_VAL_STEM}", {}, _experiment(m.name, folder, seed), seed)
+        step.prepare, step.digests = prepare, {"data": digest}
+        kept = self.rebo_summaries[folder]
+        step.inputs["data_sha256"] = digest
+        pool = f"a pool of {kept['pool']} groups" if kept["pool"] else "every other group"
+        step.inputs["data_rows"] = f"{kept['n_kept']}/{kept['n_rows']} ({kept['dropped']['held_out']} held out, {pool})"
+        return step
+
+    def boundary_recipe(self, inject_config: dict[str, Any]) -> tuple[float, int]:
+        """(share of the ReBO groups held out as the boundary suite, sandbox pool size) of ReBO's training file. The
+        share is the evaluator's (its suite must be what ReBO never sees); the pool is the injection's when it teaches
+        the pool's boundary facts (ReBO then samples only rows whose answers the Original knows), else 0: all rows."""
+        from data.boundary import BOUNDARY_SHARE
+
+        share = float(self.args("eval").get("boundary_share", BOUNDARY_SHARE))
+        if not inject_config.get("inject_boundary"):
+            return share, 0
+        if abs(float(inject_config["inject_boundary_share"]) - share) > 1e-12:
+            raise PlanError(f"boundary share: the injection holds out {inject_config['inject_boundary_share']} of the "
+                            f"ReBO groups, the evaluator {share}: set inject_boundary_share and the eval stage's "
+                            "boundary_share alike (the suite must be the facts injected and never trained on)")
+        return share, int(inject_config["inject_boundary_pool"])
+
+    def rebo_train_file(self, folder: str, tdir: Path, inject_config: dict[str, Any]):
+        """(path, writer, sha256) of ReBO's training file for a target: its ReBO rows without the boundary suite's
+        held-out groups or a probe (``data.boundary.write_rebo_train_file``), in the sandbox only the pool's groups,
+        with REBO_DATA=reject_only only ``<reject>`` rows. One file per target, shared by every seed and method; the
+        hash is of its rows, computed here so that the plan shows it and a marker made from other rows says so."""
+        share, pool = self.boundary_recipe(inject_config)
+        labels = ("<reject>",) if self.cfg.rebo_data == "reject_only" else None
+        out = tdir / ("rebo_train.reject_only.json" if labels else "rebo_train.json")
+        key = (folder, share, pool, labels)
+        if key not in self._rebo_files:
+            self._rebo_files[key] = _rebo_rows(folder, self.s.data_dir, share, pool, labels)
+        rows, summary = self._rebo_files[key]
+        digest = rows_sha256(rows)
+        self.rebo_summaries[folder] = {"file": rel(out), "sha256": digest, **summary}
+
+        def write() -> None:
+            from data.boundary import write_rebo_train_file
+
+            write_rebo_train_file(folder, out, share, pool, labels, data_root=self.s.data_dir)
+            written = rows_sha256(json.loads(out.read_text(encoding="utf-8")))
+            if written != digest:
+                raise PlanError(f"{rel(out)}: the rows written (sha256 {written[:12]}) are not the planned ones "
+                                f"({digest[:12]}): the data changed during the run")
+
+        return rel(out), write, digest
+
     def plan_muse(self) -> TargetPlan:
+        """ReBO data -> per seed: RS -> ReBO -> evaluations; the data and the Original evaluation are shared."""
         tdir = self.s.exp_dir / "books"
         data_out = tdir / "data" / "MUSE" / "books"
         steps: list[Step] = []
@@ -382,33 +534,30 @@ class Planner:
                 *_flags(self.args("data"))]
         steps.append(Step("data", "data", "MUSE ReBO data", tdir / "data", ["-m", "data.synthesize", *argv],
                           {"data": rel(Path(self.s.data_dir) / "MUSE" / "books")}, rel(data_out),
-                          {"argv": argv}, tdir / "data" / MARKER, tdir / "data" / "run.log"))
+                          {"argv": argv}, tdir / "data" / MARKER, tdir / "data" / "run.log", shared=True))
+        notes = [f"{m.name}: applies to {'/'.join(m.benchmarks)} only; not run on MUSE" for m in self.s.methods
+                 if m.name not in ALWAYS and "muse" not in m.benchmarks]
+        if self.cfg.rebo_data == "reject_only":
+            raise PlanError("REBO_DATA=reject_only is an RWKU ablation; MUSE runs with REBO_DATA=full")
         rs_args = self.args("rs")
-        rs = self.rs_like("rs", "rs", "RS books", tdir / "rs", self.s.model, "rt", "muse_reject",
-                          self._config_path("RS", "rs", rs_args.get("config")), rs_args, None)
-        steps.append(rs)
-        _marker_state(rs)
-        models = {"original": self.s.model, "rs": self.rs_output(rs)}
-        notes = []
-        for m in self.s.methods:
-            if m.name in ALWAYS:
-                continue
+        rs_config = self._config_path("RS", "rs", rs_args.get("config"))
+
+        def rs(seed: int | None) -> Step:
+            return self.rs_like(_named("rs", seed), "rs", _titled("RS books", seed), seed_dir(tdir, seed) / "rs",
+                                self.s.model, "rt", "muse_reject", rs_config, rs_args, None, seed)
+
+        def method(m: Method, seed: int | None, rs_model: str) -> Step | None:
             if "muse" not in m.benchmarks:
-                notes.append(f"{m.name}: applies to {'/'.join(m.benchmarks)} only; not run on MUSE")
-                continue
-            start = models["rs"] if self.cfg.rebo_start == "rs" else models["original"]
-            ref = start if self.cfg.rebo_ref == "start" else models["original"]
-            if self.cfg.rebo_data == "reject_only":
-                raise PlanError("REBO_DATA=reject_only is an RWKU ablation; MUSE runs with REBO_DATA=full")
+                return None
+            start = rs_model if self.cfg.rebo_start == "rs" else self.s.model
+            ref = start if self.cfg.rebo_ref == "start" else self.s.model
             # MUSE has no target name to reward: the two-stage reward without the entity bonus
-            step = self.rebo(m, f"ReBO {m.name} books", tdir / m.name, start, ref,
+            return self.rebo(m, _titled(f"ReBO {m.name} books", seed), seed_dir(tdir, seed) / m.name, start, ref,
                              rel(data_out / "rl_rejection_with_neighbor.json"), rel(data_out / f"{REBO_VAL_STEM}.json"),
-                             {"worker": {"reward": {"reward_fn": "forget_two_stage_abs"}}})
-            steps.append(step)
-            models[m.name] = step.output
-        for name in ["original", "rs", *[m.name for m in self.s.methods]]:
-            if name in models and not any(s.name == f"eval:{name}" for s in steps):
-                steps.append(self.evaluation(name, METHODS[name].label, models[name], tdir / "results", None))
+                             {"worker": {"reward": {"reward_fn": "forget_two_stage_abs"}}},
+                             _experiment(m.name, "books", seed), seed)
+
+        steps += self.per_seed(tdir, [("original", self.s.model)], None, rs, method)
         for st in steps:
             _marker_state(st)
         return TargetPlan("books", tdir, steps, notes)
@@ -452,21 +601,37 @@ class Planner:
         return disk_plan([(tp.target, tp.steps) for tp in targets], shape, self.s.log_dir)
 
 
-def _reject_only_writer(folder: str, data_dir: str, out: Path) -> Callable[[], None]:
-    def write() -> None:
-        from data.rwku import resolve_target
-        from verl.utils.io import atomic_write_json
+def _experiment(method: str, target: str, seed: int | None) -> str:
+    """ReBO's trainer.experiment_name (the logger's run name): method, target and seed."""
+    return f"{method}_{target}" + ("" if seed is None else f"_seed{seed}")
 
-        rows = [r for r in resolve_target(folder, data_dir).load(REBO_TRAIN_STEM) if r["solution"][0] == "<reject>"]
-        if not rows:
-            raise PlanError(f"{folder}: {REBO_TRAIN_STEM}.json has no <reject> rows for REBO_DATA=reject_only")
-        atomic_write_json(out, rows)
 
-    return write
+def rows_sha256(rows: list[dict]) -> str:
+    """SHA-256 of rows as canonical JSON (key order and spacing do not count)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def _rebo_rows(folder: str, data_dir: str, share: float, pool: int, labels: tuple[str, ...] | None):
+    """The rows ``data.boundary.write_rebo_train_file`` writes for these settings, and its summary (nothing is
+    written: the plan needs their hash, a dry run writes nothing)."""
+    from data.boundary import REBO_STEM, probe_queries, split_rows, train_rows
+    from data.rwku import resolve_target
+
+    t = resolve_target(folder, data_dir)
+    if not t.has(REBO_STEM):
+        raise PlanError(f"{folder}: no {REBO_STEM}.json, so ReBO has nothing to train on (data.synthesize makes one)")
+    rows = t.load(REBO_STEM)
+    kept, summary = train_rows(rows, split_rows(rows, share, str(t.file(REBO_STEM))), pool, probe_queries(t), labels)
+    if not kept:
+        raise PlanError(f"{folder}: no ReBO row left after the boundary split ({summary['dropped']})")
+    return kept, summary
 
 
 def stage_env(plan: Plan) -> dict[str, str]:
     return {**os.environ, **plan.env}
 
 
-__all__ = ["Plan", "PlanError", "Planner", "Step", "TargetPlan", "latest_actor", "rel", "stage_env"]
+__all__ = ["Plan", "PlanError", "Planner", "Step", "TargetPlan", "latest_actor", "rel", "rows_sha256", "seed_dir",
+           "stage_env"]

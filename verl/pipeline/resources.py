@@ -28,6 +28,11 @@ LORA_RANK = 64  # the rank the plan chooses when only LoRA fits
 CHUNK_TOKENS = 512  # log-prob chunk the plan chooses when the key exists and is off (the trainer's default)
 EVAL_OUTPUT_BYTES = 20 * 10**6  # one evaluation's result JSON (generations included) and log, an upper estimate
 RS_OFFLOAD_CONFIG = "RS/configs/accelerate_fsdp_offload.yaml"
+UNCUT_ROW_TOKENS = 1024
+"""Tokens per row an RS.train plan assumes with ``cutoff_len 0`` (no cutoff; RS.train allows it for the MUSE data
+only): a bound of the MUSE RS rows (the forget few-shot prefix, a question and its refusal, or a completion row): the
+longest is 549 SmolLM2 tokens (~2,300 characters; tests/test_resources.py measures it), and Llama-2's tokenizer (the
+MUSE target model's) needs fewer than 1.5x as many tokens as SmolLM2's for English text."""
 
 _LLAMA3_8B = {"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
               "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
@@ -188,6 +193,8 @@ def rebo_memory(cfg: dict, world: int, engine: str, size_vllm: bool) -> mem.Rebo
         engine=engine, max_num_seqs=ro["max_num_seqs"], kv_cache_bytes=ro.get("kv_cache_bytes"),
         gpu_memory_utilization=ro["gpu_memory_utilization"], size_vllm=size_vllm and engine == "vllm",
         hf_micro_batch=ro.get("micro_batch_size", 64),
+        sync_chunk_bytes=int(float(ro.get("sync_chunk_mb") or 512) * 2**20),
+        engine_processes=world > 1 or int(ro.get("tensor_parallel_size") or 1) > 1,
     )
 
 
@@ -232,12 +239,17 @@ def sft_memory(cfg: dict, world: int, fsdp: bool, offload: bool) -> mem.SftMemor
     dpo = stage.forget_loss == "dpo"
     lora = cfg["finetuning_type"] == "lora"
     return mem.SftMemory(
-        world=world, rows=rows, tokens=cfg["cutoff_len"], bf16=cfg["bf16"], fsdp=fsdp, offload=offload,
+        world=world, rows=rows, tokens=row_tokens(cfg), bf16=cfg["bf16"], fsdp=fsdp, offload=offload,
         lora_rank=cfg["lora_rank"] if lora else 0, lora_targets="all-linear" if cfg["lora_target"] == "all"
         else cfg["lora_target"], gradient_checkpointing=bool(cfg.get("gradient_checkpointing", False)),
         needs_ref=stage.needs_ref, policy_passes=1 + (stage.retain is not None) + dpo,
         ref_passes=(2 if dpo else 1 if stage.forget_loss == "npo" else 0) + (stage.retain == "kl"),
     )
+
+
+def row_tokens(cfg: dict) -> int:
+    """Tokens per row of an RS.train stage: its ``cutoff_len``, or ``UNCUT_ROW_TOKENS`` without a cutoff (0)."""
+    return cfg["cutoff_len"] if cfg["cutoff_len"] > 0 else UNCUT_ROW_TOKENS
 
 
 def sft_candidates(cfg: dict, repo: Path) -> list[list[Knob]]:
@@ -357,6 +369,9 @@ class Resources:
         configured = build({})
         choice = mem.choose(build, sft_candidates(cfg, self.repo), user)
         sm = StageMemory(name, title, kind, configured, choice)
+        if cfg["cutoff_len"] <= 0:
+            sm.notes.append(f"cutoff_len 0 (no cutoff): rows planned at {UNCUT_ROW_TOKENS:,} tokens, a bound of the "
+                            "MUSE RS rows (the longest: 549 SmolLM2 tokens)")
         if choice.fits:
             sm.overrides = dict(mem.knob_values(choice.knobs))
         else:
@@ -466,10 +481,22 @@ def detail_lines(sm: StageMemory) -> list[str]:
                    f"KV {_gb(v.kv_available)} ({kv_tokens:,} tokens; {v.seqs} sequences x {v.seq_tokens} need "
                    f"{_gb(v.kv_needed)})")
     if plan.host_bytes:
-        out.append(f"    {sm.name}: host memory per node for the weight sync and offload: "
-                   f"{_gb(plan.host_bytes)} GB")
+        out.append(f"    {sm.name}: {host_line(plan)}")
     out += [f"    {sm.name}: note: {n}" for n in sm.notes]
     return out
+
+
+def host_line(plan: MemoryPlan) -> str:
+    """The plan's host memory per node in words (ReBO: offload plus the larger of the weight sync and the save)."""
+    p = plan.host_parts
+    if not p:
+        return f"host memory per node for offload: {_gb(plan.host_bytes)} GB"
+    sync = p.get("weight sync", 0)
+    how = (f"{plan.world} rank(s) x {_gb(sync / plan.world)}: one FSDP unit's copies and a transfer buffer each, "
+           "never a full copy of the weights" if sync else "no vLLM engine")
+    return (f"host memory per node: {_gb(plan.host_bytes)} GB at most = offload {_gb(p.get('offload', 0))} + the "
+            f"larger of the weight sync {_gb(sync)} ({how}) and a checkpoint save {_gb(p.get('checkpoint save', 0))} "
+            "(rank 0 gathers the fp32 weights for the HF export)")
 
 
 def memory_report(res: Resources | None, steps: list) -> list[str]:
@@ -491,14 +518,28 @@ def memory_report(res: Resources | None, steps: list) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ disk
-def sft_disk_bytes(cfg: dict, shape: ModelShape) -> tuple[int, str]:
-    """An RS.train run's folder at its peak, as ``RS.checkpoint`` keeps it: the epoch checkpoints
-    (``--save_strategy epoch`` when epochs decide the length; ``--save_total_limit`` and ``--save_keep_epochs``) and
-    the final model, each in the save dtype (``--save_dtype``: the training precision), LoRA runs with their adapter.
-    With ``--max_steps`` the run is taken to end before its first epoch checkpoint."""
+@dataclass(frozen=True)
+class StageDisk:
+    """One stage's disk use: ``after`` stays once it has ended, ``peak`` is its largest while it runs (checkpoints
+    written beside the kept ones, resume state not yet dropped)."""
+
+    peak: int
+    after: int
+    what: str
+
+    @property
+    def transient(self) -> int:
+        return self.peak - self.after
+
+
+def sft_disk(cfg: dict, shape: ModelShape) -> StageDisk:
+    """An RS.train run's folder as ``RS.checkpoint`` keeps it: the epoch checkpoints (``--save_strategy epoch`` when
+    epochs decide the length; ``--save_total_limit`` and ``--save_keep_epochs``) and the final model, each in the
+    save dtype (``--save_dtype``: the training precision), LoRA runs with their adapter. With ``--max_steps`` the run
+    is taken to end before its first epoch checkpoint."""
     import math
 
-    from RS.checkpoint import checkpoint_bytes, run_disk_bytes
+    from RS.checkpoint import checkpoint_bytes, run_disk_after_bytes, run_disk_bytes
 
     epochs = math.ceil(cfg["num_train_epochs"]) if cfg.get("save_strategy") == "epoch" and cfg["max_steps"] <= 0 else 0
     dtype = cfg.get("save_dtype", "auto")
@@ -507,23 +548,27 @@ def sft_disk_bytes(cfg: dict, shape: ModelShape) -> tuple[int, str]:
         if cfg["finetuning_type"] == "lora" else 0
     limit = cfg.get("save_total_limit", 0)
     keep = {int(e) for e in str(cfg.get("save_keep_epochs", "")).split(",") if e.strip().isdigit()}
-    if not epochs:
-        return checkpoint_bytes(shape.n_params, dtype, lora), f"final model in {dtype}"
-    n = run_disk_bytes(shape.n_params, dtype, epochs, limit, keep, lora)
     each = checkpoint_bytes(shape.n_params, dtype, lora)
-    return n, f"{epochs} epochs, save_total_limit {limit}, {_gb(each)} GB each in {dtype}"
+    if not epochs:
+        return StageDisk(each, each, f"final model in {dtype}")
+    kept = ",".join(map(str, sorted(keep))) or "none"
+    return StageDisk(run_disk_bytes(shape.n_params, dtype, epochs, limit, keep, lora),
+                     run_disk_after_bytes(shape.n_params, dtype, epochs, limit, keep, lora),
+                     f"{epochs} epochs, save_total_limit {limit}, save_keep_epochs {kept}, {_gb(each)} GB each in "
+                     f"{dtype}")
 
 
-def rebo_disk_bytes(cfg: dict, shape: ModelShape) -> tuple[int, str]:
-    """A ReBO run's checkpoints at their peak, as ``verl.trainer.checkpoint`` keeps them: ``trainer.save_limit``
-    kept, the latest (and the previous one while a new one is written) with the resume state (optimizer, fp32 master
-    weights, critic), the older ones trimmed to the actor's weights in ``worker.actor.dtype``."""
-    from verl.trainer.checkpoint import checkpoint_bytes, checkpoints_peak_bytes
+def rebo_disk(cfg: dict, shape: ModelShape) -> StageDisk:
+    """A ReBO run's checkpoints as ``verl.trainer.checkpoint`` keeps them (``run_checkpoint_bytes``):
+    ``trainer.save_limit`` kept; while the run goes on the latest (and the previous one while a new one is written)
+    holds the resume state (optimizer, fp32 master weights, critic); the last step's checkpoint is written without it
+    unless ``trainer.keep_resume_state``."""
+    from verl.trainer.checkpoint import run_checkpoint_bytes
 
     t, actor = cfg["trainer"], cfg["worker"]["actor"]
     total, freq, limit = t["total_steps"], t["save_freq"], t["save_limit"]
-    if t.get("total_epochs"):  # steps counted from the data at start: the kept ones bound the peak
-        saves = limit if limit > 0 else total
+    if t.get("total_epochs"):  # steps counted from the data at start: a save beyond the kept ones bounds the peak
+        saves = limit + 1 if limit > 0 else total
     else:
         saves = (total // freq + (1 if total % freq else 0)) if freq > 0 else 1
     kept = saves if limit <= 0 else min(saves, limit)
@@ -532,9 +577,10 @@ def rebo_disk_bytes(cfg: dict, shape: ModelShape) -> tuple[int, str]:
     kw = dict(n_params=shape.n_params, dtype=actor["dtype"],
               lora_params=shape.lora_params(rank, lora.get("target_modules") or "all-linear") if rank else 0,
               critic_params=shape.critic_params if cfg["algorithm"]["adv_estimator"] == "gae" else 0)
-    state = t.get("resume_state", "latest")
-    n = checkpoint_bytes(with_optimizer=True, **kw) if saves <= 1 else checkpoints_peak_bytes(kept, state, **kw)
-    return n, f"{kept} kept of {saves} saves, resume state in the {state}"
+    state, keep_final = t.get("resume_state", "latest"), bool(t.get("keep_resume_state", False))
+    peak, after = run_checkpoint_bytes(saves, kept, state, keep_final, **kw)
+    return StageDisk(peak, after, f"{kept} kept of {saves} saves, resume state in the {state}"
+                     + (", kept at the last step" if keep_final else ", dropped at the last step"))
 
 
 @dataclass
@@ -551,7 +597,8 @@ class DiskPlan:
     def refusal(self, log_dir: str) -> str:
         return (f"disk: the stages still to run write {_gb(self.need)} GB under LOG_DIR={log_dir} but {self.where} has "
                 f"{_gb(self.free)} GB free: free space, set LOG_DIR on a larger disk, run fewer TARGETS or METHODS at "
-                "once, or keep fewer checkpoints (trainer.save_limit of ReBO; RS.train --save_strategy no)")
+                "once, or keep fewer checkpoints (trainer.save_limit of ReBO; RS.train --save_total_limit or "
+                "--save_strategy no)")
 
     def report(self, log_dir: str) -> list[str]:
         return [f"disk plan (GB = 1e9 bytes) under LOG_DIR={log_dir} ({self.where}: {_gb(self.free)} GB free): "
@@ -567,40 +614,55 @@ def free_bytes(log_dir: str | Path) -> tuple[int, str]:
     return shutil.disk_usage(p).free, str(p)
 
 
+def stage_disk(st, shape: ModelShape | None) -> StageDisk | None:
+    """A step's disk use (None: it writes nothing counted here, or the model's shapes are unknown)."""
+    if st.kind == "eval":
+        return StageDisk(EVAL_OUTPUT_BYTES, EVAL_OUTPUT_BYTES, "results")
+    if shape is None or st.kind == "data":
+        return None
+    return rebo_disk(st.config, shape) if st.kind == "rebo" else sft_disk(st.config, shape)
+
+
+def _stage_line(name: str, d: StageDisk) -> str:
+    if d.transient:
+        return f"{name} {_gb(d.after)} GB stays, {_gb(d.peak)} GB at its peak ({d.what})"
+    return f"{name} {_gb(d.after)} GB ({d.what})"
+
+
 def disk_plan(targets: list[tuple[str, list]], shape: ModelShape | None, log_dir: str) -> DiskPlan:
-    """Disk need of the stages still to run, per target (``targets``: (name, steps) with ``kind``, ``name``,
-    ``done`` and ``config`` on each step) and in total, against the free space under ``log_dir``."""
+    """Disk need of the stages still to run (``targets``: (name, steps) with ``kind``, ``name``, ``done`` and
+    ``config`` on each step), against the free space under ``log_dir``: what every stage leaves behind, summed over
+    the targets, plus the largest transient of any one stage (stages run one at a time, so one stage's resume state
+    and checkpoints written beside the kept ones are on disk at once, on top of what the stages before it left)."""
     free, where = free_bytes(log_dir)
     lines: list[str] = []
-    need = 0
+    after, worst, worst_at = 0, 0, ""
     for target, steps in targets:
-        parts, sub = [], 0
+        parts, sub, n_eval = [], 0, 0
         for st in steps:
-            if st.done:
+            d = None if st.done else stage_disk(st, shape)
+            if d is None:
                 continue
+            sub += d.after
+            if d.transient > worst:
+                worst, worst_at = d.transient, f"{st.name} of {target}"
             if st.kind == "eval":
-                n, what = EVAL_OUTPUT_BYTES, "results"
-            elif shape is None or st.kind == "data":
-                continue
-            elif st.kind == "rebo":
-                n, what = rebo_disk_bytes(st.config, shape)
+                n_eval += 1
             else:
-                n, what = sft_disk_bytes(st.config, shape)
-            sub += n
-            if st.kind != "eval":
-                parts.append(f"{st.name} {_gb(n)} GB ({what})")
-        n_eval = sum(1 for st in steps if st.kind == "eval" and not st.done)
+                parts.append(_stage_line(st.name, d))
         if n_eval:
             parts.append(f"{n_eval} evaluation(s) {_gb(n_eval * EVAL_OUTPUT_BYTES)} GB")
-        need += sub
+        after += sub
         if not lines or len(targets) == 1:
-            lines.append(f"  {target}: {_gb(sub)} GB" + ("" if parts else ": nothing left to run"))
+            lines.append(f"  {target}: {_gb(sub)} GB stays" + ("" if parts else ": nothing left to run"))
             lines += [f"    {p}" for p in parts]
         else:
-            lines.append(f"  {target}: {_gb(sub)} GB")
-    return DiskPlan(lines, need, free, where)
+            lines.append(f"  {target}: {_gb(sub)} GB stays")
+    lines.append(f"  total: {_gb(after)} GB that stays + {_gb(worst)} GB the largest transient"
+                 + (f" ({worst_at}: checkpoints beside the kept ones, resume state)" if worst else ""))
+    return DiskPlan(lines, after + worst, free, where)
 
 
-__all__ = ["DiskPlan", "KNOWN_CONFIGS", "Resources", "StageMemory", "detail_lines", "disk_plan", "flat",
+__all__ = ["DiskPlan", "KNOWN_CONFIGS", "Resources", "StageDisk", "StageMemory", "detail_lines", "disk_plan", "flat",
            "memory_report", "meta_param_count", "model_shape", "rebo_memory", "sft_memory", "table_header",
            "table_rows"]

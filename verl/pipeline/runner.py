@@ -1,7 +1,8 @@
 """Running a plan: each stage a subprocess with its output teed to the stage's run.log, a ``.done`` marker (JSON:
-finish time, seconds, command) written last, stage timings in ``<exp>/stage_times.json``, the report at the end.
-A finished stage is skipped on the next run; a killed ReBO run resumes from its latest complete checkpoint (the
-trainer's ``trainer.resume=auto``); a killed RS or baseline run restarts."""
+finish time, seconds, command, the seed it trained with and whether every seed shares it) written last, stage
+timings in ``<exp>/stage_times.json``, the report at the end. A finished stage is skipped on the next run; a killed
+ReBO run resumes from its latest complete checkpoint (the trainer's ``trainer.resume=auto``); a killed RS or baseline
+run restarts. Under SEEDS each seed's stages have folders of their own, so a seed is skipped or resumed alone."""
 
 from __future__ import annotations
 
@@ -64,9 +65,12 @@ def run_step(step: Step, env: dict[str, str]) -> float:
     seconds = round(time.time() - t0, 1)
     if step.kind != "eval":  # an evaluation's marker is its result JSON, written by the evaluator
         atomic_write_json(step.marker, {"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                        "seconds": seconds, "cmd": step.cmd})
-    elif not step.marker.is_file():
-        raise StageFailed(f"{step.title} exited 0 without writing {rel(step.marker)}; log: {rel(step.log)}")
+                                        "seconds": seconds, "cmd": step.cmd, "seed": step.trained_seed(),
+                                        "shared": step.shared, **({"digests": step.digests} if step.digests else {})})
+    else:
+        missing = [rel(p) for p in (step.results or {"": step.marker}).values() if not p.is_file()]
+        if missing:
+            raise StageFailed(f"{step.title} exited 0 without writing {', '.join(missing)}; log: {rel(step.log)}")
     log(f"done {step.title} in {seconds:.0f} s")
     return seconds
 

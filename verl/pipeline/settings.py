@@ -58,6 +58,11 @@ VARS = [
     Var("REBO_DATA", "--rebo-data", "full", "ReBO prompts: full | reject_only (ablation: no boundary prompts)"),
     Var("RS_CHECKPOINT", "--rs-checkpoint", "2", "RS epoch whose checkpoint ReBO starts from: 1 | 2 | 3 (the release "
         "ran ReBO from epochs 2 and 3 on RWKU, RS steps 76 and 114, and from 1, 2 and 3 on MUSE, steps 208/416/624)"),
+    Var("SEEDS", "--seeds", "one run, each stage at its own config's seed (RS and the baselines 42, ReBO "
+        "trainer.seed 1), without seed folders", "seeds, comma separated: every stage that samples (RS's data order, "
+        "ReBO, the baselines) runs once per seed with that seed (RS.train --seed, trainer.seed), under "
+        "<target>/seed<k>/; the injection and the Base/Original evaluations run once per target and are shared; the "
+        "report gives seed means with 95% intervals"),
     Var("GPU_MEMORY", "--gpu-memory", "the smallest GPU of GPUS; 80 on a machine without GPUs", "GB (1e9 bytes) per "
         "GPU the memory plan checks every GPU stage against (plan here for other GPUs, or keep some free)"),
     Var("MUSE_LIMIT", "--muse-limit", "smoke: 20; test: 2; paper: all", "records per MUSE evaluation file", ("muse",)),
@@ -92,6 +97,7 @@ class Settings:
     muse_limit: int | None = None  # MUSE_LIMIT
     gpu_memory: float | None = None  # GPU_MEMORY, GB per GPU
     overlays: list[str] = field(default_factory=list)  # OVERLAYS
+    seeds: list[int] = field(default_factory=list)  # SEEDS ([] = one run at the stage configs' own seeds)
     notes: list[str] = field(default_factory=list)  # settings that were ignored, and why
 
     @property
@@ -186,87 +192,21 @@ def resolve_settings(benchmark: str, values: dict[str, str], env: dict, has_gpu=
     """Settings from ``values`` (variable name -> string: the flags over the environment) and ``env`` (for
     RULE_DATA_DIR). ``has_gpu`` (a callable) is asked only when a default depends on it. Bad values raise ValueError."""
     get = {k: (v if v != "" else None) for k, v in values.items()}
-    notes = []
-    for name in sorted(env):  # a misspelt variable would be ignored silently: say so
-        close = difflib.get_close_matches(name, VAR_BY_ENV, n=1, cutoff=0.8)
-        if close and name not in VAR_BY_ENV and name not in ("RULE_DATA_DIR", "RULE_CACHE_DIR"):
-            notes.append(f"variable {name} is not a pipeline setting (did you mean {close[0]}?); ignored")
-    for name, value in list(get.items()):
-        var = VAR_BY_ENV[name]
-        if value is not None and benchmark not in var.benchmarks:  # e.g. TARGETS exported for RWKU runs
-            notes.append(f"{name} applies to {'/'.join(var.benchmarks)} only: ignored for {benchmark}")
-            get[name] = None
-    _gpu_cache: list[int] = []
-
-    def n_visible() -> int:
-        if not _gpu_cache:
-            _gpu_cache.append((has_gpu or gpu_count)())
-        return _gpu_cache[0]
-
-    gpus = [g.strip() for g in (get.get("GPUS") or "").split(",") if g.strip()]
-    if any(not g.isdigit() for g in gpus):
-        raise ValueError(f"GPUS must be a comma list of GPU ids such as 0,1,2,3, got {get['GPUS']!r}")
-    if not gpus and (get.get("BUDGET") is None or (benchmark == "rwku" and get.get("TARGETS") is None)):
-        gpus_visible = n_visible()
-    else:
-        gpus_visible = None
-    on_gpu = bool(gpus) or bool(gpus_visible)
+    notes = _misspelt(env) + _drop_other_benchmark(benchmark, get)
+    gpus, on_gpu = _gpus(benchmark, get, has_gpu or gpu_count)
     budget = get.get("BUDGET") or ("paper" if on_gpu else "smoke")
     from verl.pipeline.config import budget_file
 
     budget_file(budget)  # checks the value
-    model = get.get("MODEL") or (PAPER_MODELS[benchmark] if budget == "paper" else EMBEDDED)
-    from verl.models.embedded import EMBEDDED_ALIASES, resolve_model_path
-
-    if model not in EMBEDDED_ALIASES:
-        try:
-            resolve_model_path(model)  # a local path must exist and hold config.json; a hub id passes
-        except (FileNotFoundError, OSError) as exc:
-            raise ValueError(f"MODEL: {exc}") from None
-    inject = _choice("INJECT", get.get("INJECT"), ("0", "1"))
-    if inject is not None:
-        protocol, reason = ("sandbox" if inject == "1" else "paper"), f"INJECT={inject}"
-    elif benchmark == "muse":
-        protocol, reason = "paper", "MUSE has no injection sandbox"
-    else:
-        n = count_params(model)
-        if n is None:
-            protocol, reason = "paper", "model size unknown here (not a local folder): paper protocol; INJECT=1 for the sandbox"
-        else:
-            protocol = "sandbox" if n < SMALL_MODEL else "paper"
-            reason = f"{n / 1e6:.0f}M parameters {'<' if n < SMALL_MODEL else '>='} 1B"
-    if benchmark == "muse" and protocol == "sandbox":
-        raise ValueError("INJECT=1 is RWKU only: MUSE-Books has no knowledge-injection sandbox (use INJECT=0 or unset it)")
-    tag = Path(model.rstrip("/")).name
-    if benchmark == "muse":
-        exp = get.get("EXP_MUSE") or get.get("EXP") or f"{tag}_{Path(budget).stem}"
-    else:
-        exp = get.get("EXP") or f"{tag}_{Path(budget).stem}{'_sandbox' if protocol == 'sandbox' else ''}"
-    if "/" in exp or exp in (".", ".."):
-        raise ValueError(f"EXP must be a plain folder name, got {exp!r}")
+    model = _model(benchmark, get.get("MODEL"), budget)
+    protocol, reason = _protocol(benchmark, model, get.get("INJECT"))
     data_dir = get.get("DATA_DIR") or default_data_dir(env)
-    targets: list[str] = []
-    if benchmark == "rwku":
-        spec = get.get("TARGETS")
-        if spec is None:
-            if on_gpu:
-                spec = "1 2 3 4 5 6 7 8 9 10"
-            else:
-                spec = "1_Stephen_King" if (Path(data_dir) / "RWKU" / "Target").is_dir() else "101_Elowen_Marsh"
-        targets = [t for t in spec.replace(",", " ").split() if t]
-        if not targets:
-            raise ValueError("TARGETS is empty")
-    suites = get.get("SUITES")
-    if suites is not None:
-        from verl.eval.cli import SUITES as EVAL_SUITES
-
-        unknown = [s for s in suites.split(",") if s.strip() not in EVAL_SUITES[benchmark]]
-        if unknown:
-            raise ValueError(f"SUITES: unknown suite(s) {unknown} for {benchmark}; choose from {sorted(EVAL_SUITES[benchmark])}")
     return Settings(
         benchmark=benchmark, model=model, methods=parse_methods(get.get("METHODS") or "rule_grpo"), budget=budget,
-        protocol=protocol, protocol_reason=reason, data_dir=data_dir, log_dir=get.get("LOG_DIR") or "log", exp=exp,
-        gpus=gpus if gpus else [str(i) for i in range(gpus_visible or 0)], targets=targets, suites=suites,
+        protocol=protocol, protocol_reason=reason, data_dir=data_dir, log_dir=get.get("LOG_DIR") or "log",
+        exp=_exp(benchmark, get, model, budget, protocol), gpus=gpus,
+        targets=_targets(get.get("TARGETS"), on_gpu, data_dir) if benchmark == "rwku" else [],
+        suites=_suites(benchmark, get.get("SUITES")), seeds=_seeds(get.get("SEEDS")),
         rs_steps=_int("RS_STEPS", get.get("RS_STEPS")), rebo_steps=_int("REBO_STEPS", get.get("REBO_STEPS")),
         rebo_start=_choice("REBO_START", get.get("REBO_START"), ("rs", "original")),
         rebo_ref=_choice("REBO_REF", get.get("REBO_REF"), ("start", "original")),
@@ -275,6 +215,125 @@ def resolve_settings(benchmark: str, values: dict[str, str], env: dict, has_gpu=
         muse_limit=_int("MUSE_LIMIT", get.get("MUSE_LIMIT")), gpu_memory=_gb("GPU_MEMORY", get.get("GPU_MEMORY")),
         overlays=(get.get("OVERLAYS") or "").split(), notes=notes,
     )
+
+
+def _misspelt(env: dict) -> list[str]:
+    """A misspelt variable would be ignored silently: name it, with the setting it resembles."""
+    notes = []
+    for name in sorted(env):
+        close = difflib.get_close_matches(name, VAR_BY_ENV, n=1, cutoff=0.8)
+        if close and name not in VAR_BY_ENV and name not in ("RULE_DATA_DIR", "RULE_CACHE_DIR"):
+            notes.append(f"variable {name} is not a pipeline setting (did you mean {close[0]}?); ignored")
+    return notes
+
+
+def _drop_other_benchmark(benchmark: str, get: dict) -> list[str]:
+    """Unset (in ``get``) the variables of the other benchmark, e.g. TARGETS exported for RWKU runs, with a note."""
+    notes = []
+    for name, value in list(get.items()):
+        var = VAR_BY_ENV[name]
+        if value is not None and benchmark not in var.benchmarks:
+            notes.append(f"{name} applies to {'/'.join(var.benchmarks)} only: ignored for {benchmark}")
+            get[name] = None
+    return notes
+
+
+def _gpus(benchmark: str, get: dict, count) -> tuple[list[str], bool]:
+    """(GPU ids, whether the run is on GPUs). The visible GPUs are counted (torch imported) only when a default
+    depends on them: GPUS unset and BUDGET (or RWKU's TARGETS) unset."""
+    gpus = [g.strip() for g in (get.get("GPUS") or "").split(",") if g.strip()]
+    if any(not g.isdigit() for g in gpus):
+        raise ValueError(f"GPUS must be a comma list of GPU ids such as 0,1,2,3, got {get['GPUS']!r}")
+    if gpus:
+        return gpus, True
+    if get.get("BUDGET") is None or (benchmark == "rwku" and get.get("TARGETS") is None):
+        visible = count()
+        return [str(i) for i in range(visible)], bool(visible)
+    return [], False
+
+
+def _model(benchmark: str, model: str | None, budget: str) -> str:
+    """MODEL, else the paper budget's model or the embedded one; a local path must exist (a hub id passes)."""
+    model = model or (PAPER_MODELS[benchmark] if budget == "paper" else EMBEDDED)
+    from verl.models.embedded import EMBEDDED_ALIASES, resolve_model_path
+
+    if model not in EMBEDDED_ALIASES:
+        try:
+            resolve_model_path(model)
+        except (FileNotFoundError, OSError) as exc:
+            raise ValueError(f"MODEL: {exc}") from None
+    return model
+
+
+def _protocol(benchmark: str, model: str, inject: str | None) -> tuple[str, str]:
+    """(protocol, why): INJECT when given, else the sandbox for models under 1B parameters (RWKU only)."""
+    inject = _choice("INJECT", inject, ("0", "1"))
+    if inject is not None:
+        protocol, reason = ("sandbox" if inject == "1" else "paper"), f"INJECT={inject}"
+    elif benchmark == "muse":
+        protocol, reason = "paper", "MUSE has no injection sandbox"
+    else:
+        n = count_params(model)
+        if n is None:
+            protocol = "paper"
+            reason = "model size unknown here (not a local folder): paper protocol; INJECT=1 for the sandbox"
+        else:
+            protocol = "sandbox" if n < SMALL_MODEL else "paper"
+            reason = f"{n / 1e6:.0f}M parameters {'<' if n < SMALL_MODEL else '>='} 1B"
+    if benchmark == "muse" and protocol == "sandbox":
+        raise ValueError("INJECT=1 is RWKU only: MUSE-Books has no knowledge-injection sandbox (use INJECT=0 or unset "
+                         "it)")
+    return protocol, reason
+
+
+def _exp(benchmark: str, get: dict, model: str, budget: str, protocol: str) -> str:
+    tag = Path(model.rstrip("/")).name
+    if benchmark == "muse":
+        exp = get.get("EXP_MUSE") or get.get("EXP") or f"{tag}_{Path(budget).stem}"
+    else:
+        exp = get.get("EXP") or f"{tag}_{Path(budget).stem}{'_sandbox' if protocol == 'sandbox' else ''}"
+    if "/" in exp or exp in (".", ".."):
+        raise ValueError(f"EXP must be a plain folder name, got {exp!r}")
+    return exp
+
+
+def _targets(spec: str | None, on_gpu: bool, data_dir: str) -> list[str]:
+    if spec is None:
+        if on_gpu:
+            spec = "1 2 3 4 5 6 7 8 9 10"
+        else:
+            spec = "1_Stephen_King" if (Path(data_dir) / "RWKU" / "Target").is_dir() else "101_Elowen_Marsh"
+    targets = [t for t in spec.replace(",", " ").split() if t]
+    if not targets:
+        raise ValueError("TARGETS is empty")
+    return targets
+
+
+def _suites(benchmark: str, suites: str | None) -> str | None:
+    if suites is not None:
+        from verl.eval.cli import SUITES as EVAL_SUITES
+
+        unknown = [s for s in suites.split(",") if s.strip() not in EVAL_SUITES[benchmark]]
+        if unknown:
+            raise ValueError(f"SUITES: unknown suite(s) {unknown} for {benchmark}; choose from "
+                             f"{sorted(EVAL_SUITES[benchmark])}")
+    return suites
+
+
+def _seeds(value: str | None) -> list[int]:
+    """SEEDS "1,2,3" (commas or spaces) -> [1, 2, 3], duplicates dropped; unset -> [] (one run, each stage at its
+    own config's seed, in the layout without seed folders)."""
+    if value in (None, ""):
+        return []
+    out: list[int] = []
+    for part in value.replace(",", " ").split():
+        if not part.isdigit():
+            raise ValueError(f"SEEDS must be a comma list of whole numbers >= 0 such as 1,2,3, got {value!r}")
+        if int(part) not in out:
+            out.append(int(part))
+    if not out:
+        raise ValueError("SEEDS is empty")
+    return out
 
 
 def _rs_checkpoint(value: str | None) -> str | None:

@@ -7,7 +7,10 @@ Layout: ``actor/`` (HF folder in worker.actor.dtype: safetensors + config + toke
 state: ``worker_rank<r>.pt`` (optimizer, scheduler, RNG per rank), ``actor_master/`` (fp32 master weights when the
 export is in a lower precision: a resume from bf16 weights would round away updates smaller than a bf16 step, i.e.
 most of what lr 2e-6 does) and ``critic/`` (PPO). With ``trainer.resume_state=latest`` only the latest checkpoint
-keeps the resume state; older kept checkpoints are trimmed to their weights once a newer one is complete.
+keeps the resume state; older kept checkpoints are trimmed to their weights once a newer one is complete. The
+checkpoint of a run's last step is written without the resume state unless ``trainer.keep_resume_state``: a finished
+run is resumed only to extend it, and its ``trainer_state.json`` says ``"resume_state": false`` so a resume can tell
+why it cannot.
 """
 
 from __future__ import annotations
@@ -35,6 +38,27 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # someone else's live process
         return True
     return True
+
+
+def run_checkpoint_bytes(saves: int, kept: int, resume_state: str = "latest", keep_final: bool = False,
+                         **kw) -> tuple[int, int]:
+    """``(peak, after)``: the bytes a run's checkpoints take at their largest (while one is written beside the
+    ones kept so far) and once the run has ended, for ``saves`` saves of which ``trainer.save_limit`` = ``kept``
+    stay (<= 0: all). Every save but the last holds the resume state, the last one only with ``keep_final``
+    (trainer.keep_resume_state); with ``resume_state=latest`` a checkpoint loses it once a newer one is complete.
+    ``kw`` as ``checkpoint_bytes``."""
+    full, trimmed = checkpoint_bytes(with_optimizer=True, **kw), checkpoint_bytes(with_optimizer=False, **kw)
+    held: list[int] = []
+    peak = 0
+    for i in range(1, saves + 1):
+        new = full if i < saves or keep_final else trimmed
+        peak = max(peak, sum(held) + new)
+        held.append(new)
+        if kept > 0:
+            held = held[-kept:]
+        if resume_state == "latest":
+            held = [min(b, trimmed) for b in held[:-1]] + held[-1:]
+    return peak, sum(held)
 
 
 def checkpoint_bytes(n_params: int, dtype: str = "bfloat16", with_optimizer: bool = True, *, lora_params: int = 0,
@@ -112,6 +136,17 @@ class CheckpointManager:
         tmp.mkdir()
         return tmp
 
+    def discard_partial(self) -> list[Path]:
+        """Remove the temp dirs this process began and never committed (a run stopped mid-save); returns them."""
+        mine = []
+        if self.root.is_dir():
+            for d in self.root.iterdir():
+                m = TMP_DIR.match(d.name)
+                if m and m.group(1) == str(os.getpid()):
+                    shutil.rmtree(d, ignore_errors=True)
+                    mine.append(d)
+        return mine
+
     def commit(self, tmp: Path, step: int, trainer_state: dict) -> Path:
         """Write the trainer state and the marker into ``tmp``, rename it to ``global_step_<step>``, apply the
         save limit."""
@@ -137,6 +172,24 @@ class CheckpointManager:
             shutil.rmtree(Path(ckpt) / name, ignore_errors=True)
         for f in Path(ckpt).glob("worker_rank*.pt"):
             f.unlink(missing_ok=True)
+
+    @staticmethod
+    def not_resumable_reason(ckpt: Path) -> str | None:
+        """Why ``ckpt`` cannot be resumed from (None: it can): it is the last step of a finished run written
+        without the resume state, or an older checkpoint trimmed to its weights."""
+        if CheckpointManager.resumable(ckpt):
+            return None
+        try:
+            state = CheckpointManager.load_state(ckpt)
+        except (OSError, ValueError):
+            state = {}
+        if state.get("resume_state") is False:
+            return (f"it is the last step ({state.get('step')}) of a finished run, saved without the resume state "
+                    "(optimizer, fp32 master weights) since a finished run is resumed only to extend it: train a run "
+                    "you mean to extend with trainer.keep_resume_state=true, or start a new run from these weights "
+                    f"(worker.actor.model_path={Path(ckpt) / 'actor'})")
+        return ("it keeps the weights only (trainer.resume_state=latest keeps the resume state in the latest "
+                "checkpoint only): resume from the latest checkpoint, or start a run from these weights")
 
     @staticmethod
     def resumable(ckpt: Path) -> bool:

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
 
 from verl.config import PPOConfig, load_config
@@ -89,16 +91,49 @@ def check_devices(config: PPOConfig) -> None:
                          f"set trainer.n_workers={have} or make more GPUs visible (CUDA_VISIBLE_DEVICES)")
 
 
+SIGTERM_EXIT = 128 + signal.SIGTERM  # the shell's code for a process ended by SIGTERM
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    """SIGTERM as ``SystemExit``: the ``finally`` around the run closes the trainer as at a normal end. Further
+    SIGTERMs are ignored so that they cannot cut that cleanup short (SIGKILL still ends the process)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.getLogger("verl.trainer").warning("SIGTERM: stopping; closing the workers, the vLLM engines and the run "
+                                              "dir as at a normal end")
+    raise SystemExit(SIGTERM_EXIT)
+
+
+def install_sigterm_exit() -> None:
+    """Make SIGTERM end the run through ``trainer.close()`` (main thread only; elsewhere the default stays)."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
 def run(config: PPOConfig) -> list[dict]:
+    """Train ``config`` to its end; a SIGTERM (the pipeline stopping a stage, a scheduler's preemption) ends it with
+    exit code 143 after the same cleanup as a normal end: workers closed, vLLM engines shut down, a half-written
+    checkpoint removed, the run dir's lock released. The previous SIGTERM handler is back afterwards.
+
+    Decision: the handler is installed again once the trainer exists, because ``ray.init`` puts in its own, which
+    kills the Ray processes (vLLM engines inside the workers included) before the trainer could close them."""
     from verl.trainer.ray_trainer import RayPPOTrainer
 
     check_devices(config)
-
-    trainer = RayPPOTrainer(config)
+    previous = signal.getsignal(signal.SIGTERM)
     try:
-        return trainer.fit()
+        install_sigterm_exit()
+        trainer = RayPPOTrainer(config)
+        install_sigterm_exit()
+        try:
+            return trainer.fit()
+        finally:
+            trainer.close()
     finally:
-        trainer.close()
+        if previous is not None:
+            with contextlib.suppress(ValueError):  # not the main thread: nothing was installed
+                signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> None:

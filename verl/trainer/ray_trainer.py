@@ -46,6 +46,7 @@ logger = logging.getLogger("verl.trainer")
 
 # keys a resume may change: the step budget, and saving/logging (they change no trained number)
 RESUME_MUTABLE_KEYS = ("trainer.total_steps", "trainer.save_freq", "trainer.save_limit", "trainer.resume",
+                       "trainer.keep_resume_state",
                        "trainer.allow_config_change", "trainer.logger", "trainer.progress_bar",
                        "trainer.log_generations", "trainer.save_dir", "trainer.experiment_name", "trainer.project_name")
 
@@ -109,10 +110,15 @@ class RayPPOTrainer:
         self.config = cfg = config
         self.run_dir = Path(cfg.run_dir())
         self.lock = RunDirLock(self.run_dir, "trainer").acquire()  # a second trainer on this dir stops here
+        self.wg = self.tracker = None
         try:
             self._init(cfg)
-        except BaseException:
-            self.lock.release()
+        except BaseException:  # SIGTERM (SystemExit) included: workers already started are closed too
+            try:
+                if self.wg is not None:
+                    self.wg.shutdown()
+            finally:
+                self.lock.release()
             raise
 
     def _init(self, cfg: PPOConfig) -> None:
@@ -142,6 +148,10 @@ class RayPPOTrainer:
         self.data_sha256 = {"train": file_sha256(self.train_ds.path),
                             **({"val": file_sha256(self.val_ds.path)} if self.val_ds else {})}
         resume_dir = self._resume_dir()
+        if resume_dir and self._finished(resume_dir):
+            return
+        if resume_dir:
+            self._check_resumable(resume_dir)
         changes = self._check_resume(resume_dir) if resume_dir else []
         self._write_run_info(resume_dir, changes)
         self.tracker = Tracker(cfg.trainer.logger, self.run_dir, cfg.trainer.project_name, cfg.trainer.experiment_name,
@@ -227,6 +237,25 @@ class RayPPOTrainer:
         path = Path(mode)
         self.ckpt.load_state(path)  # raises unless complete
         return path
+
+    def _finished(self, resume_dir: Path) -> bool:
+        """Whether ``resume_dir`` is the last step of a finished run saved without the resume state and this run
+        asks for no more steps than it took: then there is nothing to train (``fit`` returns at once, no worker
+        starts). Asking for more is refused by ``_check_resumable``."""
+        state = self.ckpt.load_state(resume_dir)
+        if state.get("resume_state") is not False or self.config.trainer.total_steps > int(state["step"]):
+            return False
+        self.global_step = int(state["step"])
+        logger.info("%s: the run finished at step %d (trainer.total_steps=%d): nothing to train", resume_dir,
+                    self.global_step, self.config.trainer.total_steps)
+        return True
+
+    def _check_resumable(self, resume_dir: Path) -> None:
+        """Stop before any worker starts when ``resume_dir`` holds no resume state (the final checkpoint of a
+        finished run, unless it ran with trainer.keep_resume_state=true; an older, trimmed one)."""
+        why = self.ckpt.not_resumable_reason(resume_dir)
+        if why:
+            raise UserError(f"cannot resume from {resume_dir}: {why}")
 
     def _check_resume(self, resume_dir: Path) -> list[str]:
         """Differences between the checkpoint's config/data and this run's; refused unless
@@ -430,10 +459,16 @@ class RayPPOTrainer:
         return metrics
 
     def save_checkpoint(self) -> Path:
+        """A complete checkpoint of this step. The run's last step (trainer.total_steps) is saved without the resume
+        state unless trainer.keep_resume_state: the evaluation needs the weights only, and a finished run is resumed
+        only to extend it."""
+        t = self.config.trainer
+        resume_state = self.global_step < t.total_steps or t.keep_resume_state
         tmp = self.ckpt.begin(self.global_step)
-        self.wg.save_checkpoint(str(tmp))
+        self.wg.save_checkpoint(str(tmp), resume_state)
         state = {"step": self.global_step, "sampler": self.sampler.state_dict(), "kl_coef": self.kl_ctrl.value,
-                 "config": redact(asdict(self.config)), "data_sha256": self.data_sha256}  # checked on resume
+                 "config": redact(asdict(self.config)), "data_sha256": self.data_sha256,  # checked on resume
+                 "resume_state": resume_state}
         return self.ckpt.commit(tmp, self.global_step, state)
 
     # ------------------------------------------------------------------ loop
@@ -487,14 +522,22 @@ class RayPPOTrainer:
         return history
 
     def close(self) -> None:
+        """Finish the logs, close the workers (their vLLM engines stop), drop a checkpoint this process left half
+        written, release the run dir's lock; after a normal end, an error or a SIGTERM alike."""
         try:
             self._close()
         finally:
-            self.lock.release()
+            try:
+                if getattr(self, "ckpt", None) is not None:
+                    self.ckpt.discard_partial()
+            finally:
+                self.lock.release()
 
     def _close(self) -> None:
-        self.tracker.finish()
-        self.wg.shutdown()
+        if self.tracker is not None:
+            self.tracker.finish()
+        if self.wg is not None:
+            self.wg.shutdown()
         if "jsonl" in self.config.trainer.logger:
             try:  # a plotting problem must never hide the run's own outcome
                 out = write_curves(self.run_dir)

@@ -26,6 +26,10 @@ Accounting (per GPU = per rank; FSDP FULL_SHARD over ``world`` ranks, NO_SHARD f
   fused attention); without checkpointing every layer's full set;
 - vLLM (TP=1, one engine per rank): bf16 weights ``2 N``, the KV cache, and the engine's work (prefill
   activations at its batched-token budget, sampler logits, CUDA graphs and its context);
+- the weight sync streams one FSDP unit at a time into the engine (its weights awake, its KV cache asleep): the
+  largest unit gathered in fp32 on the GPU (``sync_bytes``), its copy in the engine dtype made on the host, where
+  each engine in its own process also maps one transfer buffer (a chunk, at least the largest decoder layer or
+  tensor); rank 0 gathers the fp32 weights on the host for a checkpoint's HF export (``rebo_host``);
 - one CUDA context per process (~1 GiB) and a margin (10% of the card) that no phase may use.
 A phase (rollout, log-probs, updates, optimizer steps, weight sync) sums what is alive in it; the peak is the
 largest phase.
@@ -189,6 +193,40 @@ def vllm_weight_bytes(shape: ModelShape, dtype_bytes: int = 2) -> int:
     return shape.n_params * dtype_bytes
 
 
+SYNC_CHUNK_BYTES = 512 * 2**20  # worker.rollout.sync_chunk_mb's default
+
+
+def sync_group_bytes(shape: ModelShape, dtype_bytes: int = 2) -> int:
+    """The largest group a chunk of the weight sync never splits, in the engine dtype: a decoder layer, or the
+    largest tensor outside the layers (the embeddings, the LM head)."""
+    return max(shape.layer_params, shape.embed_params) * dtype_bytes
+
+
+def sync_unit_params(shape: ModelShape) -> int:
+    """Parameters of the largest FSDP unit: the root (embeddings, LM head, final norm) or a decoder layer."""
+    return max(shape.root_params, shape.layer_params)
+
+
+def sync_bytes(shape: ModelShape) -> int:
+    """GPU memory a streamed weight sync adds to the trainer's state: the largest FSDP unit gathered in fp32 (its
+    copy in the engine dtype is made on the host)."""
+    return 4 * sync_unit_params(shape)
+
+
+def sync_buffer_bytes(shape: ModelShape, chunk_bytes: int = SYNC_CHUNK_BYTES, dtype_bytes: int = 2) -> int:
+    """One engine's shared-memory transfer buffer (an engine in its own process): a chunk, or the largest group."""
+    return max(chunk_bytes, sync_group_bytes(shape, dtype_bytes))
+
+
+def sync_host_bytes(shape: ModelShape, chunk_bytes: int = SYNC_CHUNK_BYTES, dtype_bytes: int = 2,
+                    buffer: bool = True) -> int:
+    """Host memory of one rank's weight sync: the largest unit copied in fp32 and cast to the engine dtype (a bound
+    of what is held at once: the unit's copies and the chunk being assembled) and, for an engine in its own
+    process, the transfer buffer."""
+    held = (4 + dtype_bytes) * sync_unit_params(shape)
+    return held + (sync_buffer_bytes(shape, chunk_bytes, dtype_bytes) if buffer else 0)
+
+
 # ------------------------------------------------------------------------------------------------ phases and items
 ROLLOUT, LOGPROB, CRITIC, CRITIC_STEP, ACTOR, ACTOR_STEP, SYNC = (
     "rollout", "log-probs", "critic update", "critic step", "actor update", "actor step", "weight sync")
@@ -221,6 +259,7 @@ class MemoryPlan:
     notes: list[str] = field(default_factory=list)
     vllm: VllmBudget | None = None
     host_bytes: int = 0  # host memory per node the plan needs beyond the processes themselves
+    host_parts: dict[str, int] = field(default_factory=dict)  # host memory by cause (ReBO: memory.rebo_host)
 
     @property
     def usable(self) -> int:
@@ -351,6 +390,8 @@ class ReboMemory:
     gpu_memory_utilization: float = 0.5
     size_vllm: bool = True  # compute gpu_memory_utilization from the plan instead of the configured share
     hf_micro_batch: int = 64  # rows per HF generate call
+    sync_chunk_bytes: int = SYNC_CHUNK_BYTES  # worker.rollout.sync_chunk_mb in bytes
+    engine_processes: bool = True  # an engine per rank in its own process (several workers or TP > 1): a host buffer
 
 
 def _trained(shape: ModelShape, n_train: int, n_frozen: int, role: RoleMemory, world: int, who: str,
@@ -394,8 +435,10 @@ def rebo_items(shape: ModelShape, m: ReboMemory) -> list[Item]:
              activation_bytes(shape, m.actor.micro_update, seq, m.actor.gradient_checkpointing), (ACTOR,)),
         Item("gathered units", "gather", gathered_bytes(shape, backward=False), (LOGPROB,)),
         Item("gathered units + grads", "gather", gathered_bytes(shape, backward=True), (ACTOR, CRITIC)),
-        Item("gathered fp32 units (full state dict)", "gather", gathered_bytes(shape, False, dtype_bytes=4), (SYNC,)),
     ]
+    if m.engine == "vllm":  # the engine's weights are awake while the units stream in, its KV cache asleep
+        items += [Item("gathered fp32 unit (weight sync)", "gather", sync_bytes(shape), (SYNC,)),
+                  Item("vLLM weights (weight sync)", "vllm", vllm_weight_bytes(shape), (SYNC,))]
     if m.engine == "hf":  # generate on the actor's FSDP module: its units gathered, an HF KV cache per call
         rows = min(m.hf_micro_batch, -(-m.gen_rows // w))
         items += [Item("gathered units (generate)", "gather", gathered_bytes(shape, backward=False), (ROLLOUT,)),
@@ -428,19 +471,36 @@ def rebo_plan(shape: ModelShape, m: ReboMemory, gpu_bytes: int, stage: str = "Re
         items.append(Item("vLLM (weights + work + KV cache)", "vllm", budget.budget, (ROLLOUT,)))
     phases = REBO_PHASES if m.critic.enabled else tuple(p for p in REBO_PHASES if p not in (CRITIC, CRITIC_STEP))
     plan = MemoryPlan(stage, m.world, gpu_bytes, items, phases, vllm=budget)
-    plan.host_bytes = rebo_host_bytes(shape, m)
+    plan.host_parts = rebo_host(shape, m)
+    plan.host_bytes = host_peak(plan.host_parts)
     return plan
 
 
+def rebo_host(shape: ModelShape, m: ReboMemory) -> dict[str, int]:
+    """Host memory per node beyond the processes, by cause: ``offload`` (what offload keeps on the host throughout),
+    ``weight sync`` (per rank one unit's host copies and, for an engine in its own process, its transfer buffer: the
+    sync streams one FSDP unit at a time, so no rank holds a full copy of the weights) and ``checkpoint save`` (rank
+    0 gathers the fp32 weights and casts them to worker.actor.dtype for the HF export: 6 bytes per parameter). The
+    sync and the save never overlap (``host_peak``)."""
+    sync = m.world * sync_host_bytes(shape, m.sync_chunk_bytes, buffer=m.engine_processes) if m.engine == "vllm" else 0
+    return {"offload": rebo_offload_host_bytes(shape, m), "weight sync": sync, "checkpoint save": 6 * shape.n_params}
+
+
+def host_peak(parts: dict[str, int]) -> int:
+    """The largest moment of ``rebo_host``'s parts: offload plus the larger of the sync and the save."""
+    return parts.get("offload", 0) + max(parts.get("weight sync", 0), parts.get("checkpoint save", 0))
+
+
 def rebo_host_bytes(shape: ModelShape, m: ReboMemory) -> int:
-    """Host memory per node beyond the processes: the weights each rank gathers to sync the engine (the fp32 full
-    state dict and its copy in the engine's bf16; a sleeping engine discards its weights, level 2) and what offload
-    keeps on the host."""
+    """``rebo_host`` at its largest moment."""
+    return host_peak(rebo_host(shape, m))
+
+
+def rebo_offload_host_bytes(shape: ModelShape, m: ReboMemory) -> int:
+    """What offload keeps on the host: parameters, gradients and optimizer state of offloaded roles."""
     lora = m.lora_rank > 0
     n_train = shape.lora_params(m.lora_rank, m.lora_targets) if lora else shape.n_params
     total = 0
-    if m.engine == "vllm":
-        total += m.world * (4 + 2) * shape.n_params
     if m.actor.offload_params:
         total += 16 * n_train + (4 * shape.n_params if lora else 0)
     elif m.actor.offload_optimizer:

@@ -483,3 +483,55 @@ class WeightSyncExtension:
 
 
 EXTENSION = f"{__name__}.WeightSyncExtension"
+
+
+# ---------------------------------------------------------------------------------------------- evaluator reuse
+def folder_tensors(model_path: str):
+    """``(name, tensor)`` of every tensor in a folder's safetensors files, one file in memory at a time."""
+    from safetensors import safe_open
+
+    for f in sorted(Path(model_path).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as h:
+            for name in h.keys():
+                yield name, h.get_tensor(name)
+
+
+def _tied(model_path: str) -> bool:
+    try:
+        cfg = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(cfg.get("tie_word_embeddings", cfg.get("text_config", {}).get("tie_word_embeddings", False)))
+
+
+def load_folder_weights(llm, model_path: str, chunk_bytes: int = 512 << 20) -> float:
+    """Swap the weights of an in-process engine (started with ``worker_extension_cls=EXTENSION``) for those of a
+    folder with the same architecture, in place; returns the seconds it took.
+
+    The same path as the trainer's weight sync: a layerwise reload in chunks of whole decoder layers (at most
+    ``chunk_bytes`` each, cast to the engine dtype), a tied LM head passed explicitly (vLLM would keep the old one),
+    the prefix cache reset so no KV block of the previous weights is reused. Cheaper than a new engine: no vLLM
+    start, no profiling run, no second KV cache."""
+    import torch
+
+    t0 = time.time()
+    dtype = llm.llm_engine.model_config.dtype
+    tensors = dict(folder_tensors(model_path))
+    if not tensors:
+        raise FileNotFoundError(f"{model_path}: no *.safetensors weights to load")
+    if _tied(model_path) and "lm_head.weight" not in tensors and "model.embed_tokens.weight" in tensors:
+        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
+    cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    sizes = [(k, v.numel() * v.element_size()) for k, v in cast.items()]
+    rpc = llm.collective_rpc
+    rpc("rule_begin_reload")
+    try:
+        for names in plan_chunks(sizes, chunk_bytes):
+            rpc("rule_load_weights", args=([(n, cast[n]) for n in names],))
+    finally:
+        rpc("rule_finish_reload")
+    llm.reset_prefix_cache()
+    del tensors, cast
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return time.time() - t0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -67,6 +68,14 @@ def batched_log_probs(module: nn.Module, data: DataProto, micro_batch_size: int,
     return restored
 
 
+def host_copy(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A new host tensor of ``t`` in ``dtype``, cast on the host: a device-side cast would allocate a copy of ``t``
+    on the device beside the engine's weights, which a weight sync has woken. Always a copy, also of a host tensor:
+    the gathered storage is freed when its unit reshards."""
+    out = t.detach().to("cpu", copy=True)
+    return out if out.dtype == dtype else out.to(dtype)
+
+
 class Actor:
     """Holds the FSDP policy, its optimizer and scheduler (one per rank).
 
@@ -99,18 +108,36 @@ class Actor:
 
     def hf_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """The policy's full weights under HF names (LoRA merged by peft), on CPU, in ``dtype`` (None: fp32 master).
-        A collective under FSDP; every rank gets the weights."""
+        A collective under FSDP; every rank gets the weights. Holds the whole model: for checks, not the sync."""
         sd = fsdp_utils.full_state_dict(self.module, rank0_only=False)
         if self.lora:
             sd = lora.merged_state_dict(self.inner, sd, live=self.module)
         return sd if dtype is None else {k: v.to(dtype) for k, v in sd.items()}
 
-    def rollout_state_dict(self, dtype: str | torch.dtype = "auto") -> dict[str, torch.Tensor]:
-        """What the rollout engine loads: ``hf_state_dict`` in the engine dtype (``auto``: worker.actor.dtype, as
-        worker.rollout.dtype=auto)."""
+    def engine_dtype(self, dtype: str | torch.dtype = "auto") -> torch.dtype:
+        """The rollout engine's dtype (``auto``: worker.actor.dtype, as worker.rollout.dtype=auto)."""
         if isinstance(dtype, str):
-            dtype = self.compute_dtype if dtype == "auto" else fsdp_utils.to_dtype(dtype)
-        return self.hf_state_dict(dtype)
+            return self.compute_dtype if dtype == "auto" else fsdp_utils.to_dtype(dtype)
+        return dtype
+
+    def rollout_weights(self, dtype: str | torch.dtype = "auto") -> Iterator[list[tuple[str, torch.Tensor]]]:
+        """What the rollout engine loads, one FSDP unit at a time: a list of HF-named tensors in the engine dtype
+        (``engine_dtype``) per unit (the root's embeddings, norm and head, then each decoder layer), LoRA merged per
+        unit (``lora.merged_unit``). Each unit is gathered, copied to the host in that dtype (``host_copy``) and
+        released before the next, so a sync holds one unit's full fp32 weights on the device and the caller's chunk,
+        never the whole model (the fp32 copy of an 8B model alone is 32 GB per rank). A collective under FSDP: every
+        rank iterates to the end."""
+        dtype = self.engine_dtype(dtype)
+
+        def convert(prefix: str, unit: nn.Module, named: list[tuple[str, torch.Tensor]]):
+            pairs = lora.merged_unit(unit, prefix, named) if self.lora else named
+            return [(n, host_copy(p, dtype)) for n, p in pairs]
+
+        yield from fsdp_utils.gathered_units(self.module, convert)
+
+    def rollout_state_dict(self, dtype: str | torch.dtype = "auto") -> dict[str, torch.Tensor]:
+        """``rollout_weights`` as one dict (tests and checks; the sync streams the units instead)."""
+        return {n: t for group in self.rollout_weights(dtype) for n, t in group}
 
     def compute_log_probs(self, data: DataProto) -> torch.Tensor:
         return batched_log_probs(self.module, data, self.cfg.micro_batch_size_per_device_for_experience, self.device,

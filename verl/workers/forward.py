@@ -43,18 +43,52 @@ def cpu_bf16_units() -> bool | None:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+_announced: set[tuple[str, str]] = set()
+
+
+def resolve_autocast(mode: str | None, device_type: str) -> tuple[str, str]:
+    """``(bf16 | none, why)`` for an autocast setting: ``auto`` is bf16 on GPUs and on CPUs with bf16 matrix units
+    (AMX / AVX512-BF16, where a bf16 product runs ~2.5x fp32), none on other CPUs (bf16 is emulated there, far slower
+    than fp32) and where the flags cannot be read; an explicit value wins."""
+    if mode in (None, "none"):
+        return "none", "set explicitly"
+    if mode == "bf16":
+        return "bf16", "set explicitly"
+    if mode != "auto":
+        raise ValueError(f"autocast={mode!r}: choose auto, bf16 or none (worker.<role>.autocast, RS.train --bf16)")
+    if device_type == "cuda":
+        return "bf16", "auto: GPU"
+    units = cpu_bf16_units()
+    if units:
+        return "bf16", "auto: this CPU has bf16 matrix units (AMX / AVX512-BF16)"
+    if units is False:
+        return "none", "auto: this CPU has no AMX / AVX512-BF16 (bf16 would be emulated, slower than fp32)"
+    return "none", "auto: this CPU's bf16 support is unknown (no /proc/cpuinfo)"
+
+
+def announce_precision(what: str, mode: str, device_type: str) -> str:
+    """Resolve ``mode`` and log the choice once per ``what`` and outcome (the run log says which precision ran and
+    why); returns bf16 or none."""
+    resolved, why = resolve_autocast(mode, device_type)
+    if (what, resolved) not in _announced:
+        _announced.add((what, resolved))
+        logger.info("precision of %s: %s (%s)", what, "bf16 autocast over the weights' dtype" if resolved == "bf16"
+                    else "no autocast, the weights' dtype", why)
+    return resolved
+
+
 def autocast_context(device: torch.device, mode: str):
     """``torch.autocast`` in bf16 for ``mode='bf16'`` (weights stay in their dtype: fp32 master weights), else a
-    no-op. Wraps model forward passes only: log-softmax, losses and the optimizer stay in fp32."""
+    no-op; ``auto`` resolves with ``resolve_autocast``. Wraps model forward passes only: log-softmax, losses and the
+    optimizer stay in fp32."""
+    mode = announce_precision("model forward passes", mode, device.type)
     if mode == "bf16":
         if device.type == "cpu" and cpu_bf16_units() is False and not _warned:
             _warned.append(True)
             logger.warning("autocast=bf16 on a CPU without AMX/AVX512-BF16: bf16 matrix products are emulated and "
                            "much slower than fp32 here; use autocast=none on this machine")
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    if mode in ("none", None):
-        return contextlib.nullcontext()
-    raise ValueError(f"autocast={mode!r}: choose bf16 or none (worker.actor.autocast / worker.ref.autocast)")
+    return contextlib.nullcontext()
 
 
 def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,9 @@ sharding); larger worlds use ``FULL_SHARD`` with one FSDP unit per decoder layer
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -229,6 +231,69 @@ def full_state_dict(module: nn.Module, rank0_only: bool = True) -> dict[str, tor
         with FSDP.state_dict_type(module, StateDictType.FULL_STATE_DICT, cfg):
             sd = module.state_dict()
     return sd if (dist.get_rank() == 0 or not rank0_only) else {}
+
+
+FSDP_PREFIX = "_fsdp_wrapped_module."
+T = TypeVar("T")
+
+
+def unwrapped_name(name: str) -> str:
+    """A parameter or module name without FSDP's wrapper segments (the name in the wrapped model)."""
+    return name.replace(FSDP_PREFIX, "")
+
+
+def _units_below(root: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
+    """The FSDP units directly below ``root``, as ``(name, unit)`` in module order, split into decoder layers and the
+    rest (a LoRA adapter on a module of the root unit, e.g. a targeted LM head)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    top: list[tuple[str, nn.Module]] = []
+    for name, m in root.named_modules():  # pre-order: a unit's parent unit comes first
+        if isinstance(m, FSDP) and m is not root and not any(name.startswith(p + ".") for p, _ in top):
+            top.append((name, m))
+    layers = _layer_classes(root.module)
+    return ([(n, u) for n, u in top if type(u.module) in layers],
+            [(n, u) for n, u in top if type(u.module) not in layers])
+
+
+def _owned(named, units: list[tuple[str, nn.Module]]) -> list[tuple[str, torch.Tensor]]:
+    """``named`` parameters outside every unit of ``units`` (those stay sharded while the root is gathered)."""
+    prefixes = tuple(unwrapped_name(n) + "." for n, _ in units)
+    return [(n, p) for n, p in named if not n.startswith(prefixes)]
+
+
+def gathered_units(module: nn.Module, convert: Callable[[str, nn.Module, list[tuple[str, torch.Tensor]]], T]
+                   ) -> Iterator[T]:
+    """``convert(prefix, unit, [(name, full parameter)])`` one FSDP unit at a time: first the root unit's own
+    parameters (embeddings, final norm, LM head; tied ones under each name), then each decoder layer with everything
+    nested in it (a LoRA layer's adapters). ``convert`` runs while its unit is gathered (``summon_full_params``, no
+    write-back) and must copy what it keeps; its result is yielded once the unit is released, so at most one unit's
+    full parameters exist at a time instead of the whole model's. Names and prefixes are those of the wrapped model
+    (FSDP strips its segments from parameter names while a unit is gathered, not from module names). A collective
+    under FSDP: every rank iterates to the end. A module that is not FSDP-wrapped is one unit."""
+    import contextlib
+
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    if not isinstance(module, FSDP):
+        yield convert("", module, _clean(module.named_parameters(remove_duplicate=False)))
+        return
+    layers, others = _units_below(module)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(FSDP.summon_full_params(module, recurse=False, writeback=False))
+        for _, unit in others:  # gathered with the root: an adapter of a root module merges into its weight
+            stack.enter_context(FSDP.summon_full_params(unit, recurse=True, writeback=False))
+        out = convert("", module, _owned(_clean(module.named_parameters(remove_duplicate=False)), layers))
+    yield out
+    for name, unit in layers:
+        prefix = unwrapped_name(name)
+        with FSDP.summon_full_params(unit, recurse=True, writeback=False):
+            out = convert(prefix, unit, _clean(unit.named_parameters(prefix=prefix, remove_duplicate=False)))
+        yield out
+
+
+def _clean(named) -> list[tuple[str, torch.Tensor]]:
+    return [(unwrapped_name(n), p) for n, p in named]
 
 
 def dtype_name(dtype: torch.dtype) -> str:

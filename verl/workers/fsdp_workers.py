@@ -48,12 +48,12 @@ def resume_file(ckpt: str | Path, rank: int) -> Path:
     """This rank's ``worker_rank<r>.pt`` in ``ckpt``; a UserError saying why when it is missing."""
     file = Path(ckpt) / f"worker_rank{rank}.pt"
     if not file.is_file():
+        from verl.trainer.checkpoint import CheckpointManager
         from verl.utils.cli import UserError
 
         others = sorted(p.name for p in Path(ckpt).glob("worker_rank*.pt"))
         why = (f"it holds {others}: resume needs the same trainer.n_workers as the saved run" if others else
-               "it keeps the weights only (trainer.resume_state=latest keeps the resume state in the latest "
-               "checkpoint only): resume from the latest checkpoint, or start a run from these weights")
+               CheckpointManager.not_resumable_reason(Path(ckpt)))
         raise UserError(f"cannot resume from {ckpt}: {file.name} is missing; {why}")
     return file
 
@@ -115,8 +115,9 @@ class FSDPWorker(Worker):
             prompts.meta_info = {**prompts.meta_info, "seed": int(prompts.meta_info["seed"]) + 7919 * self.rank}
         if self.engine == "vllm":
             syncs = self.rollout.syncs
-            # syncs only when the actor changed (once per step, not per validation chunk); stays awake after
-            self.rollout.ready(lambda: self.actor.rollout_state_dict(self.config.worker.rollout.dtype),
+            # syncs only when the actor changed (once per step, not per validation chunk), one FSDP unit at a time;
+            # stays awake after
+            self.rollout.ready(lambda: self.actor.rollout_weights(self.config.worker.rollout.dtype),
                                self._tied_embeddings())
             if self.rollout.syncs > syncs:
                 logger.info("vLLM weights synced in %.2f s", self.rollout.sync_seconds)
@@ -192,12 +193,13 @@ class FSDPWorker(Worker):
 
     # ------------------------------------------------------------------ checkpoints
     @register(Dispatch.ONE_TO_ALL)
-    def save_checkpoint(self, path: str) -> None:
+    def save_checkpoint(self, path: str, resume_state: bool = True) -> None:
         """Into ``path`` (a temp dir the driver renames), from rank 0: ``actor/`` (HF folder in worker.actor.dtype; a
-        LoRA actor's merged weights) + ``actor_adapter/`` (LoRA, fp32); and what only a resume needs, which older
-        checkpoints drop (``CheckpointManager``): ``actor_master/`` (fp32 master weights when the export is in a lower
-        precision), ``critic/`` (fp32) and per rank ``worker_rank<r>.pt``, the optimizer/scheduler/RNG state (resume
-        needs the same number of workers)."""
+        LoRA actor's merged weights) + ``actor_adapter/`` (LoRA, fp32); and with ``resume_state`` what only a resume
+        needs, which older checkpoints drop (``CheckpointManager``): ``actor_master/`` (fp32 master weights when the
+        export is in a lower precision), ``critic/`` (fp32) and per rank ``worker_rank<r>.pt``, the
+        optimizer/scheduler/RNG state (resume needs the same number of workers). Without ``resume_state`` (the last
+        step of a run, unless trainer.keep_resume_state) none of these is written."""
         path = Path(path)
         actor, dtype = self.actor, fsdp_utils.to_dtype(self.config.worker.actor.dtype)
         full = fsdp_utils.full_state_dict(actor.module)  # collective; fp32 master (peft names for LoRA) on rank 0
@@ -208,9 +210,17 @@ class FSDPWorker(Worker):
                 lora.save_adapter(actor.inner, full, path / "actor_adapter")
             else:
                 fsdp_utils.export_hf(actor.module, path / "actor", self.tokenizer, "actor", dtype, state_dict=full)
-                if dtype != torch.float32:
+                if dtype != torch.float32 and resume_state:
                     fsdp_utils.export_hf(actor.module, path / "actor_master", None, "actor", state_dict=full)
         del full
+        if resume_state:
+            self._save_resume_state(path)
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+
+    def _save_resume_state(self, path: Path) -> None:
+        """The critic's fp32 HF folder (a collective under FSDP) and this rank's ``worker_rank<r>.pt``."""
+        actor = self.actor
         state = {"actor_optim": actor.optimizer.state_dict(), "actor_sched": actor.scheduler.state_dict(),
                  "rng": fsdp_utils.rng_state()}
         if self.critic is not None:
@@ -221,8 +231,6 @@ class FSDPWorker(Worker):
         tmp = path / f".worker_rank{self.rank}.pt.tmp"
         torch.save(state, tmp)
         os.replace(tmp, path / f"worker_rank{self.rank}.pt")
-        if torch.distributed.is_initialized():
-            torch.distributed.barrier()
 
     @register(Dispatch.ONE_TO_ALL)
     def load_checkpoint(self, path: str) -> None:

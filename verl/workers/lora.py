@@ -2,9 +2,11 @@
 
 Only the adapters train (the base weights are frozen), so the base model with the adapters switched off
 (``PeftModel.disable_adapter()``) is the reference whenever the reference is the actor's start model: no second copy
-is loaded. The rollout engine and the checkpoint's HF folder need plain HF-named weights with the adapters folded in;
-they come from peft's own ``merge_and_unload`` run on a meta-device copy of the model whose tensors are the gathered
-state dict, so the live (FSDP) parameters are never modified.
+is loaded. The rollout engine and the checkpoint's HF folder need plain HF-named weights with the adapters folded in.
+The checkpoint's come from peft's own ``merge_and_unload`` run on a meta-device copy of the model whose tensors are the
+gathered state dict; the rollout engine's are merged one gathered FSDP unit (decoder layer) at a time
+(``merged_unit``: the base weight plus peft's ``get_delta_weight``, the sum ``merge_and_unload`` forms), so no rank
+ever holds the whole model for a weight sync. Either way the live (FSDP) parameters are never modified.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from verl.workers.fsdp_utils import unwrapped_name
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
@@ -84,3 +88,51 @@ def save_adapter(peft_model: nn.Module, state_dict: dict[str, torch.Tensor], out
     """peft's adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``), written by peft's
     ``save_pretrained``: loadable with ``PeftModel.from_pretrained`` on the base model, and by a resumed run."""
     _shell(peft_model, state_dict, None).save_pretrained(str(out_dir), safe_serialization=True)
+
+
+def hf_name(peft_name: str) -> str:
+    """The HF name of a peft model's base parameter (FSDP segments, peft's ``base_model.model.`` prefix and the
+    ``base_layer`` level removed): the name ``merge_and_unload`` gives it."""
+    return unwrapped_name(peft_name).removeprefix("base_model.model.").replace(".base_layer.", ".")
+
+
+def _is_adapter(name: str) -> bool:
+    return any(part.startswith("lora_") for part in name.split("."))
+
+
+def _adapted_layers(unit: nn.Module, prefix: str) -> dict[str, tuple[nn.Module, list[str]]]:
+    """``base weight name -> (peft LoRA layer, its active adapters)`` for the LoRA layers inside ``unit`` (names in
+    the wrapped model, FSDP segments removed, below ``prefix``). Only plain LoRA is merged here: a variant (DoRA) or an
+    adapter bias changes more than the weight."""
+    from peft.tuners.lora import LoraLayer
+
+    out = {}
+    for name, m in unit.named_modules(prefix=prefix):
+        name = unwrapped_name(name)
+        if not isinstance(m, LoraLayer):
+            continue
+        active = [a for a in m.active_adapters if a in m.lora_A]
+        if any(getattr(m, "lora_variant", {}).get(a) or getattr(m, "lora_bias", {}).get(a) for a in active):
+            raise NotImplementedError(f"{name}: only plain LoRA adapters (no DoRA, no adapter bias) are merged")
+        if active:
+            out[f"{name}.base_layer.weight"] = (m, active)
+    return out
+
+
+def merged_unit(unit: nn.Module, prefix: str, named: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+    """HF-named weights of one gathered FSDP unit of a peft model with its adapters folded in: each adapted weight
+    becomes a new tensor ``W + get_delta_weight(adapter)`` per active adapter (peft's delta, added as
+    ``merge_and_unload`` adds it), every other parameter is passed on as given, and the adapter tensors are dropped.
+    ``named``: the unit's gathered ``(name, parameter)`` pairs (``fsdp_utils.gathered_units``)."""
+    adapted = _adapted_layers(unit, prefix)
+    out = []
+    with torch.no_grad():
+        for name, p in named:
+            if _is_adapter(name):
+                continue
+            if name in adapted:
+                layer, active = adapted[name]
+                for adapter in active:
+                    p = p + layer.get_delta_weight(adapter).to(p.dtype)
+            out.append((hf_name(name), p))
+    return out

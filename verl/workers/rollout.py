@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -23,6 +24,10 @@ from verl.utils.vllm_engine import cpu_bind, require_vllm, shutdown_engine, star
 from verl.workers import fsdp_utils
 
 logger = logging.getLogger("verl.rollout")
+
+Weights = Mapping[str, torch.Tensor] | Iterable[list[tuple[str, torch.Tensor]]]
+"""What a weight sync loads: a dict of HF-named tensors, or groups of them (one FSDP unit each) as they are gathered."""
+SYNC_OK, SYNC_HELD, SYNC_FAILED = 0, 1, 2  # a reload's outcome on one rank; the ranks agree on the worst
 
 
 def eos_ids(tokenizer, generation_config=None) -> list[int]:
@@ -190,6 +195,62 @@ def checkpoint_tensor_bytes(model_path: str, dtype: torch.dtype) -> list[tuple[s
     return out
 
 
+def stream_chunks(groups: Iterable[list[tuple[str, torch.Tensor]]], chunk_bytes: int,
+                  nbytes: Callable[[torch.Tensor], int]) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """``vllm_engine.plan_chunks`` over a stream: groups joined into chunks of at most ``chunk_bytes`` (``nbytes``
+    per tensor), a group never split, a larger group a chunk of its own. A group is read only once the chunk before
+    it is full, so the caller holds one chunk and one group, not the stream."""
+    current: list[tuple[str, torch.Tensor]] = []
+    used = 0
+    for group in groups:
+        n = sum(nbytes(t) for _, t in group)
+        if current and used + n > chunk_bytes:
+            yield current
+            current, used = [], 0
+        current.extend(group)
+        used += n
+    if current:
+        yield current
+
+
+_LAYER = re.compile(r"^(.*\.layers\.\d+)\.")
+
+
+def layer_groups(group: list[tuple[str, torch.Tensor]]) -> list[list[tuple[str, torch.Tensor]]]:
+    """``group`` split as ``vllm_engine.plan_chunks`` groups tensors: a decoder layer's together (vLLM processes a
+    layer once all its weights are in), every other tensor alone (the root unit's embeddings and head need not
+    share a chunk, so the transfer buffer stays the size of the largest layer or tensor)."""
+    layers: dict[str, list[tuple[str, torch.Tensor]]] = {}
+    rest = []
+    for name, t in group:
+        m = _LAYER.match(name)
+        if m:
+            layers.setdefault(m.group(1), []).append((name, t))
+        else:
+            rest.append([(name, t)])
+    return [*layers.values(), *rest]
+
+
+def with_tied_head(group: list[tuple[str, torch.Tensor]], tied: bool) -> list[tuple[str, torch.Tensor]]:
+    """``group`` plus ``lm_head.weight`` = the input embeddings when the model ties them and the group lacks the head
+    (vLLM would keep its old head otherwise)."""
+    names = {n for n, _ in group}
+    if tied and "model.embed_tokens.weight" in names and "lm_head.weight" not in names:
+        return [*group, ("lm_head.weight", dict(group)["model.embed_tokens.weight"])]
+    return group
+
+
+def agree(status: int, device: torch.device) -> int:
+    """The worst ``status`` over the ranks of the default process group (this rank's alone without one)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return status
+    t = torch.tensor([status], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def empty_device_cache(device: torch.device) -> None:
     """Give the trainer's cached CUDA blocks back to the driver, so the engine can wake into them."""
     if device.type == "cuda":
@@ -208,7 +269,9 @@ class VLLMRollout:
 
     Weights travel as chunks of at most ``worker.rollout.sync_chunk_mb`` in the engine dtype through
     ``vllm_engine.WeightSyncExtension``: as tensors to an engine in this process, else through one reusable
-    ``WeightBuffer`` (no file left on disk; its size is checked against free space before the engine starts).
+    ``WeightBuffer`` (no file left on disk; its size is checked against free space before the engine starts). The
+    worker streams them one FSDP unit at a time (``Actor.rollout_weights``), so a sync holds one unit and one chunk
+    per rank, never a full copy of the model.
     """
 
     def __init__(self, model_path: str, tokenizer, cfg: RolloutConfig, max_model_len: int, actor_dtype: str,
@@ -231,10 +294,12 @@ class VLLMRollout:
             raise ValueError(f"worker.rollout.sync_chunk_mb={chunk_mb}: must be a positive number of MiB")
         self.chunk_bytes = int(chunk_mb * 2**20)
         self.copy_chunks = False  # engine in its own process: copy each chunk out of the buffer before loading
+        self.buffer_hint = 0  # the transfer buffer's size, from the model's tensors (0: grown by the chunks)
         if not self.in_process:  # fail before the engine starts, not at the first sync
             sizes = checkpoint_tensor_bytes(path, self.dtype)
             if sizes:
-                vllm_engine.buffer_dir(vllm_engine.buffer_bytes(sizes, self.chunk_bytes))
+                self.buffer_hint = vllm_engine.buffer_bytes(sizes, self.chunk_bytes)
+                vllm_engine.buffer_dir(self.buffer_hint)
         self.llm, self.start_seconds = start_engine(path, env, **kwargs)
         if not self.in_process:
             try:
@@ -271,32 +336,33 @@ class VLLMRollout:
             self.llm.wake_up(tags=tags)
             self.sleeping -= set(tags)
 
-    def ready(self, state_dict_fn: Callable[[], dict[str, torch.Tensor]], tie_word_embeddings: bool = False) -> None:
-        """Awake, with the actor's current weights. ``state_dict_fn`` (a collective under FSDP: every rank calls
-        ``ready`` at the same point) is called only when a sync is due, before the engine wakes, so the gather
-        does not compete with the engine's memory."""
+    def ready(self, weights_fn: Callable[[], Weights], tie_word_embeddings: bool = False) -> None:
+        """Awake, with the actor's current weights. ``weights_fn`` (a collective under FSDP: every rank calls
+        ``ready`` at the same point) is called only when a sync is due; it returns the weights as a dict or as
+        groups streamed one FSDP unit at a time (``Actor.rollout_weights``), which are gathered while the engine's
+        weights are awake and its KV cache still asleep."""
         if not self.weights_current:
-            self.sync_weights(state_dict_fn(), tie_word_embeddings)
+            self.sync_weights(weights_fn, tie_word_embeddings)
         self._wake(["kv_cache"])
 
     # ------------------------------------------------------------------ weights
-    def sync_weights(self, state_dict: dict[str, torch.Tensor], tie_word_embeddings: bool = False) -> float:
+    def sync_weights(self, weights: Weights | Callable[[], Weights], tie_word_embeddings: bool = False) -> float:
         """Load the actor's full (HF-named) weights into the engine, in place; returns the seconds it took.
 
+        ``weights``: a dict, an iterable of groups of ``(name, tensor)`` (a decoder layer's tensors in one group), or
+        a callable returning either, called once per load (a reload calls it again: a stream is consumed once).
         The trainer's CUDA cache is emptied, the weights' memory woken (level 2: uninitialised until loaded), then
         the weights stream in chunk by chunk. A tied ``lm_head.weight`` is passed explicitly (vLLM would keep the
         old head), and the prefix cache is reset so no KV block computed with the old weights is reused.
         """
         t0 = time.time()
-        sd = dict(state_dict)
-        if tie_word_embeddings and "lm_head.weight" not in sd and "model.embed_tokens.weight" in sd:
-            sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+        source = weights if callable(weights) else (lambda: weights)
         if "weights" in self.sleeping:
             self._wake(["weights"])  # empties the cache first
         else:
             empty_device_cache(self.device)
         self.weights_current = False  # until every chunk is in
-        self._stream(sd)
+        self._stream(lambda: self._chunks(source(), tie_word_embeddings))
         self.llm.reset_prefix_cache()
         self.weights_current = True
         self.syncs += 1
@@ -306,40 +372,78 @@ class VLLMRollout:
     def _cast(self, t: torch.Tensor) -> torch.Tensor:
         return t.detach().to(self.dtype) if t.is_floating_point() else t.detach()
 
-    def _stream(self, sd: dict[str, torch.Tensor]) -> None:
+    def _nbytes(self, t: torch.Tensor) -> int:
+        """A tensor's bytes in the engine dtype, aligned as the transfer buffer places it."""
+        return vllm_engine._aligned(t.numel() * (self.dtype.itemsize if t.is_floating_point() else t.element_size()))
+
+    def _chunks(self, weights: Weights, tied: bool) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        """Chunks of ``(name, tensor)`` of at most ``chunk_bytes`` (engine dtype), a group (a decoder layer) never
+        split, a group larger than a chunk alone: a dict as ``vllm_engine.plan_chunks`` orders it, a stream of
+        groups in its own order, each group read only when the previous chunk is out (``stream_chunks``)."""
+        if isinstance(weights, Mapping):
+            sd = dict(weights)
+            if tied and "lm_head.weight" not in sd and "model.embed_tokens.weight" in sd:
+                sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+            sizes = [(k, self._nbytes(v)) for k, v in sd.items()]
+            for names in vllm_engine.plan_chunks(sizes, self.chunk_bytes):
+                yield [(n, sd[n]) for n in names]
+            return
+        groups = (part for g in weights for part in layer_groups(with_tied_head(g, tied)))
+        yield from stream_chunks(groups, self.chunk_bytes, self._nbytes)
+
+    def _stream(self, chunks_fn: Callable[[], Iterable[list[tuple[str, torch.Tensor]]]]) -> None:
         """begin -> one call per chunk -> finish, on the engine's worker (``vllm_engine.WeightSyncExtension``).
-        Should vLLM keep views into the buffer past a chunk (a layer split over chunks), the sync is redone with
-        each chunk copied out of the buffer first, and so are later syncs."""
-        sizes = [(k, v.numel() * (self.dtype.itemsize if v.is_floating_point() else v.element_size()))
-                 for k, v in sd.items()]
-        chunks = vllm_engine.plan_chunks(sizes, self.chunk_bytes)
-        buf = None if self.in_process else self._ensure_buffer(vllm_engine.buffer_bytes(sizes, self.chunk_bytes))
-        if not self._load(sd, chunks, buf, self.copy_chunks):
+        Should vLLM keep views into the buffer past a chunk (a layer split over chunks) on any rank, every rank redoes
+        the sync with each chunk copied out of the buffer first, and so do later syncs."""
+        if not self._load(chunks_fn, self.copy_chunks):
             logger.info("vLLM holds weights of an incomplete layer across chunks: reloading with each chunk copied "
                         "out of the transfer buffer (from now on)")
             self.copy_chunks = True
-            self._load(sd, chunks, buf, True)
+            self._load(chunks_fn, True)
 
-    def _load(self, sd, chunks: list[list[str]], buf, copy: bool) -> bool:
-        """One reload; False when it stopped because the engine still held views into the buffer."""
+    def _load(self, chunks_fn, copy: bool) -> bool:
+        """One reload; False when the engine of some rank still held views into the buffer after a chunk.
+
+        Every chunk is drawn from ``chunks_fn()`` even after a held view or a failed engine call (drawing a chunk
+        gathers FSDP units: a collective every rank must complete), then the ranks agree on the outcome, so a
+        failure on one rank stops every rank here instead of leaving the others in a later collective."""
         rpc = self.llm.collective_rpc
         rpc("rule_begin_reload")
-        complete = True
+        status, error = SYNC_OK, None
         try:
-            for names in chunks:
-                if buf is None:
-                    rpc("rule_load_weights", args=([(n, self._cast(sd[n])) for n in names],))
+            for chunk in chunks_fn():
+                if status != SYNC_OK:
                     continue
-                held = rpc("rule_load_buffer", args=(buf.pack([(n, sd[n]) for n in names], self.dtype), copy))
-                if any(h is not False for h in held):
-                    complete = False
-                    break
+                try:
+                    if self._send(chunk, copy):
+                        status = SYNC_HELD
+                except Exception as exc:  # noqa: BLE001 - re-raised below, once every rank has drawn its chunks
+                    status, error = SYNC_FAILED, exc
         except BaseException:
             with contextlib.suppress(Exception):  # the first error is the one to report
                 rpc("rule_finish_reload")
             raise
-        rpc("rule_finish_reload")
-        return complete
+        if error is None:
+            rpc("rule_finish_reload")
+        else:
+            with contextlib.suppress(Exception):
+                rpc("rule_finish_reload")
+        status = agree(status, self.device)
+        if error is not None:
+            raise error
+        if status == SYNC_FAILED:
+            raise RuntimeError("the vLLM weight sync failed on another rank (its log has the error)")
+        return status == SYNC_OK
+
+    def _send(self, chunk: list[tuple[str, torch.Tensor]], copy: bool) -> bool:
+        """One chunk to the engine; True when the engine still holds views into the buffer afterwards."""
+        if self.in_process:
+            self.llm.collective_rpc("rule_load_weights", args=([(n, self._cast(t)) for n, t in chunk],))
+            return False
+        need = sum(self._nbytes(t) for _, t in chunk)
+        buf = self._ensure_buffer(max(need, self.buffer_hint))
+        held = self.llm.collective_rpc("rule_load_buffer", args=(buf.pack(chunk, self.dtype), copy))
+        return any(h is not False for h in held)
 
     def _ensure_buffer(self, nbytes: int) -> vllm_engine.WeightBuffer:
         """The transfer buffer, (re)made when a chunk needs more room; unlinked as soon as the engine mapped it."""
