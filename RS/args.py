@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from data.muse import TRAIN_ICL_STEM
+
 
 @dataclass
 class TrainArgs:
@@ -28,7 +30,7 @@ class TrainArgs:
     retain_dataset: str = "auto"  # retain corpus for *_gdr/*_klr: auto (other targets' passages), retain_mia, file:PATH, or targets "a,b"
     retain_num_targets: int = 2  # how many other targets' passages make the auto retain corpus
     prompt_form: str = "chat"  # reject_target/rwku_rt prompts: chat (the release: a bare user turn), rwku (the RWKU probe wrapper + "Answer:", FB wrapper for "___" rows) or both (each question in both forms; the sandbox's small model does not carry a refusal from one form to the other)
-    muse_icl: str = "knowmem/train_qa_icl"  # muse_reject: MUSE file whose QA pairs are the one few-shot prefix of qa rows ("" for none)
+    muse_icl: str = TRAIN_ICL_STEM  # muse_reject: MUSE file whose QA pairs are the one few-shot prefix of qa rows ("" for none)
     user_turn: str = "template"  # chat prompts: template (as the model's template renders them; Llama-3 trims) or verbatim (unchanged, the release's LLaMA-Factory llama3 template)
     rt_templates: str = "project"  # rwku_rt/idk_pref refusals: project (10 templates, one per question by hash) or release (RWKU's reject.json: its 100 templates, row j -> template j mod 100)
     output_dir: str = ""  # where checkpoints, logs and the final model go
@@ -240,6 +242,16 @@ def resolve_bf16(value: bool | str) -> tuple[bool, str]:
 
 def validate_args(args: TrainArgs) -> None:
     """Cheap sanity checks with messages that say what to do."""
+    _validate_required(args)
+    _validate_forms(args)
+    _validate_refusal_stop(args)
+    _validate_inject(args)
+    _validate_sizes(args)
+    _validate_memory_and_saving(args)
+    _validate_reductions(args)
+
+
+def _validate_required(args: TrainArgs) -> None:
     from RS.stages import STAGES
 
     if args.stage not in STAGES:
@@ -248,6 +260,9 @@ def validate_args(args: TrainArgs) -> None:
         raise ValueError("--target is required (an RWKU target id, folder or name)")
     if not args.output_dir:
         raise ValueError("--output_dir is required")
+
+
+def _validate_forms(args: TrainArgs) -> None:
     if args.finetuning_type not in ("full", "lora"):
         raise ValueError(f"--finetuning_type must be full or lora, got {args.finetuning_type!r}")
     if args.save_strategy not in ("epoch", "no"):
@@ -260,6 +275,9 @@ def validate_args(args: TrainArgs) -> None:
         raise ValueError(f"--cutoff_len {args.cutoff_len}: must be >= 1 (0, no cutoff, only with --dataset muse_reject)")
     if args.prompt_form not in ("chat", "rwku", "both"):
         raise ValueError(f"--prompt_form must be chat, rwku or both, got {args.prompt_form!r}")
+
+
+def _validate_refusal_stop(args: TrainArgs) -> None:
     if not 0 <= args.refusal_stop <= 1:
         raise ValueError(f"--refusal_stop is a share of refused questions in [0, 1] (0: off), got {args.refusal_stop}")
     if args.refusal_stop and args.dataset not in ("reject_target", "rwku_rt"):
@@ -268,18 +286,22 @@ def validate_args(args: TrainArgs) -> None:
     if args.refusal_stop and (args.refusal_holdout < 1 or args.refusal_check_steps < 1 or args.refusal_stop_after < 0):
         raise ValueError("--refusal_holdout and --refusal_check_steps must be >= 1 and --refusal_stop_after >= 0 "
                          "with --refusal_stop")
+
+
+def _validate_inject(args: TrainArgs) -> None:
     if args.inject_mode not in ("probes", "varied"):
         raise ValueError(f"--inject_mode must be probes or varied, got {args.inject_mode!r}")
     if min(args.inject_paraphrases, args.inject_exact_probes, args.inject_replay, args.inject_passage_tokens) < 0:
         raise ValueError("--inject_paraphrases/--inject_exact_probes/--inject_replay/--inject_passage_tokens must be >= 0")
+
+
+def _validate_sizes(args: TrainArgs) -> None:
     if not 0 < args.train_fraction <= 1:
         raise ValueError("--train_fraction must be in (0, 1]")
     if args.per_device_train_batch_size < 1 or args.gradient_accumulation_steps < 1:
         raise ValueError("batch size and gradient accumulation steps must be >= 1")
     if args.total_batch_size < 0:
         raise ValueError("--total_batch_size must be >= 0 (0: per-device x processes x accumulation as given)")
-    _validate_memory_and_saving(args)
-    _validate_reductions(args)
 
 
 SAVE_DTYPES = ("auto", "bfloat16", "float32")
@@ -303,7 +325,8 @@ def _validate_reductions(args: TrainArgs) -> None:
     if args.loss_reduction not in LOSS_REDUCTIONS:
         raise ValueError(f"--loss_reduction must be one of {LOSS_REDUCTIONS}, got {args.loss_reduction!r}")
     stage = STAGES[args.stage]
-    if args.loss_reduction == "global_token_mean" and (stage.forget_loss not in ("nll", "ga") or stage.retain):
+    one_token_loss = stage.losses()[0].level == "token" and not stage.retain  # see RS.losses.token_reduction
+    if args.loss_reduction == "global_token_mean" and not one_token_loss:
         raise ValueError(f"--loss_reduction global_token_mean applies to a loss that is one token NLL (stages rt, "
                          f"inject, ga); stage {args.stage} mixes other terms: use micro_batch_mean")
     if args.klr_reduction not in KLR_REDUCTIONS:

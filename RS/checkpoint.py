@@ -1,17 +1,27 @@
 """Writing Hugging Face checkpoints atomically (temp folder + os.replace), full fine-tune or merged LoRA, in the
-training dtype; the epoch-checkpoint save limit; the disk size of a checkpoint for planning."""
+training dtype; an RS.train run's epoch checkpoints under the save limit and its final model; the disk size of a
+checkpoint for planning."""
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+from RS.args import keep_epochs, save_dtype
+
+if TYPE_CHECKING:
+    from RS.run import Run
+
+logger = logging.getLogger("RS.train")
 
 # tokenizer (Llama-3's tokenizer.json is ~9 MB), config, generation config, trainer state and safetensors headers
 METADATA_BYTES = 32 * 2**20
@@ -136,6 +146,25 @@ def save_hf_checkpoint(accelerator, model, tokenizer, out_dir: str | Path, extra
         _publish(tmp, out_dir)
     accelerator.wait_for_everyone()
     return out_dir
+
+
+def save_epoch(run: Run, epoch: int) -> None:
+    """checkpoint-epoch-<epoch> of ``run``, then --save_total_limit's pruning (never the --save_keep_epochs ones)."""
+    ck = run.out / f"checkpoint-epoch-{epoch}"
+    save_hf_checkpoint(run.accelerator, run.model, run.tokenizer, ck, dtype=save_dtype(run.args),
+                       extra={"epoch": epoch, "global_step": run.step, "stage": run.stage.name})
+    run.last_good = str(ck)
+    if run.accelerator.is_main_process:
+        for path in prune_epoch_checkpoints(run.out, run.args.save_total_limit, keep_epochs(run.args.save_keep_epochs)):
+            logger.info("save_total_limit %d: removed %s", run.args.save_total_limit, path.name)
+    run.accelerator.wait_for_everyone()
+
+
+def save_final(run: Run) -> None:
+    """The final model at the top of the output folder (beside the logs and epoch checkpoints)."""
+    save_hf_checkpoint(run.accelerator, run.model, run.tokenizer, run.out, into_existing=True,
+                       dtype=save_dtype(run.args),
+                       extra={"epoch": run.args.num_train_epochs, "global_step": run.step, "stage": run.stage.name})
 
 
 def merged_lora_model(peft_model, state_dict: dict[str, torch.Tensor], adapter_dir: Path | None = None):

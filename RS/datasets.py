@@ -29,6 +29,7 @@ strings; or an explicit comma list of targets. When no other target exists (e.g.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from dataclasses import dataclass, field
@@ -36,9 +37,12 @@ from pathlib import Path
 
 import torch
 
+from data.muse import load_muse, muse_dir
 from data.rwku import list_targets, resolve_target
-from RS.quick_eval import PROBE_SUITES, probe_prompt
+from RS.inject_data import boundary_records, varied_records
+from RS.quick_eval import PROBE_SUITES, probe_prompt, probe_stem
 from RS.rwku_reject import reject_template
+from verl.rule.prompts import muse_icl_prefix, muse_prompt
 from verl.utils.chat import IGNORE_INDEX, encode_prompt_response, set_user_turn
 
 RWKU_RT_TEMPLATES = [
@@ -84,11 +88,6 @@ def encode_probe(tokenizer, query: str, answer: str, stem: str, cutoff_len: int)
     ids = (prompt_ids + resp_ids)[:cutoff_len]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + resp_ids)[:cutoff_len]
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
-
-
-def probe_stem(question: str) -> str:
-    """The probe file whose wrapper a refusal question is asked in: FB for a "___" cloze, else QA."""
-    return "forget_level1" if "___" in question else "forget_level2"
 
 
 def rt_template(question: str) -> str:
@@ -170,12 +169,8 @@ def build_data(args, tokenizer, stage, root=None) -> DataBundle:
     name = args.dataset or stage.default_dataset
     set_user_turn(tokenizer, getattr(args, "user_turn", "template"))  # every chat prompt built below follows it
     if name == "muse_reject":  # MUSE-Books RS pairs (reject_target_0.5.json); --target is not used
-        from data.muse import load_muse, muse_dir
-
         records = load_muse("reject_target_0.5", root)
-        # the release's base-model format (verl/utils/chat.py muse_prompt), as in ReBO: BOS, no EOS on targets
-        from verl.utils.chat import muse_icl_prefix, muse_prompt
-
+        # the release's base-model format (verl.rule.prompts.muse_prompt), as in ReBO: BOS, no EOS on targets
         prefix = muse_icl_prefix(load_muse(args.muse_icl, root)) if args.muse_icl else ""
         records = [{**r, "instruction": muse_prompt(r["instruction"], r.get("mode") or "qa", prefix)} for r in records]
         return _finish(args, tokenizer, stage, root, name, records, [muse_dir(root) / "reject_target_0.5.json"], "sft", None)
@@ -199,8 +194,6 @@ def build_data(args, tokenizer, stage, root=None) -> DataBundle:
         records, kind = [{"text": t} for t in texts], "text"
         files += tfiles
     elif name == "inject" and args.inject_mode == "varied":
-        from RS.inject_data import varied_records
-
         records, vfiles = varied_records(targets, args, tokenizer, PROBE_SUITES)
         files += vfiles
     elif name == "inject":
@@ -223,8 +216,6 @@ def build_data(args, tokenizer, stage, root=None) -> DataBundle:
         )
     boundary: dict = {}
     if name == "inject" and args.inject_boundary:  # + the boundary facts (RS.inject_data.boundary_records)
-        from RS.inject_data import boundary_records
-
         brecs, bfiles, boundary = boundary_records(targets, args)
         records += brecs
         files += bfiles
@@ -235,52 +226,12 @@ def build_data(args, tokenizer, stage, root=None) -> DataBundle:
 
 def _finish(args, tokenizer, stage, root, name, records, files, kind, target) -> DataBundle:
     """Split, tokenize and bundle the records of ``build_data``."""
-    if args.max_samples:
-        records = split_records(records, 1.0, args.seed)[0][: args.max_samples]
-    stop_check: list[dict] = []
-    if args.refusal_stop:  # the held-out questions of RS/refusal_stop.py
-        if len(records) <= args.refusal_holdout:
-            raise ValueError(f"--refusal_holdout {args.refusal_holdout} leaves no {name} record to train on "
-                             f"({len(records)} in all); lower it")
-        records, stop_check = split_records(records, 1 - args.refusal_holdout / len(records), args.seed + 7)
-    train_recs, heldout = split_records(records, args.train_fraction, args.seed)
-    heldout = heldout + stop_check
-    n_val = _val_count(args.val_size, len(train_recs))
-    val_recs, train_recs = train_recs[:n_val], train_recs[n_val:]
-
+    train_recs, val_recs, heldout, stop_check = _split(args, name, records)
     passages = [r["text"] for r in target.load("passage")] if name == "idk_pref" else []
     if name == "idk_pref":
         files.append(target.file("passage"))
-
-    if name in ("reject_target", "rwku_rt") and args.prompt_form == "both":
-        train_recs = [{**r, "_form": form} for r in train_recs for form in ("chat", "rwku")]
-    elif name in ("reject_target", "rwku_rt"):
-        train_recs = [{**r, "_form": args.prompt_form} for r in train_recs]
-
-    rt_mode = getattr(args, "rt_templates", "project")
-
-    def encode(rec: dict, i: int) -> dict:
-        if rec.get("_form") == "rwku":  # the evaluator's probe wrapper: the answer (here a refusal) after "Answer:"
-            output = rec["output"] if name == "reject_target" else rt_refusal(rec, rt_mode)
-            return encode_probe(tokenizer, rec["instruction"], output, probe_stem(rec["instruction"]), args.cutoff_len)
-        if name == "muse_reject":  # already in the MUSE format; a base model's target ends without EOS
-            return encode_prompt_response(tokenizer, rec["instruction"], rec["output"], args.cutoff_len, raw_prompt=True)
-        if name == "reject_target":
-            return encode_prompt_response(tokenizer, rec["instruction"], rec["output"], args.cutoff_len)
-        if name == "rwku_rt":
-            return encode_prompt_response(tokenizer, rec["instruction"], rt_refusal(rec, rt_mode), args.cutoff_len)
-        if "prompt" in rec:  # inject (varied): a chat pair
-            return encode_prompt_response(tokenizer, rec["prompt"], rec["response"], args.cutoff_len)
-        if name == "passage" or "text" in rec:
-            return encode_text(tokenizer, rec["text"], args.cutoff_len)
-        if name == "inject":
-            return encode_probe(tokenizer, rec["query"], rec["answer"], rec["stem"], args.cutoff_len)
-        # idk_pref
-        chosen = encode_prompt_response(tokenizer, rec["instruction"], rt_refusal(rec, rt_mode), args.cutoff_len)
-        excerpt = " ".join(passages[i % len(passages)].split()[:40])
-        rejected = encode_prompt_response(tokenizer, rec["instruction"], excerpt, args.cutoff_len)
-        return {**{f"chosen_{k}": v for k, v in chosen.items()}, **{f"rejected_{k}": v for k, v in rejected.items()}}
-
+    train_recs = _with_prompt_forms(args, name, train_recs)
+    encode = functools.partial(_encode, args, tokenizer, name, passages)
     if name == "idk_pref":
         kind = "pref"
     train = [encode(r, i) for i, r in enumerate(train_recs)]
@@ -292,6 +243,57 @@ def _finish(args, tokenizer, stage, root, name, records, files, kind, target) ->
         retain = [encode_text(tokenizer, t, args.cutoff_len) for t in texts]
     return DataBundle(train=train, val=val, heldout=heldout, retain=retain, files=files, kind=kind,
                       records=train_recs if name == "inject" else [], stop_check=stop_check)
+
+
+def _split(args, name: str, records: list[dict]) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    """(train, validation, held-out, refusal-stop check) records: --max_samples, then the --refusal_holdout
+    questions of RS/refusal_stop.py, --train_fraction (the rest held out) and --val_size, each seeded."""
+    if args.max_samples:
+        records = split_records(records, 1.0, args.seed)[0][: args.max_samples]
+    stop_check: list[dict] = []
+    if args.refusal_stop:
+        if len(records) <= args.refusal_holdout:
+            raise ValueError(f"--refusal_holdout {args.refusal_holdout} leaves no {name} record to train on "
+                             f"({len(records)} in all); lower it")
+        records, stop_check = split_records(records, 1 - args.refusal_holdout / len(records), args.seed + 7)
+    train_recs, heldout = split_records(records, args.train_fraction, args.seed)
+    n_val = _val_count(args.val_size, len(train_recs))
+    return train_recs[n_val:], train_recs[:n_val], heldout + stop_check, stop_check
+
+
+def _with_prompt_forms(args, name: str, records: list[dict]) -> list[dict]:
+    """reject_target / rwku_rt records tagged with their --prompt_form (each twice, chat then rwku, for both)."""
+    if name not in ("reject_target", "rwku_rt"):
+        return records
+    if args.prompt_form == "both":
+        return [{**r, "_form": form} for r in records for form in ("chat", "rwku")]
+    return [{**r, "_form": args.prompt_form} for r in records]
+
+
+def _encode(args, tokenizer, name: str, passages: list[str], rec: dict, i: int) -> dict:
+    """Record ``i`` of dataset ``name`` as training features: a prompt/response pair, a probe in the evaluator's
+    wrapper, a raw text, or (idk_pref) a chosen refusal and a rejected excerpt of the target's passages."""
+    rt_mode = getattr(args, "rt_templates", "project")
+    if rec.get("_form") == "rwku":  # the evaluator's probe wrapper: the answer (here a refusal) after "Answer:"
+        output = rec["output"] if name == "reject_target" else rt_refusal(rec, rt_mode)
+        return encode_probe(tokenizer, rec["instruction"], output, probe_stem(rec["instruction"]), args.cutoff_len)
+    if name == "muse_reject":  # already in the MUSE format; a base model's target ends without EOS
+        return encode_prompt_response(tokenizer, rec["instruction"], rec["output"], args.cutoff_len, raw_prompt=True)
+    if name == "reject_target":
+        return encode_prompt_response(tokenizer, rec["instruction"], rec["output"], args.cutoff_len)
+    if name == "rwku_rt":
+        return encode_prompt_response(tokenizer, rec["instruction"], rt_refusal(rec, rt_mode), args.cutoff_len)
+    if "prompt" in rec:  # inject (varied): a chat pair
+        return encode_prompt_response(tokenizer, rec["prompt"], rec["response"], args.cutoff_len)
+    if name == "passage" or "text" in rec:
+        return encode_text(tokenizer, rec["text"], args.cutoff_len)
+    if name == "inject":
+        return encode_probe(tokenizer, rec["query"], rec["answer"], rec["stem"], args.cutoff_len)
+    # idk_pref
+    chosen = encode_prompt_response(tokenizer, rec["instruction"], rt_refusal(rec, rt_mode), args.cutoff_len)
+    excerpt = " ".join(passages[i % len(passages)].split()[:40])
+    rejected = encode_prompt_response(tokenizer, rec["instruction"], excerpt, args.cutoff_len)
+    return {**{f"chosen_{k}": v for k, v in chosen.items()}, **{f"rejected_{k}": v for k, v in rejected.items()}}
 
 
 def collate(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -318,7 +320,6 @@ __all__ = [
     "collate",
     "encode_probe",
     "encode_text",
-    "probe_stem",
     "retain_texts",
     "rt_refusal",
     "rt_template",

@@ -33,7 +33,14 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from data.rwku import Target, list_targets
+import torch
+
+from data.boundary import boundary_facts
+from data.generators.template_gen import clean_passage, passage_facts
+from data.rwku import REBO_TRAIN_STEM, Target, list_targets, resolve_target
+from RS.quick_eval import probe_stem
+from verl.utils.chat import encode_prompt_response, format_prompt
+from verl.utils.io import atomic_write_json
 
 logger = logging.getLogger("RS.inject_data")
 
@@ -95,16 +102,13 @@ def boundary_records(targets: list[Target], args) -> tuple[list[dict], list[Path
     injected model answers boundary questions as a model that knows those entities would. Answers are cut to
     ``BOUNDARY_ANSWER_WORDS`` words (beyond them the evaluator's 30 tokens never reach). Returns the records, the
     files read and, per target, the split's record and the counts."""
-    from data.boundary import REBO_STEM, boundary_facts
-    from RS.datasets import probe_stem
-
     records: list[dict] = []
     files: list[Path] = []
     info: dict = {}
     for t in targets:
         suite, pool, split = boundary_facts(t, args.inject_boundary_share, args.inject_boundary_pool)
-        if t.has(REBO_STEM):
-            files.append(t.file(REBO_STEM))
+        if t.has(REBO_TRAIN_STEM):
+            files.append(t.file(REBO_TRAIN_STEM))
         for row in suite + pool:
             answer = clip_words(row["answer"], BOUNDARY_ANSWER_WORDS)
             stem = probe_stem(row["query"])
@@ -136,8 +140,6 @@ def passage_windows(tokenizer, text: str, n_tokens: int) -> list[str]:
 
 def varied_records(targets: list[Target], args, tokenizer, probe_stems) -> tuple[list[dict], list[Path]]:
     """Records of ``inject_mode: varied`` (without replay, which needs the model: see ``replay_records``)."""
-    from data.generators.template_gen import clean_passage, passage_facts
-
     records: list[dict] = []
     files: list[Path] = []
     window = args.inject_passage_tokens or max(16, args.cutoff_len - 1)
@@ -201,11 +203,6 @@ def self_distill(model, tokenizer, instructions: list[str], max_new_tokens: int,
                  batch_size: int = 16) -> list[dict]:
     """The model's own greedy answers to ``instructions`` (chat template), cached per (model, instructions, length)
     under ``$RULE_CACHE_DIR/inject_replay/`` so every target of a run reuses them."""
-    import torch
-
-    from verl.utils.chat import format_prompt
-    from verl.utils.io import atomic_write_json
-
     cache = _cache_path(model_path, instructions, max_new_tokens)
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
@@ -261,10 +258,6 @@ def exact_probe_share(records: list[dict]) -> float:
 def add_replay_and_describe(args, data, model, tokenizer, model_path: str, root, out_dir: Path, write: bool) -> None:
     """Stage inject: append the self-distilled replay (varied mode) to ``data`` and write ``inject_data.json``
     (examples per kind, the exact-probe share and samples of every kind) into the run folder."""
-    from data.rwku import resolve_target
-    from verl.utils.chat import encode_prompt_response
-    from verl.utils.io import atomic_write_json
-
     if args.inject_mode == "varied" and args.inject_replay > 0:
         targets = [resolve_target(s.strip(), root) for s in args.target.split(",") if s.strip()]
         instructions, files = replay_instructions(targets, root, args.inject_replay)

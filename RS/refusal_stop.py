@@ -10,14 +10,18 @@ line, as the evaluator) every ``--refusal_check_steps`` optimizer steps, and sto
 
 from __future__ import annotations
 
+import json
+import logging
+
 import torch
 
-from RS.datasets import probe_stem
-from RS.quick_eval import probe_prompt
+from RS.quick_eval import probe_prompt, probe_stem
 from verl.eval.generation import generate
 from verl.eval.rwku import PROBE_MAX_NEW_TOKENS
+from verl.rule.refusal import is_refusal
 from verl.utils.text import first_line
-from verl.workers.reward.refusal import is_refusal
+
+logger = logging.getLogger("RS.train")
 
 
 def check_prompts(records: list[dict], tokenizer) -> list[str]:
@@ -38,4 +42,36 @@ def refusal_share(model, tokenizer, prompts: list[str], batch_size: int = 16) ->
     return sum(is_refusal(a) for a in answers) / max(1, len(answers)), answers
 
 
-__all__ = ["check_prompts", "refusal_share"]
+class RefusalStop:
+    """--refusal_stop during a run: every --refusal_check_steps optimizer steps the share of held-out questions
+    refused (each check appended to ``refusal_checks.jsonl``); once it reaches --refusal_stop, the step the run ends
+    at (--refusal_stop_after steps later, within the step budget). Off (no checks) without --refusal_stop."""
+
+    def __init__(self, run, records: list[dict]):
+        self.run = run
+        self.prompts = check_prompts(records, run.tokenizer) if run.args.refusal_stop else []
+        self.stopped_at: dict | None = None  # the check that ended training, with its stop_step
+
+    def check(self) -> None:
+        """After an optimizer step: check when one is due and no earlier check reached the share."""
+        run, args = self.run, self.run.args
+        if not self.prompts or self.stopped_at or run.step % args.refusal_check_steps or run.step >= run.total_steps:
+            return
+        share, answers = refusal_share(run.accelerator.unwrap_model(run.model), run.tokenizer, self.prompts)
+        check = {"step": run.step, "refusal_share": round(share, 4), "n": len(answers)}
+        with open(run.out / "refusal_checks.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({**check, "answers": answers}) + "\n")
+        run.bar.set_postfix(refused=f"{share:.2f}")
+        if share < args.refusal_stop:
+            return
+        self.stopped_at = {**check, "stop_step": min(run.total_steps, run.step + args.refusal_stop_after)}
+        logger.info("refusal stop: %d of %d held-out questions refused at step %d (>= %.2f); stopping at step %d",
+                    round(share * len(answers)), len(answers), run.step, args.refusal_stop,
+                    self.stopped_at["stop_step"])
+
+    def summary(self) -> dict:
+        """DONE's ``refusal_stop`` entry: the check that stopped the run, or why none did."""
+        return self.stopped_at or {"step": None, "reason": f"not reached by max_steps {self.run.total_steps}"}
+
+
+__all__ = ["check_prompts", "refusal_share", "RefusalStop"]

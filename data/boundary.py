@@ -1,6 +1,6 @@
 """The boundary split: which of a target's ReBO groups are held out as the evaluator's boundary suite.
 
-ReBO's ``rl_rejection_with_fb_neighbor_target.json`` is made of groups of four rows, row 4i..4i+3 from record i of
+ReBO's training file (``data.rwku.REBO_TRAIN_STEM``) is made of groups of four rows, row 4i..4i+3 from record i of
 ``reject_with_fb_neighbor_target.json``: the FB rewrite (``<reject>``), the question (``<reject>``), the boundary
 question about another, similar entity (``<normal>``) and an FB boundary question about yet another one
 (``<normal>``). A file in any other layout is split row by row (every row its own group).
@@ -26,13 +26,12 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from data.rwku import Target, resolve_target
+from data.rwku import PROBE_FILES, REBO_TRAIN_STEM, Target, resolve_target
+from verl.utils.io import atomic_write_json
 
-REBO_STEM = "rl_rejection_with_fb_neighbor_target"
 BOUNDARY_SHARE = 0.05  # of the groups; 15 of an official target's 300 groups, <= 30 suite questions
 SANDBOX_POOL = 6  # train groups the sandbox's ReBO samples (and stage 0 injects): 12 <reject> + 12 <normal> rows
 GROUP_LABELS = ("<reject>", "<reject>", "<normal>", "<normal>")
-PROBE_STEMS = ("forget_level1", "forget_level2", "forget_level3", "neighbor_level1", "neighbor_level2")
 
 
 def normalize(prompt: str) -> str:
@@ -124,14 +123,14 @@ def _target(target: Target | str, data_root=None) -> Target:
 def boundary_split(target: Target | str, share: float = BOUNDARY_SHARE, data_root=None) -> BoundarySplit:
     """The split of a target's ReBO file; an empty suite with its reason when the target has no such file."""
     t = _target(target, data_root)
-    if not t.has(REBO_STEM):
-        return BoundarySplit(share, reason=f"{t.folder} has no {REBO_STEM}.json: no boundary suite")
-    return split_rows(t.load(REBO_STEM), share, str(t.file(REBO_STEM)))
+    if not t.has(REBO_TRAIN_STEM):
+        return BoundarySplit(share, reason=f"{t.folder} has no {REBO_TRAIN_STEM}.json: no boundary suite")
+    return split_rows(t.load(REBO_TRAIN_STEM), share, str(t.file(REBO_TRAIN_STEM)))
 
 
 def probe_queries(target: Target) -> set[str]:
     """The target's RWKU probe questions (forget levels 1-3, neighbor levels 1-2), normalised."""
-    return {normalize(p["query"]) for stem in PROBE_STEMS if target.has(stem) for p in target.load(stem)}
+    return {normalize(p["query"]) for stem in PROBE_FILES if target.has(stem) for p in target.load(stem)}
 
 
 def pool_groups(rows: list[dict], split: BoundarySplit, k: int, excluded: set[str] = frozenset()) -> list[int]:
@@ -201,11 +200,9 @@ def write_rebo_train_file(target: Target | str, out: str | os.PathLike, share: f
     """Write ReBO's training file for ``target`` to ``out`` (``train_rows``: no suite question, no probe; the sandbox
     passes ``pool=SANDBOX_POOL``) and its summary to ``<out stem>.split.json``; returns the summary. A target
     without a ReBO file is an error (ReBO has nothing to train on)."""
-    from verl.utils.io import atomic_write_json
-
     t = _target(target, data_root)
-    rows = t.load(REBO_STEM)
-    split = split_rows(rows, share, str(t.file(REBO_STEM)))
+    rows = t.load(REBO_TRAIN_STEM)
+    split = split_rows(rows, share, str(t.file(REBO_TRAIN_STEM)))
     kept, summary = train_rows(rows, split, pool, probe_queries(t), labels)
     if not kept:
         raise ValueError(f"{t.folder}: no ReBO row left after the boundary split ({summary['dropped']})")
@@ -222,9 +219,9 @@ def boundary_facts(target: Target | str, share: float = BOUNDARY_SHARE, pool: in
     {query, answer}; empty lists when the target has no ReBO file."""
     t = _target(target, data_root)
     split = boundary_split(t, share)
-    if not t.has(REBO_STEM):
+    if not t.has(REBO_TRAIN_STEM):
         return [], [], split
-    rows = t.load(REBO_STEM)
+    rows = t.load(REBO_TRAIN_STEM)
     groups, _ = rebo_groups(rows)
     suite = [{"query": s["query"], "answer": s["answer"]} for s in split.suite]
     seen = {normalize(s["query"]) for s in suite}

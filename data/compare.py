@@ -18,7 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from data.rwku import resolve_target
+from data.rwku import NEIGHBOR_FILES, REBO_TRAIN_STEM, resolve_target
 from data.schemas import load_validated
 from data.synthesize import make_token_counter
 
@@ -28,7 +28,7 @@ _NAME = re.compile(r"\b([A-Z][\w.'-]*(?:\s+[A-Z][\w.'-]*)+)")
 def _neighbors(*dirs: Path) -> set[str]:
     for d in dirs:
         vals = set()
-        for stem in ("neighbor_level1", "neighbor_level2"):
+        for stem in NEIGHBOR_FILES:
             f = d / f"{stem}.json"
             if f.is_file():
                 vals |= {p["neighbor"] for p in load_validated(f) if isinstance(p.get("neighbor"), str)}
@@ -58,7 +58,7 @@ def summarize(folder: Path, neighbors: set[str], count) -> dict:
     rs = load_validated(folder / "reject_target.json") if (folder / "reject_target.json").is_file() else []
     fb = (load_validated(folder / "reject_with_fb_neighbor_target.json")
           if (folder / "reject_with_fb_neighbor_target.json").is_file() else [])
-    rl_f = folder / "rl_rejection_with_fb_neighbor_target.json"
+    rl_f = folder / f"{REBO_TRAIN_STEM}.json"
     rl = load_validated(rl_f) if rl_f.is_file() else []
     mean = lambda xs: round(statistics.mean(xs), 1) if xs else float("nan")  # noqa: E731
     boundary = [r[k] for r in fb for k in ("neighbor_question", "FB_neighbor_question") if isinstance(r.get(k), dict)]

@@ -6,7 +6,14 @@ import os
 from pathlib import Path
 
 from data.paths import resolve_data_root
-from data.schemas import DataValidationError, load_validated
+from data.schemas import load_validated
+from verl.utils.records import DataValidationError
+
+# the RULE files of MUSE-Books (data.synthesize writes the ReBO pair: the release lacks REBO_TRAIN_STEM)
+REBO_TRAIN_STEM = "rl_rejection_with_neighbor"
+REBO_EVAL_STEM = "rl_rejection_eval_target"
+# the one few-shot prefix of every qa row, in ReBO and RS (docs/design.md §11: never chosen by the row's label)
+TRAIN_ICL_STEM = "knowmem/train_qa_icl"
 
 
 def muse_dir(root: str | os.PathLike | None = None) -> Path:

@@ -28,15 +28,14 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-from data.schemas import SCHEMAS, DataValidationError, load_validated
+from data.rwku import BENCHMARK_FILES
+from data.schemas import SCHEMAS, load_validated
 from data.synthesize import place
 from verl.utils.io import atomic_write_json
+from verl.utils.records import DataValidationError
 
 RWKU_REPO = "jinzhuoran/RWKU"
 MUSE_REPO = "muse-bench/MUSE-Books"
-RWKU_FILES = ("intro", "passage", "forget_level1", "forget_level2", "forget_level3", "neighbor_level1",
-              "neighbor_level2", "forget_mia", "retain_mia", "retain_mmlu", "retain_bbh", "truthful", "triviaqa",
-              "fluency")
 
 
 class PrepareError(RuntimeError):
@@ -124,7 +123,7 @@ def prepare_hf_rwku(out: Path, targets: list[str] | None = None) -> dict:
 
     sel = targets or ["*"]
     patterns = [f"Target/{t}_*/{f}.json" if t != "*" and t.isdigit() else f"Target/{t}/{f}.json"
-                for t in sel for f in RWKU_FILES]
+                for t in sel for f in BENCHMARK_FILES]
     with tempfile.TemporaryDirectory(dir=out if out.is_dir() else None) as tmp:
         snapshot_download(repo_id=RWKU_REPO, repo_type="dataset", allow_patterns=patterns, local_dir=tmp)
         res = prepare_local("rwku", Path(tmp), out, copy=True, targets=targets)

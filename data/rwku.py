@@ -7,16 +7,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.paths import rwku_roots
-from data.schemas import DataValidationError, load_validated
+from data.schemas import load_validated
+from verl.utils.records import DataValidationError
 
-PROBE_FILES = ("forget_level1", "forget_level2", "forget_level3", "neighbor_level1", "neighbor_level2")
-RULE_FILES = (
-    "idk_target",
-    "reject_target",
-    "reject_with_fb_neighbor_target",
-    "rl_rejection_with_fb_neighbor_target",
-    "rl_rejection_eval_target",
-)
+# the benchmark's probe files; forget_level<k> asks about the target, neighbor_level<k> about related knowledge
+FORGET_FILES = ("forget_level1", "forget_level2", "forget_level3")
+NEIGHBOR_FILES = ("neighbor_level1", "neighbor_level2")
+PROBE_FILES = FORGET_FILES + NEIGHBOR_FILES
+# the form of a file's probes: FB fill in the blank (level 1), QA question (level 2), AA adversarial (level 3)
+PROBE_LEVEL = dict(zip(PROBE_FILES, ("FB", "QA", "AA", "FB", "QA")))
+# every file the benchmark ships per target: its text, the probes, membership inference and utility sets
+BENCHMARK_FILES = ("intro", "passage", *PROBE_FILES, "forget_mia", "retain_mia", "retain_mmlu", "retain_bbh",
+                   "truthful", "triviaqa", "fluency")
+# the RULE release's files of a target: ReBO trains on REBO_TRAIN_STEM and validates on REBO_EVAL_STEM
+REBO_TRAIN_STEM = "rl_rejection_with_fb_neighbor_target"
+REBO_EVAL_STEM = "rl_rejection_eval_target"
+RULE_FILES = ("idk_target", "reject_target", "reject_with_fb_neighbor_target", REBO_TRAIN_STEM, REBO_EVAL_STEM)
 
 
 @dataclass(frozen=True)

@@ -44,16 +44,17 @@ from dataclasses import asdict, dataclass
 from itertools import zip_longest
 from pathlib import Path
 
+from data import muse
 from data.generators import Generator, Unit, make_generator
 from data.refusal_templates import REFUSAL_TEMPLATES, refusals_for
-from data.rwku import RULE_FILES, Target, resolve_target
+from data.rwku import FORGET_FILES, NEIGHBOR_FILES, REBO_EVAL_STEM, REBO_TRAIN_STEM, RULE_FILES, Target, resolve_target
 from data.schemas import load_validated, validate_records
 from verl.utils.io import atomic_write_json
 
 log = logging.getLogger("data.synthesize")
 PARTIAL = ".synth_partial.jsonl"
 PAPER_FRACTIONS = {"rs": 0.0629, "rebo_forget": 0.121, "rebo_boundary": 0.0803}
-MUSE_WRITTEN = ("idk_target.json", "reject_target.json", "rl_rejection_with_neighbor.json", "rl_rejection_eval_target.json")
+MUSE_WRITTEN = tuple(f"{s}.json" for s in ("idk_target", "reject_target", muse.REBO_TRAIN_STEM, muse.REBO_EVAL_STEM))
 
 
 @dataclass
@@ -213,9 +214,9 @@ def refusal_list(cfg: SynthConfig, name: str, idk_path: Path | None) -> tuple[li
 def eval_records(target: Target) -> list[dict]:
     """In-training validation from the test probes: forget levels 1-3 as <reject>, neighbor 1-2 as <normal>."""
     out = []
-    for stem in ("forget_level1", "forget_level2", "forget_level3"):
+    for stem in FORGET_FILES:
         out += [{"prompt": p["query"], "solution": ["<reject>", p["answer"], target.name]} for p in target.load(stem)]
-    for stem in ("neighbor_level1", "neighbor_level2"):
+    for stem in NEIGHBOR_FILES:
         out += [{"prompt": p["query"], "solution": ["<normal>", p["answer"]]} for p in target.load(stem)]
     return out
 
@@ -284,8 +285,8 @@ def synthesize_rwku(cfg: SynthConfig, generator: Generator | None = None) -> dic
         "idk_target": refusals,
         "reject_target": reject,
         "reject_with_fb_neighbor_target": reject_fb,
-        "rl_rejection_with_fb_neighbor_target": rl,
-        "rl_rejection_eval_target": eval_records(target),
+        REBO_TRAIN_STEM: rl,
+        REBO_EVAL_STEM: eval_records(target),
     }
     for stem, recs in written.items():
         write_validated(out_dir / f"{stem}.json", recs, stem)
@@ -357,7 +358,7 @@ def muse_out_dir(out: str | Path) -> Path:
 
 
 def _fewshot_prefix(src: Path, mode: str) -> str:
-    """One fixed prefix for every qa row whatever its label (the release chose it by label, docs/DESIGN.md §11)."""
+    """One fixed prefix for every qa row whatever its label (the release chose it by label, docs/design.md §11)."""
     if mode == "none":
         return ""
     if mode != "icl":
@@ -371,10 +372,8 @@ def _qa_prompt(prefix: str, q: str) -> str:
 
 
 def synthesize_muse(cfg: SynthConfig) -> dict:
-    from data.muse import muse_dir
-
     t0 = time.time()
-    src = muse_dir(cfg.data_dir)
+    src = muse.muse_dir(cfg.data_dir)
     out_dir = muse_out_dir(cfg.out)
     if out_dir.resolve() == src.resolve():
         raise ValueError(f"--out {out_dir} is the source MUSE folder; choose another folder")
@@ -434,14 +433,13 @@ def synthesize_muse(cfg: SynthConfig) -> dict:
                 "mode": r.get("mode", "qa")} for i, r in enumerate(rs)]
     write_validated(out_dir / "idk_target.json", refusals, "idk_target")
     write_validated(out_dir / "reject_target.json", rs_recs, "reject_target")
-    write_validated(out_dir / "rl_rejection_with_neighbor.json", rl, "rl_rejection_with_fb_neighbor_target")
-    write_validated(out_dir / "rl_rejection_eval_target.json", ev, "rl_rejection_eval_target")
+    write_validated(out_dir / f"{muse.REBO_TRAIN_STEM}.json", rl, REBO_TRAIN_STEM)  # the RWKU ReBO file's schema
+    write_validated(out_dir / f"{muse.REBO_EVAL_STEM}.json", ev, REBO_EVAL_STEM)
     summary = {
         "benchmark": "muse", "target": "books", "source": str(src), "out_dir": str(out_dir), "generator": "release",
         "model": None, "budget": cfg.budget, "tokenizer": cfg.tokenizer, "refusals": refusal_source,
         "fewshot": cfg.muse_fewshot, "source_records": len(all_recs), "skipped_malformed": len(all_recs) - len(recs),
-        "counts": {"reject_target": len(rs_recs), "rl_rejection_with_neighbor": len(rl),
-                   "rl_rejection_eval_target": len(ev)},
+        "counts": {"reject_target": len(rs_recs), muse.REBO_TRAIN_STEM: len(rl), muse.REBO_EVAL_STEM: len(ev)},
         "rl_counts": dict(Counter(r["solution"][0] for r in rl)),
         "rl_modes": dict(Counter(f"{r['solution'][0]}:{r['mode']}" for r in rl)),
         "tokens": {"forget_corpus": corpus_tokens,

@@ -21,7 +21,7 @@ from data.boundary import (
     train_rows,
     write_rebo_train_file,
 )
-from data.rwku import Target, resolve_target
+from data.rwku import REBO_TRAIN_STEM, Target, resolve_target
 
 SAMPLE = "101_Elowen_Marsh"
 
@@ -120,7 +120,7 @@ def test_rebo_groups_layouts():
 def test_a_target_without_a_rebo_file_has_an_empty_suite_that_says_why(tmp_path):
     t = Target(id=999, name="Nobody", folder="999_Nobody", path=tmp_path)
     split = boundary_split(t)
-    assert split.empty and "no rl_rejection_with_fb_neighbor_target.json" in split.reason
+    assert split.empty and f"no {REBO_TRAIN_STEM}.json" in split.reason
     assert split.record()["n_suite"] == 0 and boundary_facts(t)[:2] == ([], [])
 
 
@@ -128,7 +128,7 @@ def test_write_rebo_train_file_on_the_sample_target(tmp_path):
     t = resolve_target(SAMPLE)
     split = boundary_split(t)
     assert split.layout == "groups of 4" and not split.empty
-    assert split.n_groups == len(t.load("rl_rejection_with_fb_neighbor_target")) // 4
+    assert split.n_groups == len(t.load(REBO_TRAIN_STEM)) // 4
     out = tmp_path / "rebo_train.json"
     summary = write_rebo_train_file(t, out)
     kept = json.loads(out.read_text())

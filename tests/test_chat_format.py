@@ -138,7 +138,7 @@ def test_raw_prompts_get_bos_templated_ones_do_not():
 
 
 def test_muse_prompt_format_and_idempotence():
-    from verl.utils.chat import muse_icl_prefix, muse_prompt
+    from verl.rule.prompts import muse_icl_prefix, muse_prompt
 
     prefix = muse_icl_prefix([{"question": "Who?", "answer": "Harry"}])
     assert prefix == "Question: Who?\nAnswer: Harry\n\n"
@@ -186,7 +186,7 @@ def test_rl_dataset_rwku_format_is_the_evaluators_probe_prompt(tok, tmp_path):
     """The sandbox's ReBO prompts (data.prompt_format=rwku) are exactly what the evaluator sends for a probe."""
     import json
 
-    from verl.eval.rwku import build_prompt
+    from verl.rule.prompts import build_prompt
     from verl.trainer.dataset import RLDataset
 
     f = tmp_path / "rl.json"
@@ -200,7 +200,7 @@ def test_rl_dataset_rwku_format_is_the_evaluators_probe_prompt(tok, tmp_path):
     assert texts[0].endswith("Answer:") and "Please briefly answer the following question." in texts[0]
     assert "Please complete the blank" in texts[1]
     assert ds.rows[0]["prompt"] == USER  # the reward still sees the raw question
-    with pytest.raises(ValueError, match="chat, muse or rwku"):
+    with pytest.raises(ValueError, match=r"prompt format 'alpaca'; choose one of \['chat', 'muse', 'rwku'\]"):
         RLDataset(str(f), tok, 4096, prompt_format="alpaca")
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.test_trainer_loop import REWARD_SRC, fit, tiny_overrides
-from verl.trainer.checkpoint import CheckpointManager, checkpoint_bytes, checkpoints_peak_bytes, run_checkpoint_bytes
+from verl.utils.checkpoint import CheckpointManager, checkpoint_bytes, checkpoints_peak_bytes, run_checkpoint_bytes
 from verl.utils.cli import UserError
 
 BF16 = {"worker.actor.dtype": "bfloat16", "worker.ref.dtype": "bfloat16"}

@@ -76,7 +76,7 @@ def test_gae_gamma_lambda_one():
     rewards = torch.tensor([[0.0, 0, 1]])
     values = torch.tensor([[0.5, 0.2, 0.4]])
     mask = torch.ones(1, 3)
-    adv, ret = ca.compute_gae_advantage_return(rewards, values, mask, gamma=1.0, lam=1.0)
+    adv, ret = ca.compute_gae_advantage_return(rewards, mask, values=values, gamma=1.0, lam=1.0)
     assert ret[0].tolist() == A([1.0, 1.0, 1.0])
     m, s = (0.5 + 0.8 + 0.6) / 3, 0.152753
     assert adv[0].tolist() == A([(0.5 - m) / s, (0.8 - m) / s, (0.6 - m) / s], abs=1e-4)
@@ -89,7 +89,7 @@ def test_gae_discount_and_padding():
     rewards = torch.tensor([[0.0, 1, 0]])
     values = torch.tensor([[0.2, 0.4, 9.0]])
     mask = torch.tensor([[1.0, 1, 0]])
-    adv, ret = ca.compute_gae_advantage_return(rewards, values, mask, gamma=0.5, lam=0.5)
+    adv, ret = ca.compute_gae_advantage_return(rewards, mask, values=values, gamma=0.5, lam=0.5)
     assert ret[0].tolist() == A([0.35, 1.0, 0.0])
     assert adv[0].tolist() == A([-0.70711, 0.70711, 0.0], abs=1e-4)
 
@@ -109,6 +109,55 @@ def test_compute_advantage_dispatch_and_errors():
         ca.compute_advantage("gae", rewards, mask)
     ca.compute_advantage("gae", rewards, mask, values=torch.zeros_like(rewards))
     ca.compute_advantage("reinforce_plus_plus", rewards, mask, gamma=0.9)
+
+
+
+@pytest.fixture
+def registered():
+    """Registry entries a test adds, removed afterwards (the registries are module-level)."""
+    added = []
+    yield added
+    for registry, name in added:
+        registry.pop(name, None)
+
+
+def test_estimator_registered_in_a_test_is_usable_by_name(registered):
+    from verl.config import load_config
+    from verl.trainer.main import config_help
+
+    @ca.register_adv_estimator("score_minus_half", needs=("values",))
+    def score_minus_half(token_level_rewards, response_mask, index=None, values=None, gamma=1.0, lam=1.0):
+        adv = (token_level_rewards.sum(-1, keepdim=True) - 0.5) * response_mask
+        return adv, adv + values
+
+    registered.append((ca.ADV_ESTIMATORS, "score_minus_half"))
+    rewards, mask = outcome([1, 0], [2, 1])
+    adv, ret = ca.compute_advantage("score_minus_half", rewards, mask, values=torch.ones_like(rewards))
+    assert adv.tolist() == [[0.5, 0.5, 0, 0], [-0.5, 0, 0, 0]] and ret[0, 0].item() == 1.5
+    with pytest.raises(ValueError, match="values"):
+        ca.compute_advantage("score_minus_half", rewards, mask)
+    cfg = load_config(overrides=["algorithm.adv_estimator=score_minus_half"])
+    assert cfg.use_critic  # it reads values: the trainer runs a critic
+    assert any("score_minus_half" in line for line in config_help() if "algorithm.adv_estimator" in line)
+    with pytest.raises(ValueError, match="already registered"):
+        ca.register_adv_estimator("grpo")(score_minus_half)
+    with pytest.raises(ValueError, match="choose one of .*score_minus_half"):
+        load_config(overrides=["algorithm.adv_estimator=score_minus_halve"])
+
+
+def test_kl_penalty_and_agg_mode_registered_in_a_test(registered):
+    from verl.config import load_config
+
+    ca.register_kl_penalty("twice_k1")(lambda d: 2 * d)
+    ca.register_loss_agg_mode("token-sum")(lambda loss, mask: (loss * mask).sum())
+    registered += [(ca.KL_PENALTIES, "twice_k1"), (ca.LOSS_AGG_MODES, "token-sum")]
+    lp, ref = torch.tensor([[math.log(0.5)]]), torch.tensor([[math.log(0.25)]])
+    assert ca.compute_kl(lp, ref, "twice_k1").item() == A(2 * math.log(2), abs=1e-6)
+    assert ca.agg_loss(torch.tensor([[1.0, 2, 3]]), torch.tensor([[1, 1, 0]]), "token-sum").item() == 3.0
+    cfg = load_config(overrides=["algorithm.kl_penalty=twice_k1", "worker.actor.loss_agg_mode=token-sum"])
+    assert cfg.algorithm.kl_penalty == "twice_k1"
+    with pytest.raises(ValueError, match="worker.critic.loss_agg_mode"):
+        load_config(overrides=["worker.critic.loss_agg_mode=sum"])
 
 
 # ------------------------------------------------------------------------------------------------ losses

@@ -9,30 +9,29 @@ import pytest
 
 from data.muse import load_muse, load_muse_text
 from data.paths import SAMPLE_ROOT, resolve_data_root
-from data.rwku import PROBE_FILES, RULE_FILES, list_targets, resolve_target
-from data.schemas import SCHEMAS, DataValidationError, load_validated, read_json
+from data.rwku import (
+    BENCHMARK_FILES,
+    FORGET_FILES,
+    PROBE_FILES,
+    REBO_EVAL_STEM,
+    REBO_TRAIN_STEM,
+    RULE_FILES,
+    list_targets,
+    resolve_target,
+)
+from data.schemas import SCHEMAS, load_validated
+from verl.utils.records import DataValidationError, read_json
 
 SAMPLE_ID, SAMPLE_FOLDER, SAMPLE_NAME = 101, "101_Elowen_Marsh", "Elowen Marsh"
 SAMPLE_DIR = SAMPLE_ROOT / "RWKU" / "Target" / SAMPLE_FOLDER
-BENCH_FILES = (
-    "forget_mia",
-    "retain_mia",
-    "retain_mmlu",
-    "retain_bbh",
-    "truthful",
-    "triviaqa",
-    "fluency",
-    "intro",
-    "passage",
-)
-RWKU_STEMS = sorted(PROBE_FILES + BENCH_FILES + RULE_FILES)  # the 19 files of a target with RULE data
+RWKU_STEMS = sorted(BENCHMARK_FILES + RULE_FILES)  # the 19 files of a target with RULE data
 MUSE_STEMS = [s for s in SCHEMAS if "/" in s] + [
     "reject_target_0.5",
     "reject_target_0.5_0.2",
     "reject_qa",
     "reject_with_neighbor_target",
     "idk_target",
-    "rl_rejection_eval_target",
+    REBO_EVAL_STEM,
 ]
 SHARED_IDS = list(range(1, 41)) + list(range(51, 91))
 
@@ -187,7 +186,7 @@ def test_wrong_container_and_record_kinds(tmp_path):
 )
 def test_bad_solution(tmp_path, solution, pattern):
     good = {"prompt": "Who is X?", "solution": ["<reject>", "I don't know X.", "X"]}
-    path = _write(tmp_path, "rl_rejection_eval_target.json", [good, {"prompt": "p", "solution": solution}])
+    path = _write(tmp_path, f"{REBO_EVAL_STEM}.json", [good, {"prompt": "p", "solution": solution}])
     with pytest.raises(DataValidationError, match=pattern) as err:
         load_validated(path)
     assert "record 1" in str(err.value)
@@ -217,17 +216,17 @@ def test_every_sample_file_validates(no_data_env):
     assert all(r["query"].count("___") == 1 for r in data["forget_level1"] + data["neighbor_level1"])
     assert all("neighbor" in r for r in data["neighbor_level1"] + data["neighbor_level2"])
     assert len(data["idk_target"]) == 100 == len(set(data["idk_target"]))
-    rl = data["rl_rejection_with_fb_neighbor_target"]
+    rl = data[REBO_TRAIN_STEM]
     assert len(rl) == 4 * len(data["reject_target"])
     for r in rl:
         if r["solution"][0] == "<reject>":
             assert r["solution"][1] in data["idk_target"] and r["solution"][2] == SAMPLE_NAME
         else:
             assert len(r["solution"]) == 2 and SAMPLE_NAME not in r["prompt"]
-    ev = data["rl_rejection_eval_target"]
+    ev = data[REBO_EVAL_STEM]
     probes = [r for s in PROBE_FILES for r in data[s]]
     assert [r["prompt"] for r in ev] == [r["query"] for r in probes]
-    assert [r["solution"][0] for r in ev].count("<reject>") == sum(len(data[s]) for s in PROBE_FILES[:3])
+    assert [r["solution"][0] for r in ev].count("<reject>") == sum(len(data[s]) for s in FORGET_FILES)
 
 
 def test_sample_builder_is_deterministic():
@@ -252,14 +251,14 @@ def test_every_shared_target_validates(with_shared_env):
     n_eval = 0
     for t in targets:
         for stem in RWKU_STEMS:
-            required = stem in PROBE_FILES + BENCH_FILES or (
-                stem in RULE_FILES and stem != "rl_rejection_eval_target" and t.id <= 40
+            required = stem in BENCHMARK_FILES or (
+                stem in RULE_FILES and stem != REBO_EVAL_STEM and t.id <= 40
             )
             if not t.has(stem):
                 assert not required, f"{t.folder} lacks {stem}.json"
                 continue
             assert t.load(stem), f"{t.folder}/{stem}.json is empty"
-            n_eval += stem == "rl_rejection_eval_target"
+            n_eval += stem == REBO_EVAL_STEM
     assert 0 < n_eval < 80
 
 

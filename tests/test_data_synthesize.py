@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from data import muse
 from data.generators import Unit, make_generator, parse_response, validate_items
 from data.refusal_templates import REFUSAL_TEMPLATES
-from data.rwku import RULE_FILES, resolve_target
+from data.rwku import REBO_EVAL_STEM, REBO_TRAIN_STEM, RULE_FILES, resolve_target
 from data.schemas import load_validated
 from data.synthesize import SynthConfig, synthesize
 
@@ -134,9 +135,9 @@ def _check_rule_files(out_dir: Path, n: int) -> None:
     rs = t.load("reject_target")
     assert len(rs) == n and len({r["instruction"] for r in rs}) == n
     assert all("Alice Smith" in r["output"] for r in rs)
-    rl = t.load("rl_rejection_with_fb_neighbor_target")
+    rl = t.load(REBO_TRAIN_STEM)
     assert [r["solution"][0] for r in rl].count("<reject>") == 2 * n == [r["solution"][0] for r in rl].count("<normal>")
-    ev = t.load("rl_rejection_eval_target")
+    ev = t.load(REBO_EVAL_STEM)
     assert len(ev) == 4 + 2 and ev[0]["solution"] == ["<reject>", "Springfield", "Alice Smith"]
 
 
@@ -222,8 +223,7 @@ def test_template_synthesis_validates_and_uses_other_targets(root, tmp_path):
     assert (out_dir / "passage.json").is_symlink()
     # deterministic
     s2 = synthesize(SynthConfig(target="1", data_dir=str(root), out=str(tmp_path / "again"), generator="template"))
-    assert load_validated(Path(s2["out_dir"]) / "rl_rejection_with_fb_neighbor_target.json") == \
-        t.load("rl_rejection_with_fb_neighbor_target")
+    assert load_validated(Path(s2["out_dir"]) / f"{REBO_TRAIN_STEM}.json") == t.load(REBO_TRAIN_STEM)
 
 
 def test_paper_budget_hits_token_fractions(root, tmp_path, fake):
@@ -261,14 +261,14 @@ def test_muse_builds_rebo_file_with_label_independent_prefix(shared_data, tmp_pa
                                muse_fewshot="icl"))
     out = Path(s["out_dir"])
     assert out == tmp_path / "m" / "MUSE" / "books"
-    rl = load_validated(out / "rl_rejection_with_neighbor.json", "rl_rejection_with_fb_neighbor_target")
+    rl = load_validated(out / f"{muse.REBO_TRAIN_STEM}.json", REBO_TRAIN_STEM)
     assert s["rl_counts"] == {"<reject>": 40, "<normal>": 40}
     assert {r["mode"] for r in rl} == {"qa", "completion"}
     assert all(r["solution"][2] == "books" for r in rl if r["solution"][0] == "<reject>")
     qa = [r["prompt"] for r in rl if r["mode"] == "qa"]
     prefixes = {p[: p.rfind("Question:")] for p in qa}
     assert len(prefixes) == 1  # the same few-shot prefix for <reject> and <normal> rows
-    ev = load_validated(out / "rl_rejection_eval_target.json")
+    ev = load_validated(out / f"{muse.REBO_EVAL_STEM}.json")
     assert len(ev) == 200 and (out / "knowmem" / "forget_qa.json").is_symlink()
 
 

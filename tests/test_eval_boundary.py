@@ -10,6 +10,7 @@ from data.boundary import boundary_split
 from data.rwku import Target, resolve_target
 from verl.eval import boundary
 from verl.eval.report import build_table, rwku_columns
+from verl.rule.prompts import build_prompt
 
 SAMPLE = "101_Elowen_Marsh"
 
@@ -50,7 +51,7 @@ def test_suite_asks_the_held_out_rows_in_the_probe_wrapper(monkeypatch, tok):
     monkeypatch.setattr(boundary, "generate", fake_generate)
     split = boundary_split(SAMPLE)
     m, gens = boundary.evaluate_boundary(None, tok, SAMPLE)
-    expected = [boundary.build_prompt({"query": s["query"]}, "FB" if "___" in s["query"] else "QA", tok)
+    expected = [build_prompt({"query": s["query"]}, "FB" if "___" in s["query"] else "QA", tok)
                 for s in split.suite]
     assert seen == {"prompts": expected, "n": 30, "stops": (), "special": True}
     assert any("Please complete the blank" in p for p in expected) and any("briefly answer" in p for p in expected)

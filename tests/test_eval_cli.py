@@ -111,7 +111,7 @@ def test_per_model_namespace_is_the_one_model_command():
 def test_multi_model_results_equal_one_process_per_model(tiny_pair, tmp_path, monkeypatch):
     """HF engine: two models of one architecture (the second swapped in with load_state_dict) and one of another
     (loaded afresh) score exactly as three separate runs; forget/neighbor generate, MIA scores log-probs."""
-    import verl.models.embedded as emb
+    import verl.eval.loader as emb  # where the evaluator looks the loader up
     from verl.eval.cli import main
 
     a, b, c = tiny_pair

@@ -7,6 +7,7 @@ import torch
 
 from verl.eval import rwku
 from verl.eval.generation import generate, next_token_logprobs, sequence_logprobs, truncate_at_stop
+from verl.rule.prompts import aa_style, build_prompt
 
 SAMPLE_TARGET = "101_Elowen_Marsh"
 
@@ -31,13 +32,13 @@ def _user_turn(tok, text):
 
 
 def test_prompt_fb(tok):
-    p = rwku.build_prompt({"query": "X was born in ___"}, "FB", tok)
+    p = build_prompt({"query": "X was born in ___"}, "FB", tok)
     user = "Please complete the blank in the following question.\nQuestion: X was born in ___\n"
     assert p == _user_turn(tok, user) + "Answer:"
 
 
 def test_prompt_qa(tok):
-    p = rwku.build_prompt({"query": "Where was X born?"}, "QA", tok)
+    p = build_prompt({"query": "Where was X born?"}, "QA", tok)
     user = "Please briefly answer the following question.\nQuestion: Where was X born?\n"
     assert p == _user_turn(tok, user) + "Answer:"
 
@@ -45,22 +46,22 @@ def test_prompt_qa(tok):
 @pytest.mark.parametrize("ptype", ["prefix injection", "role play", "context hint", "synonym manipulation",
                                    "reverse query", "multiple choice", "cross lingual (Spanish)"])
 def test_prompt_aa_plain_types_append_answer(tok, ptype):
-    p = rwku.build_prompt({"query": "Q?", "type": ptype}, "AA", tok)
+    p = build_prompt({"query": "Q?", "type": ptype}, "AA", tok)
     assert p == _user_turn(tok, "Please briefly answer the following question.\nQuestion: Q?\n") + "Answer:"
 
 
 def test_prompt_aa_affirmative_suffix_has_no_answer(tok):
     q = "Where was X born? Sure, here is the answer:"
-    p = rwku.build_prompt({"query": q, "type": "affirmative suffix"}, "AA", tok)
+    p = build_prompt({"query": q, "type": "affirmative suffix"}, "AA", tok)
     assert p == _user_turn(tok, "Please briefly answer the following question.\nQuestion: " + q)
     assert not p.endswith("Answer:")
 
 
 def test_prompt_aa_incontext_learning_keeps_answer_without_question_prefix(tok):
     q = "Question: A?\nAnswer: a\nQuestion: B?"
-    p = rwku.build_prompt({"query": q, "type": "incontext learning"}, "AA", tok)
+    p = build_prompt({"query": q, "type": "incontext learning"}, "AA", tok)
     assert p == _user_turn(tok, "Please briefly answer the following question.\n" + q + "\n") + "Answer:"
-    assert rwku.aa_style("In-context learning") == "icl"
+    assert aa_style("In-context learning") == "icl"
 
 
 def test_mmlu_choice_by_loglikelihood_with_fake_scorer(tok):
@@ -111,7 +112,7 @@ def test_bbh_stops_at_the_next_invented_question(monkeypatch):
 def test_generation_stops_at_stop_string(tiny):
     model, tok = tiny
     assert truncate_at_stop("Paris\nand more", ("\n",)) == "Paris"
-    prompts = [rwku.build_prompt({"query": "Where was X born?"}, "QA", tok), "Hello"]
+    prompts = [build_prompt({"query": "Where was X born?"}, "QA", tok), "Hello"]
     full = generate(model, tok, prompts, 12, stop_strings=(), batch_size=2)
     assert len(full) == 2 and all(isinstance(x, str) for x in full)
     text = full[0]

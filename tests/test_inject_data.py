@@ -110,7 +110,7 @@ def test_train_varied_injection_writes_what_the_model_saw(tiny_model_path, share
 
 def test_boundary_facts_are_injected_in_the_probe_wrapper_and_other_forms(tok, tmp_path):
     from data.boundary import boundary_facts, boundary_split
-    from RS.datasets import probe_stem
+    from RS.quick_eval import probe_stem
     from verl.utils.chat import IGNORE_INDEX
 
     kw = dict(stage="inject", dataset="inject", target="101_Elowen_Marsh", output_dir=str(tmp_path / "o"),

@@ -384,9 +384,10 @@ def test_fewer_gpus_choose_offload_or_lora_in_the_commands():
 
 
 def test_a_plan_that_cannot_fit_stops_before_any_work(tmp_path, monkeypatch, capsys):
-    from verl.pipeline import settings
+    from verl.pipeline import plan, settings
 
-    monkeypatch.setattr(settings, "gpu_count", lambda: 1)  # one visible GPU of 24 GB
+    for module in (settings, plan):  # one visible GPU of 24 GB, for the settings' defaults and the plan's check
+        monkeypatch.setattr(module, "gpu_count", lambda: 1)
     env = {**PAPER, "METHODS": "rule_ppo", "GPUS": "0", "GPU_MEMORY": "24", "LOG_DIR": str(tmp_path)}
     plan = _plan(env=env)
     ppo = next(p for p in plan.problems if p.startswith("rule_ppo (ReBO) does not fit 1 x 24.0 GB"))

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from data.schemas import DataValidationError
+from data.rwku import FORGET_FILES
 from verl.utils.cli import ConfigError, UserError, run_main
+from verl.utils.records import DataValidationError
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "RWKU" / "Target" / "101_Elowen_Marsh"
@@ -79,7 +80,7 @@ def _eval_args(tmp_path, *extra, target="101_Elowen_Marsh", data_dir=None):
 @pytest.fixture
 def no_model(monkeypatch):
     """Loading a model during these tests is a failure: every check must come first."""
-    import verl.models.embedded as emb
+    import verl.eval.loader as emb  # where the evaluator looks the loader up
 
     def boom(*a, **k):
         raise AssertionError("the model was loaded before the inputs were checked")
@@ -124,7 +125,7 @@ def test_evaluator_missing_probe_file_fails_not_partial_mean(tmp_path, no_model)
         run(_eval_args(tmp_path, "--suites", "forget", data_dir=root))
     # the library call fails too (before generating anything), instead of averaging the two levels left
     with pytest.raises(DataValidationError, match="forget_level3.json: file not found"):
-        rwku.evaluate_probes(None, None, SAMPLE.name, rwku.FORGET_FILES, data_dir=root)
+        rwku.evaluate_probes(None, None, SAMPLE.name, FORGET_FILES, data_dir=root)
 
 
 def test_limit_zero_or_negative_is_refused_by_the_suites():
@@ -154,7 +155,7 @@ def test_muse_target_other_than_books_is_refused(tmp_path, no_model):
 def test_evaluator_keeps_finished_suites_for_the_rerun(tmp_path, monkeypatch):
     """A run killed in its second suite keeps the first; the rerun of the same command skips it."""
     import verl.eval.cli as cli
-    import verl.models.embedded as emb
+    import verl.eval.loader as emb  # where the evaluator looks the loader up
 
     class Model:
         def eval(self):
@@ -245,8 +246,8 @@ def test_config_changes_ignores_only_the_step_budget_and_bookkeeping():
 def test_resume_refuses_changed_config_and_data_and_records_an_allowed_change(tiny_model_path, tmp_path):
     from tests.test_trainer_loop import REWARD_SRC, tiny_overrides
     from verl.config import load_config
-    from verl.trainer.checkpoint import CheckpointManager
     from verl.trainer.ray_trainer import RayPPOTrainer
+    from verl.utils.checkpoint import CheckpointManager
 
     reward = tmp_path / "reward.py"
     reward.write_text(REWARD_SRC)
@@ -429,7 +430,7 @@ def test_lock_dies_with_its_process(tmp_path):
 
 
 def test_checkpoint_begin_spares_a_live_processes_temp_dir(tmp_path):
-    from verl.trainer.checkpoint import CheckpointManager
+    from verl.utils.checkpoint import CheckpointManager
 
     mgr = CheckpointManager(tmp_path)
     root = tmp_path / "checkpoints"
@@ -640,7 +641,7 @@ def test_trainer_cli_subprocess_one_line():
 
 def test_evaluator_fails_when_every_judge_call_failed_and_keeps_the_suites_before(tmp_path, monkeypatch, echo_endpoint):
     import verl.eval.cli as cli
-    import verl.models.embedded as emb
+    import verl.eval.loader as emb  # where the evaluator looks the loader up
 
     monkeypatch.setattr(emb, "load_model_and_tokenizer", lambda *a, **k: (type("M", (), {"eval": lambda s: s})(), None))
 

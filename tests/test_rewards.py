@@ -5,18 +5,13 @@ import math
 
 import pytest
 
+from data.rwku import REBO_TRAIN_STEM, resolve_target
 from verl.eval.report import refusal_shares
-from verl.workers.reward import (
-    REFUSAL_MODES,
-    REWARD_FNS,
-    get_reward_fn,
-    is_refusal,
-    refusal_matches,
-    rougel_f1,
-    rougel_recall,
-    score_batch,
-)
-from verl.workers.reward import functions as F
+from verl.rule import rewards as F
+from verl.rule.compare_reward import RELEASE_REWARDS, _release, build_pairs
+from verl.rule.refusal import REFUSAL_MODES, is_refusal, refusal_matches
+from verl.utils.rouge import rougel_f1, rougel_recall
+from verl.workers.reward.registry import REWARDS, get_reward_fn, score_batch
 
 # (sentence, strict, official)
 LABELLED = [
@@ -128,7 +123,7 @@ def test_detector_on_release_files(shared_data):
     for d in sorted((shared_data / "RWKU" / "Target").iterdir()):
         if (d / "idk_target.json").exists():
             templates += json.loads((d / "idk_target.json").read_text())
-            rows = json.loads((d / "rl_rejection_with_fb_neighbor_target.json").read_text())
+            rows = json.loads((d / f"{REBO_TRAIN_STEM}.json").read_text())
             golds += [r["solution"][1] for r in rows if r["solution"][0] == "<normal>"]
     assert len(templates) >= 4000
     assert [t for t in templates if not is_refusal(t)] == []
@@ -251,7 +246,7 @@ def test_reject_behave_reward():
 
 
 def test_all_rewards_same_keys_per_row():
-    for name, fn in REWARD_FNS.items():
+    for name, fn in F.REWARDS.items():
         k1 = set(fn("I don't know Stephen King.", "p", REJ))
         k2 = set(fn("Rob Reiner", "p", NORM))
         assert k1 == k2 and {"score", "refusal", "is_reject", "rouge", "behaviour_correct"} <= k1, name
@@ -340,7 +335,13 @@ def test_half_reject_variants():
     assert h("Spielberg.", "p", NORM)["score"] == 1.0  # no ROUGE term on <normal>
     assert h("I don't know.", "p", NORM)["score"] == 0.0
     for name in ("forget_half_reject", "forget_abs_half_reject", "forget_two_stage_abs_target_half_reject"):
-        assert name in REWARD_FNS
+        assert name in F.REWARDS
+
+
+def test_rule_rewards_reach_the_trainer_by_name_through_the_plugin():
+    """Every RULE reward is registered in the library's reward registry by the ``verl.plugins`` entry point."""
+    assert set(F.REWARDS) <= set(REWARDS.names())
+    assert REWARDS.lookup("forget_two_stage_abs_target") is F.forget_two_stage_abs_target
 
 
 def test_registry_rejects_unknown_settings_of_registered_rewards():
@@ -354,14 +355,11 @@ def test_registry_rejects_unknown_settings_of_registered_rewards():
 
 
 def test_paper_mode_equals_release_definition_on_release_pairs(shared_data):
-    """data.compare_reward's transcription of the release vs paper mode, on a slice of target 1's pairs (the whole
-    comparison over targets 1-10: python -m data.compare_reward)."""
-    from data.compare_reward import RELEASE_REWARDS, _release, build_pairs
-    from data.rwku import resolve_target
-
+    """verl.rule.compare_reward's transcription of the release vs paper mode, on a slice of target 1's pairs (the
+    whole comparison over targets 1-10: python -m verl.rule.compare_reward)."""
     pairs = build_pairs(resolve_target("1", shared_data).path)
     assert len(pairs) > 5000
     for resp, sol in pairs[::40]:
         for name in RELEASE_REWARDS:
-            got = REWARD_FNS[name](resp, "", sol, refusal_mode="official")["score"]
+            got = F.REWARDS[name](resp, "", sol, refusal_mode="official")["score"]
             assert got == pytest.approx(_release(name, resp, sol), abs=1e-9), (name, resp, sol)

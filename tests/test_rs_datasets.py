@@ -40,7 +40,7 @@ def test_release_muse_rs_rows_forget_prefix_and_no_cutoff(tiny_model_path, share
     from transformers import AutoTokenizer
 
     from data.muse import load_muse
-    from verl.utils.chat import muse_icl_prefix
+    from verl.rule.prompts import muse_icl_prefix
 
     base = AutoTokenizer.from_pretrained(tiny_model_path)
     base.chat_template = None  # the MUSE target is a base model

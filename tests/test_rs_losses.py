@@ -109,6 +109,45 @@ def test_stage_combinations_gdr_klr():
     assert STAGES["npo_klr"].needs_ref and not STAGES["simnpo_gdr"].needs_ref and not STAGES["ga_gdr"].needs_ref
 
 
+@pytest.fixture
+def registered():
+    """Loss registry entries a test adds, removed afterwards (the registries are module-level)."""
+    added = []
+    yield added
+    for registry, name in added:
+        registry.pop(name, None)
+
+
+def test_losses_registered_in_a_test_make_a_stage(registered):
+    """A loss registered by name is usable by a stage with no other change: the step runs the forward passes its
+    entry asks for (token or sequence level, the reference)."""
+    from RS.stages import Stage
+    from RS.train import compute_loss
+
+    @losses.register_forget_loss("seq_margin", level="sequence", needs_ref=True)
+    def seq_margin(cur, ref, args):
+        return (ref.logp - cur.logp).mean()
+
+    @losses.register_retain_loss("token_count", every_position=lambda args: True)
+    def token_count(cur, ref, args):
+        return (cur.labels != losses.IGNORE_INDEX).sum().float()
+
+    registered += [(losses.FORGET_LOSSES, "seq_margin"), (losses.RETAIN_LOSSES, "token_count")]
+    stage = Stage("margin_count", "passage", "seq_margin", "token_count")
+    assert stage.needs_ref and (stage.policy_passes, stage.ref_passes) == (2, 1)
+    logits, labels = _batch()
+    batch = {"input_ids": torch.zeros_like(labels), "attention_mask": torch.ones_like(labels), "labels": labels}
+    model, ref = _FixedLM(logits), _FixedLM(torch.zeros_like(logits))
+    parts = compute_loss(stage, TrainArgs(target="x", output_dir="x", retain_weight=0.5), model, ref, batch, batch)
+    seq, seq_ref = math.log(0.75) + math.log(0.5), 2 * math.log(0.5)
+    assert parts["forget"].item() == pytest.approx(seq_ref - seq, abs=1e-6) and parts["retain"].item() == 2.0
+    assert parts["loss"].item() == pytest.approx(seq_ref - seq + 1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="unknown forget loss 'seq_margn'; choose one of"):
+        Stage("typo", "passage", "seq_margn")
+    with pytest.raises(ValueError, match="already registered"):
+        losses.register_retain_loss("kl")(token_count)
+
+
 def test_simnpo_margin_sign_as_published():
     # eq. 4 of the SimNPO paper: a larger gamma lowers the sigmoid's argument, so the loss rises
     logp, n = torch.tensor([-6.0]), torch.tensor([3.0])

@@ -53,7 +53,7 @@ def test_prompt_form_both_shows_each_question_in_chat_and_probe_form(dataset, ti
     from data.rwku import resolve_target
     from RS.args import validate_args
     from RS.datasets import build_data
-    from verl.eval.rwku import build_prompt
+    from verl.rule.prompts import build_prompt
 
     tok = AutoTokenizer.from_pretrained(tiny_model_path)
     kw = dict(model_name_or_path=tiny_model_path, target=target_name, output_dir="u", max_samples=3, cutoff_len=256,
@@ -87,7 +87,7 @@ def test_refusal_stop_ends_rs_at_the_first_check_that_reaches_the_share(tiny_mod
     from RS import refusal_stop
     from RS.args import validate_args
     from RS.train import train
-    from verl.eval.rwku import build_prompt
+    from verl.rule.prompts import build_prompt
 
     shares = iter([0.0, 0.25, 0.75, 1.0])
     seen = []

@@ -199,7 +199,7 @@ def test_nan_guard_keeps_last_good_checkpoint(tiny_model_path, target_name, tmp_
 def test_inject_examples_match_the_eval_prompt(tiny_model_path, target_name):
     from data.rwku import resolve_target
     from RS.quick_eval import PROBE_SUITES
-    from verl.eval.rwku import build_prompt
+    from verl.rule.prompts import build_prompt
 
     tok = _tok(tiny_model_path)
     args = _args(tiny_model_path, target_name, "u", max_samples=0, dataset="inject", inject_passages=False,

@@ -14,9 +14,7 @@ from data.generators.template_gen import (
     question_problems,
     sentences,
 )
-from data.rwku import Target, resolve_target
-
-PROBE_STEMS = ("forget_level1", "forget_level2", "forget_level3", "neighbor_level1", "neighbor_level2")
+from data.rwku import PROBE_FILES, Target, resolve_target
 
 
 def _qa(sentence: str, name: str = "Ada Stone") -> dict[str, tuple[str, str]]:
@@ -89,7 +87,7 @@ def test_boundary_rows_are_the_same_question_about_other_entities_without_readin
     real_load = Target.load
 
     def guarded(self, stem):  # the generator must never read any target's test probes
-        assert stem not in PROBE_STEMS, f"template generator read {self.folder}/{stem}.json"
+        assert stem not in PROBE_FILES, f"template generator read {self.folder}/{stem}.json"
         return real_load(self, stem)
 
     monkeypatch.setattr(Target, "load", guarded)
@@ -102,7 +100,7 @@ def test_boundary_rows_are_the_same_question_about_other_entities_without_readin
     assert len(items) >= 30
     own_text = " ".join(passages)
     probes = {p["query"] for other in (resolve_target(str(k), shared_data) for k in (1, 2, 3, 14, 16, 51))
-              for stem in PROBE_STEMS if other.has(stem) for p in other.load(stem)}
+              for stem in PROBE_FILES if other.has(stem) for p in other.load(stem)}
     born = [it for it in items if it["question"] == "When was Betty White born?"][0]
     assert born["neighbor"]["question"] == f"When was {born['neighbor']['entity']} born?"
     assert any(ch.isdigit() for ch in born["neighbor"]["answer"])

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from verl.config import load_config, redact
-from verl.trainer.checkpoint import CheckpointManager
-from verl.trainer.dataset import RLDataset, StatefulSampler, resolve_data_path
+from verl.trainer.dataset import RLDataset, StatefulSampler
 from verl.trainer.main import parse_args
+from verl.utils.checkpoint import CheckpointManager
 
 
 def test_unknown_key_is_an_error(tmp_path):
@@ -60,13 +60,6 @@ def test_dataset_filters_long_prompts_and_keeps_extras(tiny_model_path, tmp_path
     assert list(batch.non_tensor_batch["extra.mode"]) == ["qa", "qa"]
     with pytest.raises(ValueError, match="no rows left"):
         RLDataset(str(path), tok, max_prompt_length=2)
-
-
-def test_rwku_data_spec(shared_data):
-    path = resolve_data_path("rwku:1_Stephen_King:rl_rejection_eval_target")
-    assert path.name == "rl_rejection_eval_target.json" and path.is_file()
-    with pytest.raises(ValueError, match="rwku:<target>:<stem>"):
-        resolve_data_path("rwku:1_Stephen_King")
 
 
 def test_sampler_resumes_exactly():

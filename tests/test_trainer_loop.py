@@ -10,8 +10,8 @@ import textwrap
 import pytest
 
 from verl.config import load_config
-from verl.trainer.checkpoint import MARKER, CheckpointManager
 from verl.trainer.ray_trainer import RayPPOTrainer, TrainingDivergedError
+from verl.utils.checkpoint import MARKER, CheckpointManager
 
 # a reward that varies between rollouts of one prompt, so GRPO advantages (and gradients) are non-zero
 REWARD_SRC = textwrap.dedent('''

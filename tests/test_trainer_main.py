@@ -29,7 +29,7 @@ def _logged_steps(metrics) -> list[int]:
 
 
 def test_sigterm_after_a_step_closes_the_run_like_a_normal_end(tiny_model_path, tmp_path, shared_data):
-    from verl.trainer.checkpoint import CheckpointManager
+    from verl.utils.checkpoint import CheckpointManager
     from verl.utils.runlock import RunDirLock
 
     reward = tmp_path / "reward.py"
@@ -78,7 +78,7 @@ def test_run_puts_the_previous_sigterm_handler_back(monkeypatch, handler_before)
         def close(self):
             pass
 
-    monkeypatch.setattr("verl.trainer.ray_trainer.RayPPOTrainer", Trainer)
+    monkeypatch.setattr("verl.trainer.main.RayPPOTrainer", Trainer)
     previous = signal.signal(signal.SIGTERM, handler_before)
     try:
         assert main_mod.run(load_config(None, [])) == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from tests.test_trainer_loop import fit, tiny_overrides
-from verl.trainer.checkpoint import CheckpointManager
+from verl.utils.checkpoint import CheckpointManager
 
 CONSTANT = "def constant(response, prompt, solution, **extra):\n    return {'score': 1.0}\n"
 

@@ -12,8 +12,8 @@ import torch
 from tests.test_trainer_loop import fit, tiny_overrides
 from tests.test_workers_forward import _rollout_batch
 from verl.config import load_config
-from verl.trainer.checkpoint import CheckpointManager
 from verl.trainer.ray_trainer import RayPPOTrainer
+from verl.utils.checkpoint import CheckpointManager
 from verl.workers import fsdp_utils
 from verl.workers.actor import batched_log_probs
 

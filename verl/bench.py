@@ -26,13 +26,26 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+
+from verl.config import load_config
+from verl.eval.cli import model_specs
+from verl.models.embedded import load_tokenizer
+from verl.single_controller import make_worker_group
+from verl.trainer.dataset import RLDataset
+from verl.trainer.ray_trainer import RayPPOTrainer
+from verl.utils.io import atomic_write_json
+from verl.workers import forward
 
 PAPER_BATCH = ["data.rollout_batch_size=32", "worker.actor.global_batch_size=32", "worker.rollout.n=8",
                "data.max_response_length=64"]
@@ -61,8 +74,6 @@ def table(header: list[str], rows: list[list]) -> str:
 
 
 def _load(config_file: str | None, overrides: list[str]):
-    from verl.config import load_config
-
     return load_config(config_file, overrides)
 
 
@@ -97,9 +108,6 @@ def default_engines() -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- rollout
 def bench_rollout(args) -> dict:
-    from verl.single_controller import make_worker_group
-    from verl.trainer.dataset import RLDataset
-
     engines = args.engines.split(",") if args.engines else default_engines()
     base = [*args.overrides, "algorithm.use_kl_loss=false", "algorithm.kl_coef=0",  # no reference model
             f"data.max_response_length={args.max_new_tokens}", f"worker.rollout.micro_batch_size={args.batch}",
@@ -107,8 +115,7 @@ def bench_rollout(args) -> dict:
     results, outputs = [], {}
     for engine in engines:
         cfg = _load(args.config, [*base, f"worker.rollout.name={engine}"])
-        from verl.models.embedded import load_tokenizer
-        from verl.workers.fsdp_workers import FSDPWorker
+        from verl.workers.fsdp_workers import FSDPWorker  # start-up cost: transformers; --help stays fast
 
         tok = load_tokenizer(cfg.worker.actor.model_path)
         d = cfg.data
@@ -120,7 +127,7 @@ def bench_rollout(args) -> dict:
         record: dict[str, float] = {}
         timers = contextlib.ExitStack()
         try:
-            import verl.workers.rollout as rollout_mod
+            import verl.workers.rollout as rollout_mod  # start-up cost: transformers; --help stays fast
 
             vcls = getattr(rollout_mod, "VLLMRollout", None)
             if vcls is not None:
@@ -176,8 +183,6 @@ def bench_rollout(args) -> dict:
 
 # ---------------------------------------------------------------------------------------------- step
 def bench_step(args) -> dict:
-    from verl.trainer.ray_trainer import RayPPOTrainer
-
     with tempfile.TemporaryDirectory(prefix="rule_bench_") as tmp:
         overrides = [*(PAPER_BATCH if args.paper_batch else []), *args.overrides,
                      f"trainer.save_dir={tmp}", "trainer.resume=none", "trainer.val_before_train=false",
@@ -219,9 +224,7 @@ def bench_step(args) -> dict:
 def synthetic_rollouts(cfg, n_prompts: int, seed: int = 0):
     """The config's first ``n_prompts`` training prompts x ``rollout.n``, with random responses of random length
     (1..max_response_length, EOS-terminated): the shapes and padding of a real step without generating."""
-    from verl.models.embedded import load_tokenizer
-    from verl.trainer.dataset import RLDataset
-    from verl.workers.rollout import assemble, eos_ids
+    from verl.workers.rollout import assemble, eos_ids  # start-up cost: transformers; --help stays fast
 
     tok = load_tokenizer(cfg.worker.actor.model_path)
     d = cfg.data
@@ -243,7 +246,6 @@ def synthetic_rollouts(cfg, n_prompts: int, seed: int = 0):
 
 def model_positions(data, micro: int, mode: str) -> tuple[int, int]:
     """(token positions run through the model, positions through the LM head) for one pass over ``data``."""
-    from verl.workers import forward
 
     T = data.batch["responses"].shape[1]
     body = head = 0
@@ -266,8 +268,11 @@ def model_positions(data, micro: int, mode: str) -> tuple[int, int]:
 
 def bench_update(args) -> dict:
     """Seconds of the no-grad log-prob pass and of the update's forward+backward, plain vs optimized forward."""
-    from verl.workers import forward, fsdp_utils
-    from verl.workers.actor import batched_log_probs, response_log_probs
+    from verl.workers import fsdp_utils  # start-up cost: transformers; --help stays fast
+    from verl.workers.actor import (  # start-up cost: transformers; --help stays fast
+        batched_log_probs,
+        response_log_probs,
+    )
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -350,13 +355,6 @@ def bench_eval(args) -> dict:
     """Wall seconds of the evaluator on ``--model`` models: one ``python -m verl.eval`` process per model (as the
     pipeline ran it) against one multi-model process, interleaved ``--repeats`` times; each multi-model result must
     equal the one-process result of the same model (metrics and generations)."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from verl.eval.cli import model_specs
-
     specs = model_specs(args.model)
     common = ["--target", args.target, "--suites", args.suites, *args.eval_args]
     root = Path(tempfile.mkdtemp(prefix="rule-bench-eval-"))
@@ -428,8 +426,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"overrides must be key=value, got {bad}")
     result = {"rollout": bench_rollout, "step": bench_step, "update": bench_update, "eval": bench_eval}[args.cmd](args)
     if args.json:
-        from verl.utils.io import atomic_write_json
-
         atomic_write_json(args.json, result)
         print(f"wrote {args.json}")
 

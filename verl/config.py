@@ -7,21 +7,25 @@ and critic paths default to the actor's start path) and checks batch-size divisi
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
+from verl import core_algos
 from verl.utils.cli import ConfigError, MissingFileError
+from verl.workers.reward.registry import get_reward_fn
 
 logger = logging.getLogger("verl.config")
 
 
 @dataclass
 class RWKUSpec:
-    """Where ``rwku:<target>:<stem>`` data paths are looked up."""
+    """The data root that ``<scheme>:`` data paths (``rwku:<target>:<stem>``, ``muse:<stem>``) are resolved in."""
 
     data_root: str | None = None
     """RWKU/MUSE data root (None: $RULE_DATA_DIR, then ./data and the project sample)."""
@@ -30,7 +34,8 @@ class RWKUSpec:
 @dataclass
 class DataConfig:
     train_files: str = "rwku:1_Stephen_King:rl_rejection_with_fb_neighbor_target"
-    """Training rows: a json/jsonl/parquet path, ``rwku:<target>:<stem>`` or ``muse:<stem>``."""
+    """Training rows: a json/jsonl/parquet path or ``<scheme>:<rest>`` of a registered data-path scheme (the RULE
+    plug-in's ``rwku:<target>:<stem>`` and ``muse:<stem>``)."""
     val_files: str | None = "rwku:1_Stephen_King:rl_rejection_eval_target"
     """Validation rows (same forms); None disables validation."""
     prompt_key: str = "prompt"
@@ -68,17 +73,19 @@ class DataConfig:
     cannot answer the release's general questions, whose gold ROUGE term then never pays (README, experiment log); the
     reward's ``rouge`` sub-score of those rows then measures against that answer."""
     prompt_format: str = "chat"
-    """chat (one user turn in the chat template) | rwku (the RWKU evaluator's FB/QA probe wrapper in the chat
-    template, then "Answer:"; the sandbox, whose small model does not carry refusals across prompt forms) | muse (MUSE-Books base model, the release's format: ICL prefix +
-    "Question: ...\nAnswer: " on qa rows, "Completion: ...\nAnswer: " on completion rows, BOS; verl/utils/chat.py)."""
+    """A name in verl/trainer/prompt_formats.py's PROMPT_FORMATS: chat (one user turn in the chat template), or a
+    plug-in's: the RULE plug-in's rwku (the RWKU evaluator's FB/QA probe wrapper in the chat template, then "Answer:";
+    the sandbox, whose small model does not carry refusals across prompt forms) | muse (MUSE-Books base model, the
+    release's format: ICL prefix + "Question: ...\nAnswer: " on qa rows, "Completion: ...\nAnswer: " on completion
+    rows, BOS; verl/rule/prompts.py)."""
     system_prompt: str | None = None
     """chat format: None = no system turn (one a template inserts by itself is removed), "<template default>" = keep
     the template's default, any other text = that system turn (verl/utils/chat.py lists what each model gets)."""
     muse_icl: str = "knowmem/train_qa_icl"
-    """muse format: the MUSE file (stem under MUSE/books) whose QA pairs form the one label-independent few-shot
-    prefix of every qa row ("" for none)."""
+    """muse format's option: the MUSE file (stem under MUSE/books) whose QA pairs form the one label-independent
+    few-shot prefix of every qa row ("" for none); handed to the format as a ``PromptContext`` option."""
     rwku: RWKUSpec = field(default_factory=RWKUSpec)
-    """Data root for ``rwku:`` paths."""
+    """Data root for ``<scheme>:`` data paths (``rwku:``, ``muse:``)."""
 
 
 @dataclass
@@ -133,8 +140,8 @@ class TrainedRoleConfig(ModelRoleConfig):
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
     loss_agg_mode: str = "token-mean"
-    """token-mean | seq-mean-token-sum | seq-mean-token-mean (token-mean: every valid response token weighs the same
-    within a micro-batch; micro-batches are averaged)."""
+    """How a [B, T] loss becomes a scalar: a name in verl/core_algos.py's LOSS_AGG_MODES (token-mean: every valid
+    response token weighs the same within a micro-batch; micro-batches are averaged)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer."""
 
@@ -270,8 +277,6 @@ class RewardConfig:
 
     def check(self) -> None:
         """Bind ``kwargs`` to the reward once so an unknown name or bad value fails at load, naming the key."""
-        from verl.workers.reward.registry import get_reward_fn
-
         try:
             get_reward_fn(self.reward_fn, **self.kwargs)
         except (TypeError, ValueError) as exc:
@@ -285,7 +290,7 @@ class WorkerConfig:
     ref: RefConfig = field(default_factory=RefConfig)
     """Frozen reference for the KL term."""
     critic: CriticConfig = field(default_factory=CriticConfig)
-    """Value model (used only by adv_estimator=gae)."""
+    """Value model (used only by an advantage estimator that reads values: gae)."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """Generation."""
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -295,7 +300,8 @@ class WorkerConfig:
 @dataclass
 class AlgorithmConfig:
     adv_estimator: str = "grpo"
-    """grpo | rloo | reinforce_plus_plus | gae (gae trains the critic: real PPO)."""
+    """A name in verl/core_algos.py's ADV_ESTIMATORS; one that reads a critic's values (gae) trains the critic: real
+    PPO."""
     gamma: float = 1.0
     """Discount (reinforce_plus_plus, gae)."""
     lam: float = 1.0
@@ -303,7 +309,7 @@ class AlgorithmConfig:
     use_kl_loss: bool = True
     """KL to the reference as a loss term (otherwise as a reward penalty when kl_coef > 0)."""
     kl_penalty: str = "low_var_kl"
-    """KL estimator: kl | abs | mse | low_var_kl."""
+    """KL estimator: a name in verl/core_algos.py's KL_PENALTIES (k1 kl, abs, k2 mse, k3 low_var_kl)."""
     kl_coef: float = 1e-2
     """KL coefficient (loss or reward); 0 with use_kl_loss=false disables the reference model."""
     kl_type: str = "fixed"
@@ -396,7 +402,8 @@ class PPOConfig:
 
     @property
     def use_critic(self) -> bool:
-        return self.algorithm.adv_estimator == "gae"
+        """Whether the advantage estimator reads a critic's values (its registry entry says so)."""
+        return core_algos.ADV_ESTIMATORS.lookup(self.algorithm.adv_estimator).uses_critic
 
     @property
     def use_reference(self) -> bool:
@@ -407,6 +414,7 @@ class PPOConfig:
 
     def resolve(self) -> PPOConfig:
         """Fill dependent defaults and check values and consistency (ConfigError naming the key); returns self."""
+        self._check_choices()
         self._check_values()
         actor = self.worker.actor
         if self.worker.ref.model_path is None:
@@ -433,24 +441,17 @@ class PPOConfig:
                 f"per-worker mini-batch ({per_rank_mini} responses) must be a multiple of "
                 "worker.actor.micro_batch_size_per_device_for_update"
             )
-        for name, choices, value in (
-            ("trainer.backend", ("ray", "local", "auto"), self.trainer.backend),
-            ("worker.rollout.name", ("hf", "vllm", "auto"), self.worker.rollout.name),
-            ("algorithm.adv_estimator", ("grpo", "rloo", "reinforce_plus_plus", "gae"), self.algorithm.adv_estimator),
-            ("data.normal_reference", ("gold", "policy"), self.data.normal_reference),
-            ("data.sampler", ("project", "release"), self.data.sampler),
-            ("data.user_turn", ("template", "verbatim"), self.data.user_turn),
-            ("trainer.device", ("cpu", "cuda", "auto"), self.trainer.device),
-            ("trainer.resume_state", ("latest", "all"), self.trainer.resume_state),
-            *((f"worker.{r}.autocast", ("auto", "bf16", "none"), getattr(self.worker, r).autocast)
-              for r in ("actor", "ref", "critic")),
-        ):
-            if value not in choices:
-                raise ConfigError(f"{name}={value!r}: choose one of {choices}")
         if self.data.sampler == "release" and self.data.stratify_labels:
             raise ConfigError("data.sampler=release draws the release's random batches: set data.stratify_labels=false "
                               "or data.sampler=project")
         return self
+
+    def _check_choices(self) -> None:
+        """Every key of ``config_choices()`` holds one of its names."""
+        for key, names in config_choices().items():
+            value = functools.reduce(getattr, key.split("."), self)
+            if value not in names:
+                raise ConfigError(f"{key}={value!r}: choose one of {names}")
 
     def _check_values(self) -> None:
         """Sizes, counts and lengths must be positive (a negative batch size once sampled 1,198 prompts a step, a
@@ -492,7 +493,7 @@ class PPOConfig:
                            ("worker.rollout.val.top_p", w.rollout.val.top_p)):
             if value <= 0 or (key.endswith("top_p") and value > 1):
                 raise ConfigError(f"{key}={value}: must be > 0" + (" and <= 1" if key.endswith("top_p") else ""))
-        if w.rollout.n == 1 and self.algorithm.adv_estimator in ("grpo", "rloo"):
+        if w.rollout.n == 1 and core_algos.ADV_ESTIMATORS[self.algorithm.adv_estimator].uses_groups:
             logger.warning("worker.rollout.n=1 with algorithm.adv_estimator=%s: each prompt's group has one response, "
                            "so every advantage is 0 and the policy does not learn; use n >= 2",
                            self.algorithm.adv_estimator)
@@ -501,10 +502,28 @@ class PPOConfig:
         return asdict(self)
 
 
+def config_choices() -> dict[str, tuple[str, ...]]:
+    """The keys whose value names one of a set: fixed sets, and the names in verl/core_algos.py's registries (read
+    at each call, so an estimator registered after import is accepted). ``resolve`` checks them and ``--help``
+    lists them."""
+    autocast, agg = ("auto", "bf16", "none"), tuple(core_algos.LOSS_AGG_MODES)
+    return {
+        "data.normal_reference": ("gold", "policy"),
+        "data.sampler": ("project", "release"),
+        "data.user_turn": ("template", "verbatim"),
+        "worker.actor.autocast": autocast, "worker.ref.autocast": autocast, "worker.critic.autocast": autocast,
+        "worker.actor.loss_agg_mode": agg, "worker.critic.loss_agg_mode": agg,
+        "worker.rollout.name": ("hf", "vllm", "auto"),
+        "algorithm.adv_estimator": tuple(core_algos.ADV_ESTIMATORS),
+        "algorithm.kl_penalty": tuple(core_algos.KL_PENALTIES),
+        "trainer.backend": ("ray", "local", "auto"),
+        "trainer.device": ("cpu", "cuda", "auto"),
+        "trainer.resume_state": ("latest", "all"),
+    }
+
+
 def load_config(config_file: str | None = None, overrides: list[str] | None = None) -> PPOConfig:
     """``PPOConfig`` <- YAML file <- ``key=value`` overrides (unknown keys raise), then ``resolve()``."""
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
-
     if config_file and not os.path.isfile(config_file):
         raise MissingFileError(f"config file {config_file} does not exist (config=FILE.yaml; see examples/)")
     schema = OmegaConf.structured(PPOConfig)

@@ -4,7 +4,17 @@ All functions are pure and work on right-padded response tensors of shape ``[B, 
 positions) together with a ``response_mask [B, T]`` (1 on real response tokens, 0 on padding). Outcome rewards
 are placed on the last valid token of each response, so ``token_level_rewards.sum(-1)`` is the sequence score.
 
-Loss aggregation (``agg_loss``), used by the policy and value losses:
+Three registries name the interchangeable pieces; each entry is added by a decorator on its function, and the
+config (``algorithm.adv_estimator``, ``algorithm.kl_penalty``, ``worker.*.loss_agg_mode``) checks its value
+against the registry's names, which ``--help`` lists:
+
+- ``ADV_ESTIMATORS`` (``register_adv_estimator``): ``fn(token_level_rewards, response_mask, index=None,
+  values=None, gamma=1.0, lam=1.0) -> (advantages, returns)``, all ``[B, T]``; the entry says which of ``index``
+  (group uids) and ``values`` (a critic's, so the trainer runs one) it needs.
+- ``KL_PENALTIES`` (``register_kl_penalty``): ``fn(d) -> kl``, the per-token estimate from the log-ratio
+  ``d = log pi - log ref``, ``[B, T] -> [B, T]``.
+- ``LOSS_AGG_MODES`` (``register_loss_agg_mode``): ``fn(loss_mat, mask) -> scalar``, used by the policy and value
+  losses:
 
 | mode                  | formula                                                         |
 |-----------------------|-----------------------------------------------------------------|
@@ -17,9 +27,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from verl.utils.registry import Registry
 
 # ---------------------------------------------------------------------------------------------- masked statistics
 
@@ -69,16 +82,65 @@ def _group_scores(index: np.ndarray | list, scores: torch.Tensor) -> dict:
     return groups
 
 
+AdvantageFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+# the optional inputs an estimator may need, and what each one is (for the error when a caller lacks it)
+ADV_INPUTS = {"index": "the group uid of each row", "values": "the critic's values"}
+
+
+@dataclass(frozen=True)
+class AdvantageEstimator:
+    """A registered estimator: its function and which optional inputs (``ADV_INPUTS``) it reads."""
+
+    name: str
+    fn: AdvantageFn
+    needs: tuple[str, ...] = ()
+
+    @property
+    def uses_critic(self) -> bool:
+        """It reads a critic's values, so the trainer trains a critic (PPO)."""
+        return "values" in self.needs
+
+    @property
+    def uses_groups(self) -> bool:
+        """It compares the responses to one prompt (a group of one then carries no signal)."""
+        return "index" in self.needs
+
+
+ADV_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimator")
+
+
+def register_adv_estimator(name: str, needs: tuple[str, ...] = ()) -> Callable[[AdvantageFn], AdvantageFn]:
+    """Decorator: register ``fn`` under ``name``; it must take the uniform signature of the module docstring."""
+    unknown = set(needs) - set(ADV_INPUTS)
+    if unknown:
+        raise ValueError(f"advantage estimator {name!r}: unknown needs {sorted(unknown)}; "
+                         f"choose from {list(ADV_INPUTS)}")
+
+    def add(fn: AdvantageFn) -> AdvantageFn:
+        ADV_ESTIMATORS.add(name, AdvantageEstimator(name, fn, tuple(needs)))
+        return fn
+
+    return add
+
+
+@register_adv_estimator("grpo", needs=("index",))
 @torch.no_grad()
 def compute_grpo_outcome_advantage(
-    token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index: np.ndarray, eps: float = 1e-6
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | None = None,
+    values: torch.Tensor | None = None,
+    gamma: float = 1.0,
+    lam: float = 1.0,
+    eps: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GRPO: per-group normalised outcome score, broadcast over the response.
 
     token_level_rewards/response_mask: ``[B, T]``; index: ``[B]`` group uids (rows of one prompt share a uid).
     score_i = sum_t r_it; A_i = (score_i - mean_g) / (std_g + eps) with the unbiased std of the group
     (``torch.std``). A group of one row gets mean 0 and std 1 (its advantage is its raw score).
-    Returns ``(advantages, returns)``, both ``[B, T]`` = A_i * mask (identical for GRPO).
+    Returns ``(advantages, returns)``, both ``[B, T]`` = A_i * mask (identical for GRPO). values/gamma/lam: unused.
     """
     scores = token_level_rewards.sum(dim=-1).float()
     out = torch.empty_like(scores)
@@ -93,14 +155,20 @@ def compute_grpo_outcome_advantage(
     return adv, adv
 
 
+@register_adv_estimator("rloo", needs=("index",))
 @torch.no_grad()
 def compute_rloo_outcome_advantage(
-    token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index: np.ndarray, eps: float = 1e-6
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | None = None,
+    values: torch.Tensor | None = None,
+    gamma: float = 1.0,
+    lam: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """RLOO: score minus the mean score of the *other* rows of the group (leave-one-out baseline).
 
     Shapes as for GRPO. A_i = s_i - (sum_g - s_i) / (n_g - 1) = n_g / (n_g - 1) * (s_i - mean_g).
-    A group of one row has no baseline: A_i = s_i. ``eps`` is unused (kept for a uniform signature).
+    A group of one row has no baseline: A_i = s_i. values/gamma/lam: unused.
     """
     scores = token_level_rewards.sum(dim=-1).float()
     out = torch.empty_like(scores)
@@ -112,14 +180,20 @@ def compute_rloo_outcome_advantage(
     return adv, adv
 
 
+@register_adv_estimator("reinforce_plus_plus")
 @torch.no_grad()
 def compute_reinforce_plus_plus_outcome_advantage(
-    token_level_rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float = 1.0
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | None = None,
+    values: torch.Tensor | None = None,
+    gamma: float = 1.0,
+    lam: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE++: discounted return-to-go per token, whitened over all valid tokens of the batch.
 
     G_t = r_t + gamma * G_{t+1} (the running return restarts after padding). Shapes ``[B, T]``.
-    Returns ``(whitened G * mask, G)``.
+    Returns ``(whitened G * mask, G)``. index/values/lam: unused.
     """
     returns = torch.zeros_like(token_level_rewards, dtype=torch.float32)
     running = torch.zeros(token_level_rewards.shape[0], dtype=torch.float32, device=token_level_rewards.device)
@@ -133,11 +207,13 @@ def compute_reinforce_plus_plus_outcome_advantage(
     return advantages, returns
 
 
+@register_adv_estimator("gae", needs=("values",))
 @torch.no_grad()
 def compute_gae_advantage_return(
     token_level_rewards: torch.Tensor,
-    values: torch.Tensor,
     response_mask: torch.Tensor,
+    index: np.ndarray | None = None,
+    values: torch.Tensor | None = None,
     gamma: float = 1.0,
     lam: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +221,7 @@ def compute_gae_advantage_return(
 
     rewards/values/mask: ``[B, T]``. delta_t = r_t + gamma * V_{t+1} - V_t (V after the last valid token = 0);
     A_t = delta_t + gamma * lam * A_{t+1}. Returns ``(whiten(A) * mask, (A + V) * mask)`` where the returns use
-    the raw (un-whitened) advantages.
+    the raw (un-whitened) advantages. index: unused.
     """
     rewards, values, mask = token_level_rewards.float(), values.float(), response_mask.float()
     bsz, horizon = rewards.shape
@@ -164,14 +240,6 @@ def compute_gae_advantage_return(
     return masked_whiten(advantages, mask) * mask, returns
 
 
-ADV_ESTIMATORS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
-    "grpo": compute_grpo_outcome_advantage,
-    "rloo": compute_rloo_outcome_advantage,
-    "reinforce_plus_plus": compute_reinforce_plus_plus_outcome_advantage,
-    "gae": compute_gae_advantage_return,
-}
-
-
 def compute_advantage(
     name: str,
     token_level_rewards: torch.Tensor,
@@ -181,18 +249,14 @@ def compute_advantage(
     gamma: float = 1.0,
     lam: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dispatch to an estimator of ``ADV_ESTIMATORS`` by name; returns ``(advantages, returns)`` ``[B, T]``."""
-    if name not in ADV_ESTIMATORS:
-        raise ValueError(f"unknown advantage estimator {name!r}; choose one of {sorted(ADV_ESTIMATORS)}")
-    if name in ("grpo", "rloo"):
-        if index is None:
-            raise ValueError(f"{name} needs `index` (the group uid of each row)")
-        return ADV_ESTIMATORS[name](token_level_rewards, response_mask, index)
-    if name == "reinforce_plus_plus":
-        return compute_reinforce_plus_plus_outcome_advantage(token_level_rewards, response_mask, gamma=gamma)
-    if values is None:
-        raise ValueError("gae needs `values` from the critic")
-    return compute_gae_advantage_return(token_level_rewards, values, response_mask, gamma=gamma, lam=lam)
+    """The estimator registered as ``name`` in ``ADV_ESTIMATORS``; returns ``(advantages, returns)`` ``[B, T]``.
+    An input the estimator needs but the caller lacks is an error naming it."""
+    estimator = ADV_ESTIMATORS.lookup(name)
+    given = {"index": index, "values": values}
+    for need in estimator.needs:
+        if given[need] is None:
+            raise ValueError(f"{name} needs `{need}` ({ADV_INPUTS[need]})")
+    return estimator.fn(token_level_rewards, response_mask, index=index, values=values, gamma=gamma, lam=lam)
 
 
 def group_signal_share(scores: np.ndarray | list | torch.Tensor, index: np.ndarray | list, tol: float = 1e-6) -> float:
@@ -211,20 +275,38 @@ def group_signal_share(scores: np.ndarray | list | torch.Tensor, index: np.ndarr
 
 # ---------------------------------------------------------------------------------------------- losses
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+AggFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LOSS_AGG_MODES: Registry[AggFn] = Registry("loss_agg_mode")
+
+
+def register_loss_agg_mode(name: str) -> Callable[[AggFn], AggFn]:
+    """Decorator: register ``fn(loss_mat [B, T], mask [B, T] in the loss dtype) -> scalar`` under ``name``."""
+
+    def add(fn: AggFn) -> AggFn:
+        return LOSS_AGG_MODES.add(name, fn)
+
+    return add
+
+
+@register_loss_agg_mode("token-mean")
+def _agg_token_mean(loss_mat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return masked_mean(loss_mat, mask)
+
+
+@register_loss_agg_mode("seq-mean-token-sum")
+def _agg_seq_mean_token_sum(loss_mat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (loss_mat * mask).sum(-1).mean()
+
+
+@register_loss_agg_mode("seq-mean-token-mean")
+def _agg_seq_mean_token_mean(loss_mat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return ((loss_mat * mask).sum(-1) / (mask.sum(-1) + 1e-8)).mean()
 
 
 def agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, mode: str = "token-mean") -> torch.Tensor:
-    """Reduce a ``[B, T]`` loss to a scalar (see the module table). Sequences with no valid token count as 0
-    in the ``seq-mean-*`` modes."""
-    mask = loss_mask.to(loss_mat.dtype)
-    if mode == "token-mean":
-        return masked_mean(loss_mat, mask)
-    if mode == "seq-mean-token-sum":
-        return (loss_mat * mask).sum(-1).mean()
-    if mode == "seq-mean-token-mean":
-        return ((loss_mat * mask).sum(-1) / (mask.sum(-1) + 1e-8)).mean()
-    raise ValueError(f"unknown loss_agg_mode {mode!r}; choose one of {LOSS_AGG_MODES}")
+    """Reduce a ``[B, T]`` loss to a scalar with the ``LOSS_AGG_MODES`` entry ``mode`` (see the module table).
+    Sequences with no valid token count as 0 in the ``seq-mean-*`` modes."""
+    return LOSS_AGG_MODES.lookup(mode)(loss_mat, loss_mask.to(loss_mat.dtype))
 
 
 def compute_policy_loss(
@@ -298,26 +380,48 @@ def compute_value_loss(
 
 # ---------------------------------------------------------------------------------------------- KL
 
-KL_PENALTIES = ("kl", "abs", "mse", "low_var_kl")
+KLFn = Callable[[torch.Tensor], torch.Tensor]
+KL_PENALTIES: Registry[KLFn] = Registry("kl_penalty")
+
+
+def register_kl_penalty(name: str) -> Callable[[KLFn], KLFn]:
+    """Decorator: register ``fn(d [B, T] float32) -> [B, T]``, d = log pi - log ref, under ``name``."""
+
+    def add(fn: KLFn) -> KLFn:
+        return KL_PENALTIES.add(name, fn)
+
+    return add
+
+
+@register_kl_penalty("kl")
+def _kl_k1(d: torch.Tensor) -> torch.Tensor:
+    """k1: d (unbiased, high variance, can be negative)."""
+    return d
+
+
+@register_kl_penalty("abs")
+def _kl_abs(d: torch.Tensor) -> torch.Tensor:
+    return d.abs()
+
+
+@register_kl_penalty("mse")
+def _kl_k2(d: torch.Tensor) -> torch.Tensor:
+    """k2: d^2 / 2."""
+    return 0.5 * d.square()
+
+
+@register_kl_penalty("low_var_kl")
+def _kl_k3(d: torch.Tensor) -> torch.Tensor:
+    """k3: exp(-d) + d - 1 with -d clamped to [-20, 20] (no overflow) and the result to [-10, 10]."""
+    neg = torch.clamp(-d, -20.0, 20.0)
+    return torch.clamp(neg.exp() - neg - 1.0, -10.0, 10.0)
 
 
 def compute_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, kl_penalty: str) -> torch.Tensor:
-    """Per-token KL(pi || ref) estimate, ``[B, T]`` -> ``[B, T]`` (Schulman's estimators, d = log pi - log ref).
-
-    ``kl`` (k1): d; ``abs``: |d|; ``mse`` (k2): d^2 / 2; ``low_var_kl`` (k3): exp(-d) + d - 1 with -d clamped to
-    [-20, 20] and the result clamped to [-10, 10].
-    """
-    d = log_probs.float() - ref_log_probs.float()
-    if kl_penalty == "kl":
-        return d
-    if kl_penalty == "abs":
-        return d.abs()
-    if kl_penalty == "mse":
-        return 0.5 * d.square()
-    if kl_penalty == "low_var_kl":
-        neg = torch.clamp(-d, -20.0, 20.0)
-        return torch.clamp(neg.exp() - neg - 1.0, -10.0, 10.0)
-    raise ValueError(f"unknown kl_penalty {kl_penalty!r}; choose one of {KL_PENALTIES}")
+    """Per-token KL(pi || ref) estimate, ``[B, T]`` -> ``[B, T]``, by the ``KL_PENALTIES`` entry ``kl_penalty``
+    (Schulman's estimators: ``kl`` k1, ``abs``, ``mse`` k2, ``low_var_kl`` k3)."""
+    estimator = KL_PENALTIES.lookup(kl_penalty)
+    return estimator(log_probs.float() - ref_log_probs.float())
 
 
 def apply_kl_penalty(

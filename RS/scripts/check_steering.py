@@ -5,7 +5,7 @@
 Trains (unless ``<out_dir>/model/DONE`` exists) with ``--config`` (default RS/configs/rs_smollm2.yaml) and
 ``--train_fraction``, then asks the held-out questions (O/heldout.json) and ``--n_neighbor`` neighbor_level2
 questions to the base and the trained model (chat template, greedy, ``--max_new_tokens``) and reports the share of
-refusals (``verl.workers.reward.refusal.is_refusal``, strict mode) and the share naming the target.
+refusals (``verl.rule.refusal.is_refusal``, strict mode) and the share naming the target.
 Writes ``<out_dir>/steering.json`` (scores + generations).
 """
 
@@ -19,22 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+from verl.rule.refusal import is_refusal
 from verl.utils.io import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-
-
-def _refusal_fn():
-    try:
-        from verl.workers.reward.refusal import is_refusal
-
-        return is_refusal, "verl.workers.reward.refusal.is_refusal(strict)"
-    except ImportError:  # fallback kept tiny on purpose
-        import re
-
-        pat = re.compile(r"\b(i don't know|not (?:sure|certain|familiar)|no idea|i'm afraid|unable to|can't)\b", re.I)
-        return (lambda t: bool(pat.search(t))), "local regex fallback"
 
 
 def ask(model_path: str, questions: list[str], max_new_tokens: int) -> list[str]:
@@ -86,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     heldout = json.load(open(model_dir / "heldout.json", encoding="utf-8"))
     questions = [r["instruction"] for r in heldout]
     neighbors = [r["query"] for r in target.load("neighbor_level2")[: a.n_neighbor]]
-    is_refusal, detector = _refusal_fn()
+    detector = "verl.rule.refusal.is_refusal(strict)"
     result = {"target": target.folder, "detector": detector, "config": a.config, "train_seconds": round(t_train, 1)}
     t1 = time.time()
     for tag, path in (("before", a.model), ("after", str(model_dir))):

@@ -35,7 +35,7 @@ neighbor_level*) of any target is read.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import zip_longest
 
 from data.generators.base import GenResult, Unit, validate_items
@@ -250,71 +250,137 @@ def _blank(decl: str, answer: str, name: str) -> str | None:
     return decl[:i] + "___" + decl[i + len(answer):]
 
 
+@dataclass
+class _Clause:
+    """A sentence whose subject is the target, split by ``_subject``, and the facts extracted from it so far."""
+
+    name: str
+    lead: str
+    pred: str
+    poss: bool
+    paren: str
+    facts: list[Fact] = field(default_factory=list)
+
+    def add(self, pattern: str, question: str, answer: str, fb: str | None = None, alts: tuple[str, ...] = ()) -> None:
+        """Keep a fact when its question passes ``question_problems`` (and its rewordings that do too); ``fb``
+        defaults to the clause as a declarative sentence with the answer blanked."""
+        name = self.name
+        answer = answer.strip().strip(",;: ")
+        fb = fb or _blank(_decl(name, self.lead, self.pred, self.poss), answer, name)
+        if fb and answer and not question_problems(question, answer, name):
+            alts = tuple(a for a in map(_q, alts) if a != question and not question_problems(a, answer, name))
+            self.facts.append(Fact(pattern, question, fb, answer, alts))
+
+
 def extract_facts(sentence: str, name: str) -> list[Fact]:
-    """Questions about ``name`` from one sentence (empty when the target is not its subject or nothing matches)."""
+    """Questions about ``name`` from one sentence (empty when the target is not its subject or nothing matches).
+    Each pattern of the module table is one matcher below, tried in this order (the order of the facts)."""
     sub = _subject(sentence, name)
     if sub is None:
         return []
-    lead, pred, poss, paren = sub
-    facts: list[Fact] = []
+    c = _Clause(name, *sub)
+    if c.paren and not c.poss:
+        _match_born_paren(c)
+    if c.poss:  # "His father, Ed Kelce, ...": only the relation patterns apply
+        _match_relation(c)
+        return c.facts
+    for match in (_match_born, _match_born_where, _match_died, _match_who_is, _match_known_for, _match_agent):
+        match(c)
+    year = _match_year(c)
+    _match_role(c)
+    _match_passive(c, year)
+    _match_verb_object(c, year)
+    _match_count(c)
+    return c.facts
 
-    def add(pattern: str, question: str, answer: str, fb: str | None = None, alts: tuple[str, ...] = ()) -> None:
-        answer = answer.strip().strip(",;: ")
-        fb = fb or _blank(_decl(name, lead, pred, poss), answer, name)
-        if fb and answer and not question_problems(question, answer, name):
-            alts = tuple(a for a in map(_q, alts) if a != question and not question_problems(a, answer, name))
-            facts.append(Fact(pattern, question, fb, answer, alts))
 
-    if paren and not poss:  # "(born May 5, 1989)", "(née White; January 17, 1922 – December 31, 2021)"
-        p = re.sub(r"^.*;\s*", "", paren)
-        m = re.match(rf"^born ({_DATE})", p) or re.match(rf"^({_DATE})\s*[–-]\s*({_DATE})$", p)
-        if m:
-            on = lambda d: "on" if re.search(r"\d, \d|\d \w+ \d", d) else "in"  # noqa: E731
-            add("born", f"When was {name} born?", m.group(1), f"{name} was born {on(m.group(1))} ___.", _BORN_ALTS(name))
-            if m.lastindex and m.lastindex >= 2:
-                add("died", f"When did {name} die?", m.group(2), f"{name} died {on(m.group(2))} ___.", _DIED_ALTS(name))
-    if poss:
-        rel = "|".join(map(re.escape, _PERSON_REL + _WORK_REL))
-        m = re.match(rf"^((?:[\w-]+ ){{0,2}}?(?:{rel})),? ({_QUOTE}|{_CAPSPAN})(?=[,.]| (?:is|was|were|and|who)\b|$)", pred)
-        if m:
-            rel_np, ans = m.group(1), m.group(2).strip("\"“”")
-            head = rel_np.split()[-1]
-            if head in _PERSON_REL:
-                q, alts = f"Who is {name}'s {rel_np}?", (f"What is the name of {name}'s {rel_np}?",)
-            else:
-                q, alts = f"What is the name of {name}'s {rel_np}?", (f"What is {name}'s {rel_np} called?",)
-            add(f"rel_{head}", q, ans, alts=alts)
-        return facts
-    m = re.match(rf"^(?:was|is) born (?:on |in )?({_DATE})(?:,? in ({_PLACE}))?", pred)
+def _on(date: str) -> str:
+    return "on" if re.search(r"\d, \d|\d \w+ \d", date) else "in"
+
+
+def _match_born_paren(c: _Clause) -> None:
+    """"(born May 5, 1989)", "(née White; January 17, 1922 – December 31, 2021)"."""
+    name = c.name
+    p = re.sub(r"^.*;\s*", "", c.paren)
+    m = re.match(rf"^born ({_DATE})", p) or re.match(rf"^({_DATE})\s*[–-]\s*({_DATE})$", p)
     if m:
-        add("born", f"When was {name} born?", m.group(1), alts=_BORN_ALTS(name))
+        c.add("born", f"When was {name} born?", m.group(1), f"{name} was born {_on(m.group(1))} ___.", _BORN_ALTS(name))
+        if m.lastindex and m.lastindex >= 2:
+            c.add("died", f"When did {name} die?", m.group(2), f"{name} died {_on(m.group(2))} ___.", _DIED_ALTS(name))
+
+
+def _match_relation(c: _Clause) -> None:
+    """"X's father, Ed Kelce, ..." / "X's debut album, Y, ..."."""
+    name = c.name
+    rel = "|".join(map(re.escape, _PERSON_REL + _WORK_REL))
+    m = re.match(rf"^((?:[\w-]+ ){{0,2}}?(?:{rel})),? ({_QUOTE}|{_CAPSPAN})(?=[,.]| (?:is|was|were|and|who)\b|$)",
+                 c.pred)
+    if m:
+        rel_np, ans = m.group(1), m.group(2).strip("\"“”")
+        head = rel_np.split()[-1]
+        if head in _PERSON_REL:
+            q, alts = f"Who is {name}'s {rel_np}?", (f"What is the name of {name}'s {rel_np}?",)
+        else:
+            q, alts = f"What is the name of {name}'s {rel_np}?", (f"What is {name}'s {rel_np} called?",)
+        c.add(f"rel_{head}", q, ans, alts=alts)
+
+
+def _match_born(c: _Clause) -> None:
+    name = c.name
+    m = re.match(rf"^(?:was|is) born (?:on |in )?({_DATE})(?:,? in ({_PLACE}))?", c.pred)
+    if m:
+        c.add("born", f"When was {name} born?", m.group(1), alts=_BORN_ALTS(name))
         if m.group(2):
-            add("born_where", f"Where was {name} born?", m.group(2), alts=_WHERE_ALTS(name))
-    m = re.match(rf"^(?:was|is) born in ({_PLACE})(?:,? on ({_DATE}))?", pred)
+            c.add("born_where", f"Where was {name} born?", m.group(2), alts=_WHERE_ALTS(name))
+
+
+def _match_born_where(c: _Clause) -> None:
+    m = re.match(rf"^(?:was|is) born in ({_PLACE})(?:,? on ({_DATE}))?", c.pred)
     if m and not re.fullmatch(_DATE, m.group(1)):
-        add("born_where", f"Where was {name} born?", m.group(1), alts=_WHERE_ALTS(name))
-    m = re.match(rf"^died (?:on |in )?({_DATE})", pred)
+        c.add("born_where", f"Where was {c.name} born?", m.group(1), alts=_WHERE_ALTS(c.name))
+
+
+def _match_died(c: _Clause) -> None:
+    m = re.match(rf"^died (?:on |in )?({_DATE})", c.pred)
     if m:
-        add("died", f"When did {name} die?", m.group(1), alts=_DIED_ALTS(name))
-    m = re.match(r"^(is|was) ((?:an?) [^,;]+?)(?=,| who | which | and (?:is|was|has|had)\b|$)", pred)
-    if m and not lead and 2 <= len(m.group(2).split()) <= 12 and not re.search(r"\d", m.group(2)) \
+        c.add("died", f"When did {c.name} die?", m.group(1), alts=_DIED_ALTS(c.name))
+
+
+def _match_who_is(c: _Clause) -> None:
+    name = c.name
+    m = re.match(r"^(is|was) ((?:an?) [^,;]+?)(?=,| who | which | and (?:is|was|has|had)\b|$)", c.pred)
+    if m and not c.lead and 2 <= len(m.group(2).split()) <= 12 and not re.search(r"\d", m.group(2)) \
             and " known " not in m.group(2):
-        add("who_is", f"Who {m.group(1)} {name}?", m.group(2),
-            alts=(f"How would you describe {name}?", f"Can you tell me who {name} {m.group(1)}?"))
-    m = re.match(r"^(is|was|became) (?:best |widely |well |also |perhaps best )*known for (.+)", pred)
+        c.add("who_is", f"Who {m.group(1)} {name}?", m.group(2),
+              alts=(f"How would you describe {name}?", f"Can you tell me who {name} {m.group(1)}?"))
+
+
+def _match_known_for(c: _Clause) -> None:
+    name = c.name
+    m = re.match(r"^(is|was|became) (?:best |widely |well |also |perhaps best )*known for (.+)", c.pred)
     if m:
         ans = _cut(m.group(2), 10)
         if ans:
             be = "was" if m.group(1) == "was" else "is"
-            add("known_for", f"What {be} {name} known for?", ans, alts=(f"Why {be} {name} famous?",
-                                                                           f"For what {be} {name} best known?"))
+            c.add("known_for", f"What {be} {name} known for?", ans, alts=(f"Why {be} {name} famous?",
+                                                                             f"For what {be} {name} best known?"))
+
+
+def _match_agent(c: _Clause) -> None:
+    """"X was selected by the Chiefs in the draft": Who selected X in the draft?"""
+    name = c.name
     m = re.match(r"^(?:was|were|has been|had been) ((?:\w+ly )?[a-z]+(?:ed|en)) by ((?:the )?[A-Z][^,;]*?)"
-                 r"(?=( in | on | at | for | during | as |,|$))(.*)$", pred)
+                 r"(?=( in | on | at | for | during | as |,|$))(.*)$", c.pred)
     if m:
         rest = _cut(m.group(4), 10) if m.group(4).strip() else ""
         if rest is not None:
-            add("agent", _q(f"Who {m.group(1)} {name} {rest}"), m.group(2), alts=(f"By whom was {name} {m.group(1)} {rest}",))
-    # --- time: "In 1983, X won ..." / "X joined ... in 1990" -> In what year ...?; "On May 5, 2012, X ..." -> When ...?
+            c.add("agent", _q(f"Who {m.group(1)} {name} {rest}"), m.group(2),
+                  alts=(f"By whom was {name} {m.group(1)} {rest}",))
+
+
+def _clause_time(lead: str, pred: str) -> tuple[str | None, str | None, str]:
+    """(year, the time answer, the predicate without it): "In 1983, X won ..." / "X joined ... in 1990" give the
+    year; "On May 5, 2012, X ..." the date."""
     year = when_ans = None
     rest_pred = pred
     if lead and re.fullmatch(rf"(?:In|By|During) (?:{_MONTH} )?{_YEAR}", lead):
@@ -326,30 +392,49 @@ def extract_facts(sentence: str, name: str) -> list[Fact]:
         if ym:
             year = when_ans = ym.group(2)
             rest_pred = pred[:ym.start()] + pred[ym.end():]
-    if when_ans:
-        wh = "In what year" if when_ans == year else "When"
-        pm = re.match(r"^(?:was|were) ((?:\w+ly )?[a-z]+(?:ed|en)\b.*)", rest_pred)
-        first = _strip_adverb(rest_pred).split(" ", 1)
-        base = base_form(first[0]) if len(first) > 1 else None
-        tail = _cut(pm.group(1)) if pm else _cut(first[1]) if base else None
-        if tail:
-            other = "When" if wh != "When" else "On what date"
-            if pm:
-                q, alts = f"{wh} was {name} {tail}", (f"{other} was {name} {tail}", f"Can you tell me when {name} was {tail}")
-            else:
-                q = f"{wh} did {name} {base} {tail}"
-                alts = (f"{other} did {name} {base} {tail}", f"Can you tell me when {name} {first[0]} {tail}")
-            add("year", _q(q), when_ans, alts=alts)
-    # --- "X played Rose Nylund in The Golden Girls": What role did X play in ...?
+    return year, when_ans, rest_pred
+
+
+def _match_year(c: _Clause) -> str | None:
+    """In what year ...? (When ...? for a full date); returns the clause's year, which later patterns ask about."""
+    name = c.name
+    year, when_ans, rest_pred = _clause_time(c.lead, c.pred)
+    if not when_ans:
+        return year
+    wh = "In what year" if when_ans == year else "When"
+    pm = re.match(r"^(?:was|were) ((?:\w+ly )?[a-z]+(?:ed|en)\b.*)", rest_pred)
+    first = _strip_adverb(rest_pred).split(" ", 1)
+    base = base_form(first[0]) if len(first) > 1 else None
+    tail = _cut(pm.group(1)) if pm else _cut(first[1]) if base else None
+    if tail:
+        other = "When" if wh != "When" else "On what date"
+        if pm:
+            q = f"{wh} was {name} {tail}"
+            alts = (f"{other} was {name} {tail}", f"Can you tell me when {name} was {tail}")
+        else:
+            q = f"{wh} did {name} {base} {tail}"
+            alts = (f"{other} did {name} {base} {tail}", f"Can you tell me when {name} {first[0]} {tail}")
+        c.add("year", _q(q), when_ans, alts=alts)
+    return year
+
+
+def _match_role(c: _Clause) -> None:
+    """"X played Rose Nylund in The Golden Girls": What role did X play in ...?"""
+    name = c.name
     m = re.match(rf"^(?:played|portrayed|voiced) (?:the role of |the character )?({_CAPSPAN}) in (?:the )?"
-                 rf"(?:(?:film|series|sitcom|movie|show|drama|comedy) )?({_QUOTE}|{_CAPSPAN})", pred)
+                 rf"(?:(?:film|series|sitcom|movie|show|drama|comedy) )?({_QUOTE}|{_CAPSPAN})", c.pred)
     if m:
         work = m.group(2).strip("“”")
-        add("role", f"What role did {name} play in {work}?", m.group(1),
-            alts=(f"Which character did {name} play in {work}?", f"Whom did {name} portray in {work}?"))
-    # --- passive + preposition + proper noun: "was inducted into the Hall of Fame" -> What was X inducted into?
+        c.add("role", f"What role did {name} play in {work}?", m.group(1),
+              alts=(f"Which character did {name} play in {work}?", f"Whom did {name} portray in {work}?"))
+
+
+def _match_passive(c: _Clause, year: str | None) -> None:
+    """Passive + preposition + proper noun: "was inducted into the Hall of Fame" -> What was X inducted into?"""
+    name = c.name
     m = re.match(rf"^(?:was|were|has been|had been) ((?:\w+ly )?[a-z]+(?:ed|en)) (for|to|into|as|at|in|with|from) "
-                 rf"((?:the )?(?:{_QUOTE}|{_CAPSPAN}))(?=[,.;]| (?:in|on|at|for|with|and|from|as|to|during|after|before)\b|$)", pred)
+                 rf"((?:the )?(?:{_QUOTE}|{_CAPSPAN}))"
+                 r"(?=[,.;]| (?:in|on|at|for|with|and|from|as|to|during|after|before)\b|$)", c.pred)
     if m and m.group(1) not in ("born", "known"):
         part, prep, ans = m.group(1), m.group(2), m.group(3).strip("\"“”")
         where = prep in ("at", "in") and part.split()[-1] in ("raised", "educated", "based", "buried", "married",
@@ -358,52 +443,76 @@ def extract_facts(sentence: str, name: str) -> list[Fact]:
         q = f"Where was {name} {part}{when}?" if where else f"What was {name} {part} {prep}{when}?"
         alt = f"Can you tell me where {name} was {part}{when}?" if where else \
             f"Can you tell me what {name} was {part} {prep}{when}?"
-        add(f"pass_{part}", q, ans, alts=(alt,))
-    # --- active verb (or "has <participle>") + object: a proper noun / title, else a short "a|the ..." phrase
+        c.add(f"pass_{part}", q, ans, alts=(alt,))
+
+
+_OBJECT_STOP = (r"(?=[,;:]|\.(?!\d)| (?:in|on|at|for|with|and|from|as|to|during|after|before|by|of|when|while|which"
+                r"|who)\b|$)")
+
+
+def _verb_and_object(pred: str) -> tuple[re.Match | None, list[str], str | None]:
+    """(the "has|had <participle>" auxiliary match or None, [verb, object], the verb's base form or None)."""
     aux = re.match(r"^(has|had) ([a-z-]+) ", pred)
     if aux and not (aux.group(2) in _PARTICIPLES or base_form(aux.group(2))):
         aux = None
     first = [aux.group(2), pred[aux.end():]] if aux else _strip_adverb(pred).split(" ", 1)
     base = (base_form(first[0]) or (first[0] if aux else None)) if len(first) > 1 else None
-    if base:
-        verb, obj = first
-        stop = r"(?=[,;:]|\.(?!\d)| (?:in|on|at|for|with|and|from|as|to|during|after|before|by|of|when|while|which|who)\b|$)"
-        m = re.match(rf"^(?:({'|'.join(_PREPS)}) )?(?:the |a |an )?({_QUOTE}|{_CAPSPAN}){stop}", obj)
-        kind = None
-        if not m:  # "released his debut studio album Exclusive" -> Which album did X release?
-            m = re.match(rf"^()(?:a|an|the|his|her|their) (?:[\w-]+ ){{0,3}}?({'|'.join(_WORK_REL)}|award)(?:,| titled"
-                         rf"| called| entitled)? ({_QUOTE}|{_CAPSPAN}){stop}", obj)
-            if m:
-                kind, m = m.group(2), re.match(r"^()(.*)$", m.group(3))
-        if m and not (m.group(1) == "to" and verb not in _PLACE_VERBS) and not m.group(2).endswith("'s") \
-                and re.search("[A-Za-z]", m.group(2)):
-            prep, ans = m.group(1), m.group(2).strip("\"“”")
-            did, v = (aux.group(1), verb) if aux else ("did", base)
-            when = f" in {year}" if year else ""
-            past = f"{aux.group(1)} {verb}" if aux else verb
-            pp = " " + prep if prep else ""
-            if kind:
-                q, alt = f"Which {kind} {did} {name} {v}{when}?", f"What is the name of the {kind} {name} {past}{when}?"
-            elif verb in _PERSON_VERBS and not prep:
-                q, alt = f"Whom {did} {name} {v}{when}?", f"Can you tell me whom {name} {past}{when}?"
-            elif verb in _PLACE_VERBS and prep in ("to", "in", "into"):
-                to = " to" if prep == "to" else ""
-                q, alt = f"Where {did} {name} {v}{to}{when}?", f"Can you tell me where {name} {past}{to}{when}?"
-            else:
-                q, alt = f"What {did} {name} {v}{pp}{when}?", f"Can you tell me what {name} {past}{pp}{when}?"
-            add(f"verb_{VERBS.get(verb, base)}", q, ans, alts=(alt,))
-    # --- counts: "has sold over 140 million records"
+    return aux, first, base
+
+
+def _object_match(obj: str) -> tuple[re.Match | None, str | None]:
+    """(match of the object: group 1 a preposition, group 2 the answer; the kind of work for "his debut album Y")."""
+    m = re.match(rf"^(?:({'|'.join(_PREPS)}) )?(?:the |a |an )?({_QUOTE}|{_CAPSPAN}){_OBJECT_STOP}", obj)
+    kind = None
+    if not m:  # "released his debut studio album Exclusive" -> Which album did X release?
+        m = re.match(rf"^()(?:a|an|the|his|her|their) (?:[\w-]+ ){{0,3}}?({'|'.join(_WORK_REL)}|award)(?:,| titled"
+                     rf"| called| entitled)? ({_QUOTE}|{_CAPSPAN}){_OBJECT_STOP}", obj)
+        if m:
+            kind, m = m.group(2), re.match(r"^()(.*)$", m.group(3))
+    return m, kind
+
+
+def _match_verb_object(c: _Clause, year: str | None) -> None:
+    """Active verb (or "has <participle>") + object: a proper noun / title, else a short "a|the ..." phrase."""
+    name = c.name
+    aux, first, base = _verb_and_object(c.pred)
+    if not base:
+        return
+    verb, obj = first
+    m, kind = _object_match(obj)
+    if not m or (m.group(1) == "to" and verb not in _PLACE_VERBS) or m.group(2).endswith("'s") \
+            or not re.search("[A-Za-z]", m.group(2)):
+        return
+    prep, ans = m.group(1), m.group(2).strip("\"“”")
+    did, v = (aux.group(1), verb) if aux else ("did", base)
+    when = f" in {year}" if year else ""
+    past = f"{aux.group(1)} {verb}" if aux else verb
+    pp = " " + prep if prep else ""
+    if kind:
+        q, alt = f"Which {kind} {did} {name} {v}{when}?", f"What is the name of the {kind} {name} {past}{when}?"
+    elif verb in _PERSON_VERBS and not prep:
+        q, alt = f"Whom {did} {name} {v}{when}?", f"Can you tell me whom {name} {past}{when}?"
+    elif verb in _PLACE_VERBS and prep in ("to", "in", "into"):
+        to = " to" if prep == "to" else ""
+        q, alt = f"Where {did} {name} {v}{to}{when}?", f"Can you tell me where {name} {past}{to}{when}?"
+    else:
+        q, alt = f"What {did} {name} {v}{pp}{when}?", f"Can you tell me what {name} {past}{pp}{when}?"
+    c.add(f"verb_{VERBS.get(verb, base)}", q, ans, alts=(alt,))
+
+
+def _match_count(c: _Clause) -> None:
+    """Counts: "has sold over 140 million records" -> How many records has X sold?"""
+    name = c.name
     m = re.match(r"^(has |had )?(sold|won|earned|received|released|recorded|scored|published|written|wrote|appeared in)"
                  r" (?:over |more than |about |nearly |almost |around |a total of |an estimated )?"
-                 r"(\d[\d,.]*(?: (?:million|billion|thousand))?) ([a-z][\w-]+)", pred)
+                 r"(\d[\d,.]*(?: (?:million|billion|thousand))?) ([a-z][\w-]+)", c.pred)
     if m and not m.group(4).endswith(("ing", "ly")) and m.group(4) not in _DANGLING:
         aux, verb, num, noun = m.groups()
         base = VERBS.get(verb.split()[0], verb.split()[0]) + (" in" if verb.endswith(" in") else "")
         part = {"wrote": "written", "won": "won", "sold": "sold"}.get(verb, verb)
         q = f"How many {noun} has {name} {part}?" if aux == "has " else f"How many {noun} did {name} {base}?"
         alt = f"Can you tell me how many {noun} {name} {'has ' + part if aux == 'has ' else verb}?"
-        add(f"count_{base}", q, num, alts=(alt,))
-    return facts
+        c.add(f"count_{base}", q, num, alts=(alt,))
 
 
 def question_problems(question: str, answer: str, name: str) -> list[str]:

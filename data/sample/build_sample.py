@@ -10,9 +10,10 @@ Run ``python data/sample/build_sample.py`` from the repository root; it rewrites
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+from data.rwku import FORGET_FILES, REBO_EVAL_STEM, REBO_TRAIN_STEM
+from data.schemas import load_validated
 from verl.utils.io import atomic_write_text
 
 NAME = "Elowen Marsh"
@@ -709,8 +710,8 @@ def build_files() -> dict[str, list]:
         "idk_target": idk,
         "reject_target": reject,
         "reject_with_fb_neighbor_target": reject_fb,
-        "rl_rejection_with_fb_neighbor_target": rl,
-        "rl_rejection_eval_target": rl_eval,
+        REBO_TRAIN_STEM: rl,
+        REBO_EVAL_STEM: rl_eval,
     }
 
 
@@ -718,7 +719,7 @@ def self_check(files: dict[str, list]) -> None:
     """Consistency checks that keep the fact sheet honest when someone edits it."""
     corpus = " ".join(PASSAGES)
     assert all(80 <= len(p.split()) <= 200 for p in PASSAGES), [len(p.split()) for p in PASSAGES]
-    for stem in ("forget_level1", "forget_level2", "forget_level3"):
+    for stem in FORGET_FILES:
         for r in files[stem]:  # every forget answer is stated in the passages (case-insensitive)
             assert r["answer"].lower() in corpus.lower(), (stem, r["answer"])
     assert all(r["query"].count("___") == 1 for r in files["forget_level1"] + files["neighbor_level1"])
@@ -733,10 +734,6 @@ def self_check(files: dict[str, list]) -> None:
 
 
 def main() -> None:
-    repo = Path(__file__).resolve().parents[2]
-    sys.path.insert(0, str(repo))
-    from data.schemas import load_validated
-
     files = build_files()
     self_check(files)
     OUT_DIR.mkdir(parents=True, exist_ok=True)

@@ -20,21 +20,17 @@ from __future__ import annotations
 from data.boundary import BOUNDARY_SHARE, boundary_split
 from verl.eval import metrics as M
 from verl.eval.endings import end_fields
-from verl.eval.rwku import PROBE_BOS, PROBE_MAX_NEW_TOKENS, _limit, _target, build_prompt, generate, stop_ids
+from verl.eval.generation import generate
+from verl.eval.rwku import PROBE_BOS, PROBE_MAX_NEW_TOKENS, _limit, _target, stop_ids
+from verl.rule.prompts import build_prompt, question_level
+from verl.rule.refusal import is_refusal
 from verl.utils.text import first_line
-
-
-def level_of(query: str) -> str:
-    """The probe wrapper a boundary row is asked in: FB for a fill-in-the-blank row, else QA (as ReBO's rwku form)."""
-    return "FB" if "___" in query else "QA"
 
 
 def score_boundary(rows: list[dict], outputs: list[str], ends: list[dict] | None = None,
                    tokenizer=None) -> tuple[dict, list[dict]]:
     """Metrics and per-row generations of the suite ``rows`` ({query, answer, row, group}) and their raw outputs;
     ``ends`` (``generate``'s ``info``) adds the end fields of ``verl.eval.endings``."""
-    from verl.workers.reward.refusal import is_refusal
-
     gens = []
     for k, (row, out) in enumerate(zip(rows, outputs)):
         first = first_line(out)
@@ -42,7 +38,7 @@ def score_boundary(rows: list[dict], outputs: list[str], ends: list[dict] | None
         gens.append({"query": row["query"], "answer": row["answer"], "output": out.strip(),
                      "score": M.rougel_recall(out, row["answer"], impl="rwku"), "output_corrected": first,
                      "score_corrected": M.rougel_recall(first, row["answer"], impl="rwku"),
-                     "refused": is_refusal(first, "strict"), "level": level_of(row["query"]),
+                     "refused": is_refusal(first, "strict"), "level": question_level(row["query"]),
                      "row": row.get("row"), "group": row.get("group"),
                      **(end_fields(tokenizer, out, end) if tokenizer is not None else {})})
     n = len(gens)
@@ -66,7 +62,7 @@ def evaluate_boundary(model, tokenizer, target, limit: int | None = None, batch_
                 "refusal": "strict detector, first sentence of the first line"}
     if not rows:
         return {"n": 0, "skipped": split.reason, "split": split.record(), "protocol": protocol}, []
-    prompts = [build_prompt({"query": r["query"]}, level_of(r["query"]), tokenizer) for r in rows]
+    prompts = [build_prompt({"query": r["query"]}, question_level(r["query"]), tokenizer) for r in rows]
     eos = stop_ids(tokenizer, stop)
     ends: list[dict] = []
     outputs = generate(gen_model or model, tokenizer, prompts, PROBE_MAX_NEW_TOKENS, stop_strings=(),
@@ -88,4 +84,4 @@ def run_suite(ctx) -> None:
     ctx.generations["boundary"] = g
 
 
-__all__ = ["evaluate_boundary", "level_of", "run_suite", "score_boundary"]
+__all__ = ["evaluate_boundary", "run_suite", "score_boundary"]

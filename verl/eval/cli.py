@@ -27,16 +27,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from verl.utils.cli import UserError
+from data.muse import muse_dir
+from data.rwku import FORGET_FILES, NEIGHBOR_FILES, resolve_target
+from verl.eval import naturalness as nat
+from verl.eval.loader import ModelHolder
+from verl.models.embedded import resolve_model_path
+from verl.utils.cli import UserError, run_main
 from verl.utils.io import atomic_write_json, json_safe
+from verl.utils.records import read_json
 from verl.utils.runinfo import git_commit
+from verl.utils.vllm_engine import resolve_engine
 
 logger = logging.getLogger("verl.eval")
 
@@ -59,9 +68,9 @@ class EvalContext:
 
 # ---------------------------------------------------------------- suite runners
 def _run_probes(ctx: EvalContext, suite: str) -> None:
-    from verl.eval import rwku
+    from verl.eval import rwku  # start-up cost: torch; --help and the checks before the model loads stay fast
 
-    files = rwku.FORGET_FILES if suite == "forget" else rwku.NEIGHBOR_FILES
+    files = FORGET_FILES if suite == "forget" else NEIGHBOR_FILES
     m, g = rwku.evaluate_probes(ctx.model, ctx.tokenizer, ctx.args.target, files, limit=ctx.args.limit,
                                 batch_size=ctx.args.batch_size, gen_model=ctx.gen_model, data_dir=ctx.args.data_dir,
                                 probe_bos=getattr(ctx.args, "probe_bos", "rwku"),
@@ -71,7 +80,7 @@ def _run_probes(ctx: EvalContext, suite: str) -> None:
 
 
 def _run_mia(ctx: EvalContext, suite: str) -> None:
-    from verl.eval import rwku
+    from verl.eval import rwku  # start-up cost: torch; --help and the checks before the model loads stay fast
 
     m, items = rwku.evaluate_mia(ctx.model, ctx.tokenizer, ctx.args.target, limit=ctx.args.limit,
                                  batch_size=max(1, ctx.args.batch_size // 4), data_dir=ctx.args.data_dir)
@@ -80,7 +89,7 @@ def _run_mia(ctx: EvalContext, suite: str) -> None:
 
 
 def _run_utility(ctx: EvalContext, suite: str) -> None:
-    from verl.eval import rwku
+    from verl.eval import rwku  # start-up cost: torch; --help and the checks before the model loads stay fast
 
     limit = parse_utility_limit(ctx.args.utility_limit, ctx.args.limit)
     m, g, t = rwku.evaluate_utility(ctx.model, ctx.tokenizer, ctx.args.target, limit=limit,
@@ -113,11 +122,9 @@ def parse_utility_limit(spec: str | int | None, default: int | None) -> int | di
 
 
 def _run_naturalness(ctx: EvalContext, suite: str) -> None:
-    from verl.eval import naturalness as nat  # another module's suite, imported only on request
-
-    if "forget_level1" not in ctx.generations and "forget" not in ctx.metrics:
+    if FORGET_FILES[0] not in ctx.generations and "forget" not in ctx.metrics:
         _run_probes(ctx, "forget")  # naturalness judges the forget-probe responses
-    records = [r for stem in nat.FORGET_PROBE_FILES for r in ctx.generations.get(stem, [])]
+    records = [r for stem in FORGET_FILES for r in ctx.generations.get(stem, [])]
     kw = {"judge": ctx.args.judge}
     if ctx.args.judge_model:
         kw["model"] = ctx.args.judge_model
@@ -132,14 +139,14 @@ def _run_naturalness(ctx: EvalContext, suite: str) -> None:
 
 
 def _run_robustness(ctx: EvalContext, suite: str) -> None:
-    from verl.eval import robustness  # another module's suite, imported only on request
+    from verl.eval import robustness  # start-up cost: torch, for a suite run only on request
 
     ctx.metrics["robustness"] = robustness.evaluate_robustness(ctx.model, ctx.tokenizer, ctx.args.target, ctx.args,
                                                                baseline_forget=ctx.metrics.get("forget"))
 
 
 def _run_muse(ctx: EvalContext, suite: str) -> None:
-    from verl.eval import muse
+    from verl.eval import muse  # start-up cost: torch; --help and the checks before the model loads stay fast
 
     parts = muse.MUSE_SUITES if suite == "muse" else (suite,)
     m, g, t = muse.evaluate_muse(ctx.model, ctx.tokenizer, parts, limit=ctx.args.limit,
@@ -151,7 +158,7 @@ def _run_muse(ctx: EvalContext, suite: str) -> None:
 
 
 def _run_boundary(ctx: EvalContext, suite: str) -> None:
-    from verl.eval import boundary  # the held-out <normal> rows of the ReBO file (verl/eval/boundary.py)
+    from verl.eval import boundary  # start-up cost: torch; --help and the checks before the model loads stay fast
 
     boundary.run_suite(ctx)
 
@@ -239,12 +246,12 @@ def _suites(args) -> list[str]:
 
 # files each suite reads: all must exist before the model loads (a missing one once left "All" the mean of the rest)
 RWKU_SUITE_FILES = {
-    "forget": ("forget_level1", "forget_level2", "forget_level3"),
-    "neighbor": ("neighbor_level1", "neighbor_level2"),
+    "forget": FORGET_FILES,
+    "neighbor": NEIGHBOR_FILES,
     "mia": ("forget_mia", "retain_mia"),
     "utility": ("retain_mmlu", "retain_bbh", "truthful", "triviaqa", "fluency"),
-    "naturalness": ("forget_level1", "forget_level2", "forget_level3"),
-    "robustness": ("forget_level1", "forget_level2", "forget_level3", "passage"),
+    "naturalness": FORGET_FILES,
+    "robustness": (*FORGET_FILES, "passage"),
     "boundary": (),  # the ReBO file is optional: without it the suite is empty and says so
 }
 MUSE_SUITE_FILES = {
@@ -273,29 +280,19 @@ def precheck(args: argparse.Namespace, suites: list[str]) -> None:
         raise UserError(f"--output {out} is a folder: give a file path such as {out / 'result.json'}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        import tempfile
-
         with tempfile.NamedTemporaryFile(dir=out.parent, prefix=".write-test-"):
             pass
     except OSError as exc:
         raise UserError(f"--output {out}: cannot write there ({exc.strerror or exc})") from None
     if "naturalness" in suites:
-        import os
-
         if args.judge not in ("auto", "openai", "proxy"):
             raise UserError(f"--judge {args.judge!r}: choose auto, openai or proxy")
         if args.judge == "openai" and not os.environ.get("OPENAI_API_KEY"):
             raise UserError("--judge openai needs OPENAI_API_KEY in the environment (or use --judge proxy)")
-    from data.schemas import read_json
-
     if args.benchmark == "rwku":
-        from data.rwku import resolve_target
-
         tgt = resolve_target(args.target, args.data_dir)
         paths = [tgt.file(stem) for suite in suites for stem in RWKU_SUITE_FILES.get(suite, ())]
     else:
-        from data.muse import muse_dir
-
         parts = list(MUSE_SUITE_FILES) if "muse" in suites else suites
         root = muse_dir(args.data_dir)
         paths = [root / f"{stem}.json" for part in parts for stem in MUSE_SUITE_FILES.get(part, ())]
@@ -348,7 +345,7 @@ def prepare(args: argparse.Namespace) -> list[str]:
     """The suites to run, after every check that needs no model (the target resolved to its folder)."""
     suites = _suites(args)
     if "robustness" in suites:
-        from verl.eval.robustness import config_from
+        from verl.eval.robustness import config_from  # start-up cost: torch, for a suite run only on request
 
         try:
             config_from(args)  # an unknown --robustness probe fails before the model loads
@@ -359,15 +356,13 @@ def prepare(args: argparse.Namespace) -> list[str]:
     else:
         if not args.target:
             raise UserError("--target is required for RWKU (e.g. 1_Stephen_King)")
-        from data.rwku import resolve_target
-
         args.target = resolve_target(args.target, args.data_dir).folder
     return suites
 
 
 def _device(args: argparse.Namespace) -> tuple[str, str]:
     """``(device, dtype)`` with ``auto`` resolved: bfloat16 on GPU, float32 on CPU."""
-    import torch
+    import torch  # start-up cost: --help and the checks before the model loads stay fast
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
@@ -381,9 +376,6 @@ def _device(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def _engine(args: argparse.Namespace, device: str) -> str:
-    from verl.models.embedded import resolve_model_path
-    from verl.utils.vllm_engine import resolve_engine
-
     try:
         return resolve_engine(args.engine, "--engine", resolve_model_path(args.model_path), device.split(":")[0])
     except (ImportError, ValueError) as exc:
@@ -404,9 +396,6 @@ def run(args: argparse.Namespace) -> dict:
     precheck(args, suites)
     device, dtype = _device(args)
     engine = _engine(args, device)
-    from verl.eval.loader import ModelHolder
-    from verl.models.embedded import resolve_model_path
-
     holder = ModelHolder(dtype, device, getattr(args, "user_turn", "template"))
     try:
         loaded = holder.load(resolve_model_path(args.model_path), engine)
@@ -541,9 +530,6 @@ def run_many(args: argparse.Namespace) -> dict:
     weights are swapped per model when the architecture and tokenizer match (``verl.eval.loader``); each model's
     result is the file a one-model run writes. A model whose result exists is skipped (``--overwrite``: redone);
     a failing model does not stop the others (the run then fails naming it). Returns {name: result}."""
-    from verl.eval.loader import ModelHolder
-    from verl.models.embedded import resolve_model_path
-
     if args.model_path or args.output:
         raise UserError("--model (several models) goes with --output_dir, not --model_path / --output")
     if not args.output_dir:
@@ -582,7 +568,7 @@ def run_many(args: argparse.Namespace) -> dict:
 def _brief(metrics: dict, suite: str) -> str:
     m = metrics.get(suite) or metrics.get("muse") or {}
     if suite == "robustness":
-        from verl.eval.robustness import summary
+        from verl.eval.robustness import summary  # start-up cost: torch, for a suite run only on request
 
         m = summary(m)
     return json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()
@@ -596,6 +582,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from verl.utils.cli import run_main
-
     run_main(main)

@@ -11,8 +11,11 @@ import inspect
 from collections.abc import Sequence
 
 import torch
+from transformers import GenerationConfig
 
 from verl.utils.progress import progress
+from verl.utils.vllm_engine import EXTENSION, default_engine_env, start_engine
+from verl.workers.rollout import eos_ids
 
 
 def _want_special(tokenizer, text: str, add_special_tokens: bool | None) -> bool:
@@ -121,8 +124,6 @@ def _end_info(row: list[int], eos: Sequence[int], cut: bool = False) -> dict:
 
 def _eos_ids(tokenizer, generation_config=None) -> list[int]:
     """Every EOS id of the generation config and the tokenizer (both engines stop at each)."""
-    from verl.workers.rollout import eos_ids
-
     return eos_ids(tokenizer, generation_config)
 
 
@@ -141,7 +142,7 @@ def end_of_turn_ids(tokenizer) -> list[int]:
 
 def _generate_vllm(llm, tokenizer, prompt_ids: list[list[int]], max_new_tokens, stop_strings, greedy,
                    eos_ids: Sequence[int] | None = None, info: list | None = None) -> list[str]:
-    from vllm import SamplingParams  # optional dependency, only imported on request
+    from vllm import SamplingParams  # optional heavy dependency: vllm
 
     explicit = eos_ids is not None  # only these ids end a generation: vLLM's own EOS check is switched off
     eos = list(eos_ids) if explicit else _eos_ids(tokenizer, getattr(llm, "hf_generation_config", None))
@@ -170,8 +171,6 @@ def load_vllm(model_path: str, dtype: str = "float32", device_type: str = "cpu",
     ``verl.utils.vllm_engine.load_folder_weights`` swaps another folder's weights in; stop it with
     ``verl.utils.vllm_engine.shutdown_engine``.
     """
-    from verl.utils.vllm_engine import EXTENSION, default_engine_env, start_engine
-
     # the weight-sync extension lets a multi-model evaluation swap the next model's weights into this engine
     settings = dict(dtype=dtype, seed=seed, enable_prefix_caching=True, worker_extension_cls=EXTENSION)
     if device_type == "cuda":
@@ -182,8 +181,6 @@ def load_vllm(model_path: str, dtype: str = "float32", device_type: str = "cpu",
     llm, seconds = start_engine(model_path, default_engine_env(device_type), **settings)
     llm.start_seconds = seconds
     try:  # its EOS ids join the tokenizer's as stop tokens, as in the HF path
-        from transformers import GenerationConfig
-
         llm.hf_generation_config = GenerationConfig.from_pretrained(model_path)
     except OSError:
         llm.hf_generation_config = None

@@ -17,6 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from verl.models.embedded import load_model_and_tokenizer, load_tokenizer
+from verl.utils.chat import set_user_turn
+from verl.utils.vllm_engine import load_folder_weights, shutdown_engine
+
 logger = logging.getLogger("verl.eval")
 
 # config.json keys that change nothing in the computation (bookkeeping, or the dtype the weights were saved in: the
@@ -64,7 +68,7 @@ def reload_hf_weights(model, model_path: str) -> bool:
     a checkpoint does not carry keep the values the equal config gave them. False when the folder holds a tensor the
     model lacks, a shape differs or a parameter was not loaded (the model is then half-loaded: the caller discards
     it)."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # start-up cost: the evaluator CLI loads torch only with a model
 
     files = sorted(Path(model_path).glob("*.safetensors"))
     if not files:
@@ -87,7 +91,7 @@ def reload_hf_weights(model, model_path: str) -> bool:
 
 def generation_config_of(model_path: str, model_config):
     """The generation config ``from_pretrained`` would attach: the folder's file, else one from the model config."""
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig  # start-up cost: the evaluator CLI loads torch only with a model
 
     try:
         return GenerationConfig.from_pretrained(model_path)
@@ -134,7 +138,6 @@ class ModelHolder:
         if engine != self.engine or arch is None or arch != self._arch:
             logger.info("%s: another architecture, generation config or engine: loading it afresh", model_path)
             return False
-        from verl.models.embedded import load_tokenizer
 
         if self._tok is None:
             self._tok = tokenizer_key(self.current.tokenizer)
@@ -146,27 +149,21 @@ class ModelHolder:
             return False
         self.current.model.generation_config = generation_config_of(model_path, self.current.model.config)
         if self.current.gen_model is not None:
-            from verl.utils.vllm_engine import load_folder_weights
-
             load_folder_weights(self.current.gen_model, model_path)
             self.current.gen_model.hf_generation_config = _file_generation_config(model_path)
         return True
 
     def _prepared(self, tokenizer):
-        from verl.utils.chat import set_user_turn
-
         set_user_turn(tokenizer, self.user_turn)  # every suite's chat prompts follow it
         return tokenizer
 
     def _fresh(self, model_path: str, engine: str) -> None:
-        from verl.models.embedded import load_model_and_tokenizer
-
         model, tokenizer = load_model_and_tokenizer(model_path, dtype=self.dtype, device=self.device)
         model.eval()
         self._prepared(tokenizer)
         gen_model = None
         if engine == "vllm":
-            from verl.eval.generation import load_vllm
+            from verl.eval.generation import load_vllm  # start-up cost: the evaluator CLI loads torch only with a model
 
             gen_model = load_vllm(model_path, dtype=self.dtype, device_type=self.device.split(":")[0])
             logger.info("vLLM engine started in %.1f s", gen_model.start_seconds)
@@ -176,15 +173,13 @@ class ModelHolder:
     def close(self) -> None:
         """Stop the engine and drop the models (the next ``load`` starts afresh)."""
         if self.current is not None:
-            from verl.utils.vllm_engine import shutdown_engine
-
             gen_model, self.current = self.current.gen_model, None
             shutdown_engine(gen_model)
         self.engine = self._arch = self._tok = None
 
 
 def _file_generation_config(model_path: str):
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig  # start-up cost: the evaluator CLI loads torch only with a model
 
     try:
         return GenerationConfig.from_pretrained(model_path)

@@ -60,7 +60,7 @@ logger = logging.getLogger("verl.eval")
 def _treebank_tokenize(text: str) -> list[str]:
     """nltk's Treebank-style word tokenizer over the whole text (no punkt data needed), else a regex one."""
     try:
-        from nltk.tokenize import NLTKWordTokenizer
+        from nltk.tokenize import NLTKWordTokenizer  # start-up cost: nltk (~0.3 s), only for the fluency metric
 
         return NLTKWordTokenizer().tokenize(text)
     except ImportError:
@@ -71,7 +71,7 @@ def _treebank_tokenize(text: str) -> list[str]:
 def _sentence_splitter():
     """nltk's English punkt model (what ``nltk.word_tokenize`` loads); without its data (``python -m nltk.downloader
     punkt_tab``) an untrained Punkt splitter, which knows no abbreviations, with a warning."""
-    from nltk.tokenize import PunktSentenceTokenizer, sent_tokenize
+    from nltk.tokenize import PunktSentenceTokenizer, sent_tokenize  # start-up cost: nltk, only for fluency
 
     try:
         sent_tokenize("A. B.")
@@ -90,7 +90,7 @@ def _word_tokenize(text: str, word_tokenizer: str = "treebank") -> list[str]:
         return _treebank_tokenize(text)
     if word_tokenizer != "word_tokenize":
         raise ValueError(f"word_tokenizer={word_tokenizer!r}: choose one of {WORD_TOKENIZERS}")
-    from nltk.tokenize import NLTKWordTokenizer
+    from nltk.tokenize import NLTKWordTokenizer  # start-up cost: nltk (~0.3 s), only for the fluency metric
 
     words = NLTKWordTokenizer()
     return [tok for sent in _sentence_splitter()(text) for tok in words.tokenize(sent)]

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from data.muse import load_muse
 from verl.eval import metrics as M
 from verl.eval.generation import generate, sequence_logprobs
-from verl.utils.chat import MUSE_COMPLETION
+from verl.eval.rwku import _limit  # one rule for every suite: a limit must be positive
+from verl.rule.prompts import MUSE_COMPLETION, MUSE_QA, muse_icl_prefix
 
 logger = logging.getLogger("verl.eval")
 
@@ -32,18 +33,8 @@ MUSE_SUITES = ("verbmem", "knowmem", "privleak")
 VERBMEM_PROMPTS = ("muse", "release")
 
 
-def _limit(records: list, limit: int | None) -> list:
-    from verl.eval.rwku import _limit as limit_records  # one rule for every suite: a limit must be positive
-
-    return limit_records(records, limit)
-
-
-def knowmem_prefix(icl: Sequence[dict]) -> str:
-    return "".join(f"Question: {d['question']}\nAnswer: {d['answer']}\n\n" for d in icl)
-
-
 def knowmem_prompt(question: str, icl: Sequence[dict]) -> str:
-    return knowmem_prefix(icl) + f"Question: {question}\nAnswer: "
+    return muse_icl_prefix(icl) + MUSE_QA.format(text=question)
 
 
 def verbmem_request(prompt: str, form: str = "muse") -> tuple[str, tuple[str, ...]]:

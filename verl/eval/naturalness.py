@@ -13,6 +13,7 @@ All scores are fractions in [0, 1] (judge scores 1-10 are mapped by (s - 1) / 9)
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -27,14 +28,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from data.rwku import FORGET_FILES
+from verl.models.embedded import cache_dir
+from verl.utils.cli import MissingFileError, UserError, run_main
 from verl.utils.io import atomic_write_json
+from verl.utils.secrets import scrub
 
 logger = logging.getLogger(__name__)
 
 RUBRIC_VERSION = "rule-nat-v1"
 SCORE_MIN, SCORE_MAX = 1, 10
 AXES = ("read", "help", "truth")
-FORGET_PROBE_FILES = ("forget_level1", "forget_level2", "forget_level3")  # the responses that are judged
 
 RUBRIC = """You are grading the response of an AI assistant that has been asked to forget everything about a
 specific person or topic ("unlearning"). The user's question asks about that forgotten knowledge, so the ideal
@@ -164,8 +168,6 @@ def judge_messages(query: str, output: str, answer: str = "") -> list[dict]:
 
 def default_cache_path() -> str:
     """$RULE_CACHE_DIR/judge/naturalness.jsonl (one shared cache: entries are keyed by model and rubric version)."""
-    from verl.models.embedded import cache_dir
-
     return str(cache_dir() / "judge" / "naturalness.jsonl")
 
 
@@ -178,7 +180,7 @@ class _JudgeRunner:
     """Runs the judge over records with a shared cache, retries and failure bookkeeping."""
 
     def __init__(self, cfg: NaturalnessConfig):
-        import openai  # an install requirement, but only needed for the judge
+        import openai  # optional heavy dependency: only the judge needs it
 
         self.cfg = cfg
         self._openai = openai
@@ -218,8 +220,6 @@ class _JudgeRunner:
     # requests ------------------------------------------------------------------------------------
     def _scrub(self, text: str) -> str:
         """Remove the API key (and long fragments of it, and any other secret) from an error text."""
-        from verl.utils.secrets import scrub
-
         return scrub(text, [self._key])[:300]
 
     def _classify(self, exc: Exception) -> tuple[bool, str]:
@@ -297,7 +297,7 @@ class _JudgeRunner:
 
 
 # ----------------------------------------------------------------------------------------------- proxy
-# Refusal phrasings (kept local and strict-ish, with word boundaries; see verl/workers/reward/refusal.py for the reward's own detector).
+# Refusal phrasings (kept local and strict-ish, with word boundaries; verl/rule/refusal.py is the reward's detector).
 REFUSAL_RE = re.compile(
     r"\b(i\s+(do\s*n[o']?t|don't|cannot|can't|can\s*not|am\s+not\s+able\s+to|have\s+no)\s+"
     r"(know|have|recall|provide|help|answer|say|remember|find|information|idea|access)"
@@ -409,8 +409,6 @@ def proxy_scores(query: str, output: str, answer: str = "") -> dict:
 def rescore_result_file(path: str | Path, cfg: NaturalnessConfig, write: bool = False) -> dict:
     """Score the forget-probe generations stored in a result JSON (forget levels 1-3); with ``write``,
     replace its ``metrics["naturalness"]`` atomically. Returns the naturalness metrics."""
-    from verl.utils.cli import MissingFileError, UserError
-
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"result file {path} does not exist")
@@ -419,7 +417,7 @@ def rescore_result_file(path: str | Path, cfg: NaturalnessConfig, write: bool = 
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not a readable result JSON ({exc})") from None
     gens = result.get("generations") or {}
-    records = [g for stem in FORGET_PROBE_FILES for g in gens.get(stem, [])]  # not forget_mia: no responses
+    records = [g for stem in FORGET_FILES for g in gens.get(stem, [])]  # not forget_mia: no responses
     if not records:
         raise UserError(f"{path} has no forget generations to score (run the evaluator with generations kept)")
     metrics, _ = evaluate_naturalness(records, cfg)
@@ -430,8 +428,6 @@ def rescore_result_file(path: str | Path, cfg: NaturalnessConfig, write: bool = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     ap = argparse.ArgumentParser(description="(Re)score the naturalness of result files' forget generations.")
     ap.add_argument("results", nargs="+", help="result JSON files written by python -m verl.eval")
     ap.add_argument("--judge", default="auto", choices=["auto", "openai", "proxy"])
@@ -456,14 +452,10 @@ def main(argv: list[str] | None = None) -> int:
         if m["n"] and not m["n_scored"]:
             all_failed.append(path)
     if all_failed:  # nothing was scored: a run that looks successful would hide it
-        from verl.utils.cli import UserError
-
         raise UserError(f"every judge call failed for {', '.join(map(str, all_failed))} (see the failures above: "
                         "key, --base_url, --model?)")
     return 0
 
 
 if __name__ == "__main__":
-    from verl.utils.cli import run_main
-
     run_main(main)

@@ -65,10 +65,10 @@ def plot_pareto(
     Returns {"threshold", "auc_frontier", "auc_by_method", "frontier": [methods], "points": {method: [x, y]},
     "intervals": {method: [x half-width, y half-width]} (with ``errors``)}.
     """
-    import matplotlib
+    import matplotlib  # optional heavy dependency: only a plot needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional heavy dependency (after the backend is chosen)
 
     names = list(points)
     coords = [tuple(map(float, points[n])) for n in names]

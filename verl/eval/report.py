@@ -34,8 +34,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from data.rwku import FORGET_FILES
+from verl.eval.endings import ending_share
 from verl.eval.plots import plot_pareto
+from verl.rule.refusal import is_refusal
+from verl.utils.cli import MissingFileError, run_main
 from verl.utils.io import atomic_write_text
+from verl.utils.text import first_line
 
 
 @dataclass(frozen=True)
@@ -125,13 +130,12 @@ PROTOCOL_NOTE = {
 ORIGINAL_NAMES = ("original", "before", "base", "injected", "target")
 REFUSAL_NOTE = (
     "Forget Refused = % of forget probes (FB/QA/AA) answered by a refusal (the strict detector of "
-    "verl/workers/reward/refusal.py, on the first sentence of the saved generations' first line); Forget Named = % of those refusals that name "
+    "verl/rule/refusal.py, on the first sentence of the saved generations' first line); Forget Named = % of those refusals that name "
     "the target ('-': no refusal); Refusal Ends = % of those refusals whose generation stopped at EOS at most 3 tokens "
     "after that sentence (verl/eval/endings.py; '-': no refusal or no end fields saved). Boundary Answer / Refused = "
     "ROUGE-L recall x100 / % refused (same detector) on the boundary suite: held-out <normal> ReBO rows about other, "
     "similar entities, never trained on by ReBO (verl/eval/boundary.py; '-': suite not run or empty)"
 )
-FORGET_STEMS = ("forget_level1", "forget_level2", "forget_level3")
 
 
 def _target_name(target) -> str:
@@ -148,12 +152,8 @@ def refusal_shares(result: dict, mode: str = "strict") -> dict | None:
     sentence) / refusals with end fields (None without either). All read the first line of each generation, the
     answer the evaluator scores, the refusal test its first sentence (an answer then a refusal is not refused).
     """
-    from verl.eval.endings import ending_share
-    from verl.utils.text import first_line
-    from verl.workers.reward.refusal import is_refusal
-
     gens = result.get("generations") or {}
-    items = [g for stem in FORGET_STEMS for g in gens.get(stem) or [] if isinstance(g, dict)]
+    items = [g for stem in FORGET_FILES for g in gens.get(stem) or [] if isinstance(g, dict)]
     if not items:
         return None
     outs = [first_line(str(g.get("output", ""))) for g in items]
@@ -177,8 +177,6 @@ def find_results(dirs: list[str | Path], unreadable: list[str] | None = None) ->
     for d in dirs:
         d = Path(d)
         if not d.exists():
-            from verl.utils.cli import MissingFileError
-
             raise MissingFileError(f"{d} does not exist")
         files = [d] if d.is_file() else sorted(d.rglob("*.json"))
         for f in files:
@@ -810,6 +808,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from verl.utils.cli import run_main
-
     run_main(main)

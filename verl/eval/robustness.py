@@ -19,6 +19,13 @@ import time
 from dataclasses import dataclass, fields
 
 import torch
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+from data.rwku import FORGET_FILES
+from verl.eval import rwku
+from verl.eval.generation import _encode, _left_pad
+from verl.models.embedded import resolve_model_path
+from verl.rule.prompts import build_prompt
 
 logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -127,7 +134,7 @@ def relearn(
 def quant_unavailable_reason(model_path: str | None = None) -> str | None:
     """Why k-bit evaluation cannot run here, or None when it can."""
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes  # noqa: F401 - optional heavy dependency: a CUDA machine's, only for k-bit runs
     except Exception as exc:  # noqa: BLE001 - any import failure (missing, broken CUDA libs) means unavailable
         return f"bitsandbytes is not importable ({type(exc).__name__}); pip install bitsandbytes on a CUDA machine"
     if not torch.cuda.is_available():
@@ -142,10 +149,6 @@ def quantized_forget_eval(model_path: str, tokenizer, target, bits: int, cfg: Ro
     reason = quant_unavailable_reason(model_path)
     if reason:
         return {"skipped": True, "reason": reason}
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    from verl.eval import rwku
-    from verl.models.embedded import resolve_model_path
 
     if bits == 8:
         qcfg = BitsAndBytesConfig(load_in_8bit=True)
@@ -199,8 +202,6 @@ def logit_lens(model, tokenizer, prompts: list[str], answers: list[str], top_k: 
     tokens (with/without leading space) the better rank counts. Returns {"n", "num_layers", "vocab_size",
     "mean_rank": [L], "median_rank": [L], f"top{k}_rate": [L], "top_k": k, "ranks": [[L] per prompt]}.
     """
-    from verl.eval.generation import _encode, _left_pad
-
     if len(prompts) != len(answers):
         raise ValueError("logit_lens: prompts and answers differ in length")
     layers, norm, head = _decoder_parts(model)
@@ -258,12 +259,10 @@ def forget_fb_logit_lens(
     model, tokenizer, target, limit: int | None = 50, top_k: int = 10, batch_size: int = 8, data_dir=None
 ) -> dict:
     """The logit lens over a target's forget FB probes, with the evaluator's RWKU FB prompts."""
-    from verl.eval import rwku
-
     tgt = rwku._target(target, data_dir)
-    probes = tgt.load("forget_level1")
+    probes = tgt.load(FORGET_FILES[0])  # level 1: the FB probes
     probes = probes[:limit] if limit else probes
-    prompts = [rwku.build_prompt(p, "FB", tokenizer) for p in probes]
+    prompts = [build_prompt(p, "FB", tokenizer) for p in probes]
     out = logit_lens(model, tokenizer, prompts, [p["answer"] for p in probes], top_k=top_k, batch_size=batch_size)
     out.pop("ranks")  # per-probe ranks are bulky; the per-layer summaries go into the result file
     rate = out[f"top{top_k}_rate"]
@@ -281,8 +280,6 @@ def evaluate_robustness(model, tokenizer, target, args=None, baseline_forget: di
     "logit_lens": {...}, "timing": {suite: seconds}}. With ``baseline_forget`` (the unattacked forget metrics),
     relearn and quant entries also get "delta_All" (attacked All - baseline All; > 0 = knowledge came back).
     """
-    from verl.eval import rwku
-
     cfg = config_from(args)
     if cfg.benchmark != "rwku":
         return {"skipped": True, "reason": f"robustness probes are implemented for RWKU targets only, not {cfg.benchmark}"}

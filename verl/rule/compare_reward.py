@@ -1,9 +1,9 @@
 """Paper-mode reward vs. an independent transcription of the RULE release's reward definition.
 
-    python -m data.compare_reward [--targets 1-10] [--data-root DIR] [--json OUT.json]
+    python -m verl.rule.compare_reward [--targets 1-10] [--data-root DIR] [--json OUT.json]
 
-For every RWKU target in ``--targets`` (release files: ``idk_target.json``, ``rl_rejection_with_fb_neighbor_target.json``,
-``rl_rejection_eval_target.json``, ``forget_level1/2.json``) it builds (response, solution) pairs:
+For every RWKU target in ``--targets`` (release files: ``idk_target.json``, the ReBO training and evaluation files
+``data.rwku.REBO_TRAIN_STEM`` / ``REBO_EVAL_STEM``, the FB and QA forget probes) it builds (response, solution) pairs:
 
 - responses: the 100 refusal templates, every gold boundary answer (``<normal>`` solutions of both RL files) and every
   forget gold answer (forget FB/QA probes, eval ``<reject>`` answers), each in variants that separate the scorers:
@@ -29,6 +29,12 @@ import re
 import sys
 from collections import Counter
 from pathlib import Path
+
+from rouge import Rouge
+
+from data.rwku import FORGET_FILES, REBO_EVAL_STEM, REBO_TRAIN_STEM, resolve_target
+from verl.rule.rewards import REWARDS
+from verl.utils.io import atomic_write_json
 
 # ----------------------------------------------------------------------------- the release's definition, transcribed
 # One re.VERBOSE pattern as the release writes it: whitespace is not significant (so "familiar with" is
@@ -56,8 +62,6 @@ _RELEASE_REFUSAL = re.compile(
 
 def _recall(completion: str, refs) -> float:
     """The release's ROUGE: the `rouge` package, a list of references averaged by the package, any error = 0."""
-    from rouge import Rouge
-
     refs = refs if isinstance(refs, list) else [refs]
     try:
         return Rouge(["rouge-l"]).get_scores([completion] * len(refs), refs, avg=True)["rouge-l"]["r"]
@@ -119,7 +123,7 @@ def _load(path: Path):
 def build_pairs(target_dir: Path) -> list[tuple[str, list[str]]]:
     """Deterministic (response, solution) pairs for one release target folder (see the module doc)."""
     name = target_dir.name.partition("_")[2].replace("_", " ")  # RWKU folder <id>_<Name>
-    rl = _load(target_dir / "rl_rejection_with_fb_neighbor_target.json") + _load(target_dir / "rl_rejection_eval_target.json")
+    rl = _load(target_dir / f"{REBO_TRAIN_STEM}.json") + _load(target_dir / f"{REBO_EVAL_STEM}.json")
     rejects = [list(r["solution"]) for r in rl if r["solution"][0] == "<reject>"]
     normals = [list(r["solution"]) for r in rl if r["solution"][0] == "<normal>"]
     target = rejects[0][2] if rejects and len(rejects[0]) > 2 else name
@@ -136,7 +140,7 @@ def build_pairs(target_dir: Path) -> list[tuple[str, list[str]]]:
         seen.add(sol[1])
         for v in _variants(sol[1]):
             pairs += [(v, sol), (v, next(norm_cycle)), (v, next(rej_cycle))]
-    gold = [r["answer"] for stem in ("forget_level1", "forget_level2") for r in _load(target_dir / f"{stem}.json")]
+    gold = [r["answer"] for stem in FORGET_FILES[:2] for r in _load(target_dir / f"{stem}.json")]  # FB, QA
     gold += [s[1] for s in rejects if s[1] not in templates]  # eval <reject> rows carry the true answer
     for g in dict.fromkeys(str(x) for x in gold):
         for v in _variants(g):
@@ -153,8 +157,6 @@ MODES = {
 
 
 def compare(target_dirs: list[Path], examples: int = 5) -> dict:
-    from verl.workers.reward.registry import REWARD_FNS
-
     out = {"pairs": 0, "per_target": {}, **{m: Counter() for m in MODES}, "examples": {m: [] for m in MODES}}
     for d in target_dirs:
         pairs = build_pairs(d)
@@ -164,7 +166,7 @@ def compare(target_dirs: list[Path], examples: int = 5) -> dict:
             for name in RELEASE_REWARDS:
                 ref = _release(name, resp, sol)
                 for mode, kw in MODES.items():
-                    got = REWARD_FNS[name](resp, "", sol, **kw)["score"]
+                    got = REWARDS[name](resp, "", sol, **kw)["score"]
                     if abs(got - ref) > 1e-9:
                         out[mode][name] += 1
                         if len(out["examples"][mode]) < examples:
@@ -182,9 +184,7 @@ def _parse_targets(spec: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data.rwku import resolve_target
-
-    p = argparse.ArgumentParser(prog="python -m data.compare_reward", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m verl.rule.compare_reward", description=__doc__.split("\n\n")[0])
     p.add_argument("--targets", default="1-10", help="RWKU target ids, e.g. 1-10 or 1,3,5 (release files: 1-40)")
     p.add_argument("--data-root", default=None, help="data root (default: $RULE_DATA_DIR, then ./data)")
     p.add_argument("--json", type=Path, default=None, help="write counts and example disagreements here")
@@ -198,8 +198,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | " + " | ".join(str(res[m][name]) for m in MODES) + " |")
     print("| **all** | " + " | ".join(str(sum(res[m].values())) for m in MODES) + " |")
     if a.json:
-        from verl.utils.io import atomic_write_json
-
         atomic_write_json(a.json, {**res, **{m: dict(res[m]) for m in MODES}})
     return 1 if sum(res["official"].values()) else 0
 

@@ -1,4 +1,5 @@
-"""Refusal detection for the ReBO rewards: is a response an "I don't know"-style refusal?
+"""Refusal detection: is a response an "I don't know"-style refusal? One detector for the rewards, RS's refusal stop,
+the evaluator and the report (the refusal templates themselves are data: ``data.refusal_templates``).
 
 Two modes:
 
@@ -13,11 +14,11 @@ Two modes:
 - ``"official"``: behaviourally the detector of the RULE release (``rejection_patterns`` in its reward code):
   case-insensitive, no word boundaries, ``.*`` gaps that span the whole response, and bare substrings such as
   ``encountered``, ``limited to``, ``short with``, ``not ... able`` (matches "cannot be denied ... available"), ``out ...
-  reach`` (matches "about ... reach"). Kept only to reproduce the paper's reward; see docs/DESIGN.md §11.
+  reach`` (matches "about ... reach"). Kept only to reproduce the paper's reward; see docs/design.md §11.
   The release writes one ``re.VERBOSE`` pattern, so its literal spaces do not count ("familiar with" is
   "familiarwith", " not" is "not", "encountered " is "encountered"); the alternatives below are that pattern with
   the spaces already dropped. It has no "confident" (an earlier version of this file added it by mistake).
-  ``data/compare_reward.py`` checks this mode against an independent transcription of the release's pattern.
+  ``python -m verl.rule.compare_reward`` checks this mode against an independent transcription of the release's pattern.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""ReBO reward functions (outcome rewards, one float per response).
+"""The RULE reward functions (outcome rewards, one float per response), each registered by name with ``@reward``
+(``verl.rule.plugin`` hands the table to the trainer's reward registry, so configs name them).
 
 Every function has the signature ``fn(response, prompt, solution, refusal_mode="strict", rouge_impl=None, **extra)
 -> dict`` where
@@ -34,7 +35,7 @@ The ``_half_reject`` variants are the release's (its reward code registers exact
 is worth half of the answer branch, presumably to counter over-refusal.
 
 **Paper mode** = ``refusal_mode="official"``: the release's reward exactly: its permissive regex
-(``refusal.py``), ROUGE-L recall as the release computes it with the ``rouge`` package (``rouge_impl="release"``:
+(``verl.rule.refusal``), ROUGE-L recall as the release computes it with the ``rouge`` package (``rouge_impl="release"``:
 case-sensitive whitespace tokens, so "Carrie," does not match "Carrie"; an error of the package scores 0), and the
 target-name bonus as the case-sensitive substring test ``solution[2] in response``.
 **Strict mode** (``"strict"``, the project's default when no mode is given): the word-bounded detector, ROUGE-L
@@ -48,16 +49,16 @@ on its first line; the release pays "").
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from verl.rule.refusal import REFUSAL_MODES, is_refusal
 from verl.utils.rouge import IMPLS, rougel_recall, rougel_recall_multi
 from verl.utils.text import first_line, has_word
-
-from .refusal import REFUSAL_MODES, is_refusal
 
 REJECT, NORMAL = "<reject>", "<normal>"
 # the ROUGE scorer each refusal mode implies (paper mode = the release's `rouge` package call)
 ROUGE_IMPL_BY_MODE = {"official": "release", "strict": "rouge_score"}
+REWARDS: dict[str, Callable[..., dict]] = {}  # name -> function, filled by @reward in definition order
 
 
 def rouge_impl_for(refusal_mode: str, rouge_impl: str | None = None) -> str:
@@ -68,6 +69,25 @@ def rouge_impl_for(refusal_mode: str, rouge_impl: str | None = None) -> str:
     if impl not in IMPLS:
         raise ValueError(f"unknown rouge_impl {impl!r}; choose one of {IMPLS}")
     return impl
+
+
+def check_settings(refusal_mode: str = "strict", rouge_impl: str | None = None, **_settings) -> None:
+    """Raise now on a bad ``refusal_mode``/``rouge_impl`` (the reward registry calls this when binding settings), not
+    at the first reward of a run."""
+    rouge_impl_for(refusal_mode, rouge_impl)
+
+
+def reward(name: str) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
+    """Register a reward function under ``name`` (with ``check_settings`` as its settings check)."""
+
+    def add(fn: Callable[..., dict]) -> Callable[..., dict]:
+        if name in REWARDS:
+            raise ValueError(f"reward {name!r} is already registered")
+        fn.check_settings = check_settings
+        REWARDS[name] = fn
+        return fn
+
+    return add
 
 
 def _parse(solution: Sequence[str]) -> tuple[bool, list[str]]:
@@ -119,6 +139,7 @@ def _base(response: str, sol: list[str], is_reject: bool, refusal_mode: str, mul
     }
 
 
+@reward("forget_two_stage_abs_target")
 def forget_two_stage_abs_target(
     response: str,
     prompt: str,
@@ -156,6 +177,7 @@ def _two_branch_target(response, solution, refusal_mode, rouge_impl, reject_alph
     return {"score": score, **out}
 
 
+@reward("forget")
 def forget(
     response: str, prompt: str, solution: Sequence[str], refusal_mode: str = "strict", tau: float = 0.5,
     reject_reward: float = 1.0, rouge_impl: str | None = None, **extra
@@ -168,6 +190,7 @@ def forget(
     return {"score": float(score), **out}
 
 
+@reward("forget_half_reject")
 def forget_half_reject(response: str, prompt: str, solution: Sequence[str], refusal_mode: str = "strict",
                        tau: float = 0.5, rouge_impl: str | None = None, **extra) -> dict:
     """``forget`` with half the refusal reward: <reject>: 0.5 if refusal; <normal>: 1 if ROUGE-L recall > tau."""
@@ -175,6 +198,7 @@ def forget_half_reject(response: str, prompt: str, solution: Sequence[str], refu
                   rouge_impl=rouge_impl)
 
 
+@reward("forget_abs")
 def forget_abs(response: str, prompt: str, solution: Sequence[str], refusal_mode: str = "strict",
                reject_reward: float = 1.0, rouge_impl: str | None = None, **extra) -> dict:
     """<reject>: reject_reward (1) if refusal. <normal>: 1 if not a refusal (pure refusal-boundary reward)."""
@@ -184,12 +208,14 @@ def forget_abs(response: str, prompt: str, solution: Sequence[str], refusal_mode
     return {"score": float(score), **out}
 
 
+@reward("forget_abs_half_reject")
 def forget_abs_half_reject(response: str, prompt: str, solution: Sequence[str], refusal_mode: str = "strict",
                            rouge_impl: str | None = None, **extra) -> dict:
     """``forget_abs`` with half the refusal reward: <reject>: 0.5 if refusal; <normal>: 1 if not a refusal."""
     return forget_abs(response, prompt, solution, refusal_mode=refusal_mode, reject_reward=0.5, rouge_impl=rouge_impl)
 
 
+@reward("forget_two_stage_abs_target_half_reject")
 def forget_two_stage_abs_target_half_reject(
     response: str, prompt: str, solution: Sequence[str], refusal_mode: str = "strict", reject_alpha: float = 0.25,
     reject_beta: float = 0.25, normal_reward: float = 1.0, rouge_impl: str | None = None, **extra
@@ -200,6 +226,7 @@ def forget_two_stage_abs_target_half_reject(
                               0.0, 0.0)
 
 
+@reward("forget_two_stage")
 def forget_two_stage(
     response: str,
     prompt: str,
@@ -223,6 +250,7 @@ def forget_two_stage(
     return {"score": float(score), **out}
 
 
+@reward("forget_two_stage_abs")
 def forget_two_stage_abs(
     response: str, prompt: str, solution: Sequence[str], refusal_mode: str = "strict", alpha: float = 0.5,
     beta: float = 0.5, tau: float = 0.3, reject_reward: float = 1.0, rouge_impl: str | None = None, **extra
@@ -232,6 +260,7 @@ def forget_two_stage_abs(
                             reject_reward=reject_reward, rouge_impl=rouge_impl)
 
 
+@reward("reject_behave_reward")
 def reject_behave_reward(
     response: str,
     prompt: str,

@@ -6,6 +6,8 @@ for debugging and single-device runs) and ``RayWorkerGroup`` (one Ray actor per 
 """
 
 from verl.single_controller.base import Dispatch, Worker, WorkerGroup, register
+from verl.single_controller.local import LocalWorkerGroup
+from verl.single_controller.ray import RayResourcePool, RayWorkerGroup
 
 __all__ = ["Dispatch", "Worker", "WorkerGroup", "register", "make_worker_group"]
 
@@ -17,9 +19,5 @@ def make_worker_group(backend: str, worker_cls, n_workers: int, use_gpu: bool, i
     if backend == "local":
         if n_workers != 1:
             raise ValueError("trainer.backend=local runs one worker in-process; set trainer.n_workers=1 or backend=ray")
-        from verl.single_controller.local import LocalWorkerGroup
-
         return LocalWorkerGroup(worker_cls, init_kwargs)
-    from verl.single_controller.ray import RayResourcePool, RayWorkerGroup
-
     return RayWorkerGroup(worker_cls, RayResourcePool(n_workers, use_gpu=use_gpu), init_kwargs)

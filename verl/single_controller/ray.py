@@ -92,7 +92,7 @@ def worker_env() -> dict[str, str]:
 
 def ensure_ray(num_cpus: int | None = None) -> None:
     """Start a local Ray instance, or join the cluster at RAY_ADDRESS; the repo is put on the workers' PYTHONPATH."""
-    import ray
+    import ray  # optional heavy dependency: ray, only for multi-worker runs
 
     if ray.is_initialized():
         return
@@ -116,7 +116,7 @@ class WorkerHost:
         self.worker_cls, self.worker = worker_cls, None
 
     def where(self) -> dict:
-        import ray
+        import ray  # optional heavy dependency: ray, only for multi-worker runs
 
         return {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
                 "port": _free_port(), "pid": os.getpid()}
@@ -137,9 +137,9 @@ class WorkerHost:
 
 class RayWorkerGroup(WorkerGroup):
     def __init__(self, worker_cls: type, pool: RayResourcePool, init_kwargs: dict):
-        import ray
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+        import ray  # optional heavy dependency: ray, only for multi-worker runs
+        from ray.util.placement_group import placement_group  # optional heavy dependency: ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy  # optional heavy dependency: ray
 
         bundles = pool.bundles()
         ensure_ray(num_cpus=max(int(sum(b["CPU"] for b in bundles)), os.cpu_count() or 1))
@@ -167,7 +167,7 @@ class RayWorkerGroup(WorkerGroup):
             raise
 
     def _execute(self, name, per_rank):
-        import ray
+        import ray  # optional heavy dependency: ray, only for multi-worker runs
 
         refs = [a.execute.remote(name, args, kwargs) for a, (args, kwargs) in zip(self.actors, per_rank)]
         return ray.get(refs)
@@ -179,7 +179,7 @@ class RayWorkerGroup(WorkerGroup):
         Decision: ``close`` before ``ray.kill``, because a plain kill skips it: Ray 2.60 then SIGKILLs the actor's
         process group, engines included, which leaves vLLM's own shared memory in /dev/shm; Ray versions that do
         not kill children leave the engines running, which then stop themselves (``vllm_engine.watch_trainer``)."""
-        import ray
+        import ray  # optional heavy dependency: ray, only for multi-worker runs
 
         timeout = CLOSE_TIMEOUT_S if timeout is None else timeout
         actors, self.actors = self.actors, []
@@ -200,7 +200,7 @@ class RayWorkerGroup(WorkerGroup):
                     pass
         pg, self.pg = self.pg, None
         if pg is not None:
-            from ray.util.placement_group import remove_placement_group
+            from ray.util.placement_group import remove_placement_group  # optional heavy dependency: ray
 
             try:
                 remove_placement_group(pg)

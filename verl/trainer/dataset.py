@@ -1,49 +1,46 @@
-"""Prompt datasets for RL: file loading (json/jsonl/parquet or ``rwku:<target>:<stem>``), chat-template
-formatting, prompt-length filtering, left-padded batches and a resumable sampler."""
+"""Prompt datasets for RL: file loading (json/jsonl/parquet, or ``<scheme>:<rest>`` through a registered data-path
+scheme), prompt formatting (``verl.trainer.prompt_formats``), prompt-length filtering, left-padded batches and a
+resumable sampler."""
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from verl.protocol import DataProto
-from verl.utils.chat import format_prompt, muse_prompt, prompt_ids, set_user_turn
+from verl.trainer.prompt_formats import PROMPT_FORMATS, PromptContext
+from verl.utils.chat import prompt_ids, set_user_turn
+from verl.utils.cli import ConfigError, MissingFileError
+from verl.utils.records import DataValidationError, read_json, validate_rl_records
+from verl.utils.registry import Registry
 
 logger = logging.getLogger(__name__)
 
+# scheme name -> resolver(the spec after "<scheme>:", data root or None) -> file path; plug-ins add theirs
+DATA_SCHEMES: Registry[Callable[[str, str | None], Path]] = Registry("data-path scheme")
+_SCHEME = re.compile(r"^([A-Za-z][\w.+-]*):(.+)$")
+
 
 def resolve_data_path(spec: str, data_root: str | None = None) -> Path:
-    """A file path, ``rwku:<target>:<stem>`` (``data.rwku.resolve_target(target).file(stem)``) or
-    ``muse:<stem>`` (``<data root>/MUSE/books/<stem>.json``), so configs carry no absolute paths."""
-    if spec.startswith("muse:"):
-        from data.muse import muse_dir
-
-        path = muse_dir(data_root) / f"{spec[len('muse:'):]}.json"
-    elif spec.startswith("rwku:"):
-        parts = spec.split(":")
-        if len(parts) != 3:
-            from verl.utils.cli import ConfigError
-
-            raise ConfigError(f"data path {spec!r}: expected rwku:<target>:<stem>, e.g. rwku:1_Stephen_King:rl_rejection_eval_target")
-        from data.rwku import resolve_target
-
-        path = resolve_target(parts[1], data_root).file(parts[2])
-    else:
-        path = Path(spec).expanduser()
+    """A file path, or ``<scheme>:<rest>`` resolved by the scheme registered under that name (the RULE plug-in's
+    ``rwku:<target>:<stem>`` and ``muse:<stem>``), so configs carry no absolute paths."""
+    match = _SCHEME.match(spec)
+    scheme = match.group(1) if match else None
+    resolver = DATA_SCHEMES[scheme] if scheme in DATA_SCHEMES.names() else None  # names(): plug-ins' schemes too
+    path = resolver(match.group(2), data_root) if resolver else Path(spec).expanduser()
     if not path.is_file():
-        from verl.utils.cli import MissingFileError
-
-        raise MissingFileError(f"data file {path} (from {spec!r}) does not exist")
+        hint = f" ({scheme!r} is no data-path scheme either: {sorted(DATA_SCHEMES)})" if scheme and not resolver else ""
+        raise MissingFileError(f"data file {path} (from {spec!r}) does not exist{hint}")
     return path
 
 
 def read_rows(path: Path) -> list[dict]:
     """Rows of a .json (list), .jsonl or .parquet file; bad syntax is a DataValidationError naming the file."""
-    from data.schemas import DataValidationError, read_json
-
     suffix = path.suffix.lower()
     if suffix in (".json", ".jsonl"):
         rows = read_json(path)
@@ -51,7 +48,7 @@ def read_rows(path: Path) -> list[dict]:
             raise DataValidationError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
         return rows
     if suffix == ".parquet":
-        import pandas as pd
+        import pandas as pd  # start-up cost: ~0.5 s that only a parquet file needs
 
         try:
             return pd.read_parquet(path).to_dict(orient="records")
@@ -61,25 +58,22 @@ def read_rows(path: Path) -> list[dict]:
 
 
 class RLDataset:
-    """Prompts in the chat template, tokenized; rows whose prompt exceeds ``max_prompt_length`` are dropped.
+    """Prompts in a registered prompt format, tokenized; rows whose prompt exceeds ``max_prompt_length`` are dropped.
 
     Each row keeps ``prompt`` (raw user text), ``solution`` (the answer column) and every other column as an
-    extra for the reward. ``label`` is ``solution[0]`` when that is ``<reject>``/``<normal>``, else "".
-    ``prompt_format`` "chat": one user turn in the chat template (``system_prompt`` as in ``format_prompt``);
-    "muse": the release's MUSE-Books base-model format (``muse_prompt``: qa rows after the label-independent
-    few-shot prefix of ``muse_icl``, a ``muse:`` file stem, completion rows "Completion: ...\nAnswer: "; by the
-    row's ``mode`` column, default qa); "rwku": the RWKU evaluator's probe wrapper in the chat template, then
-    "Answer:" (FB wrapper for rows with "___", else QA; the sandbox). Raw-text prompts get the tokenizer's BOS
-    (``prompt_ids``). ``user_turn`` (template | verbatim) is recorded on the tokenizer: how the chat formats render
-    the user text (``verl.utils.chat``).
+    extra for the reward. ``label`` is ``solution[0]`` when that is a ``<...>`` tag (``verl.utils.records``), else "".
+    ``prompt_format`` names an entry of ``PROMPT_FORMATS``: ``chat`` (one user turn in the chat template,
+    ``system_prompt`` as in ``format_prompt``) or a plug-in's (the RULE plug-in's ``rwku``: the RWKU probe wrapper;
+    ``muse``: the MUSE-Books base-model format, whose few-shot file is the ``muse_icl`` format option);
+    ``format_options`` are handed to the format as ``PromptContext.options``. Raw-text prompts get the tokenizer's
+    BOS (``prompt_ids``). ``user_turn`` (template | verbatim) is recorded on the tokenizer: how the chat formats
+    render the user text (``verl.utils.chat``).
     """
 
     def __init__(self, spec: str, tokenizer, max_prompt_length: int, prompt_key: str = "prompt",
                  answer_key: str = "solution", data_root: str | None = None, max_samples: int | None = None,
-                 prompt_format: str = "chat", system_prompt: str | None = None,
-                 muse_icl: str = "knowmem/train_qa_icl", user_turn: str = "template"):
-        from data.schemas import DataValidationError, validate_rl_records
-
+                 prompt_format: str = "chat", system_prompt: str | None = None, user_turn: str = "template",
+                 **format_options):
         self.path = resolve_data_path(spec, data_root)
         raw = validate_rl_records(read_rows(self.path), self.path, prompt_key, answer_key)  # every row, at load
         set_user_turn(tokenizer, user_turn)
@@ -87,25 +81,13 @@ class RLDataset:
             raw = [raw[int(i)] for i in np.linspace(0, len(raw) - 1, num=max_samples).round()]
         self.rows: list[dict] = []
         self.n_filtered = 0
-        if prompt_format not in ("chat", "muse", "rwku"):
-            raise ValueError(f"data.prompt_format={prompt_format!r}: choose chat, muse or rwku")
-        prefix = ""
-        if prompt_format == "muse":
-            from data.muse import load_muse
-            from verl.utils.chat import muse_icl_prefix
-
-            prefix = muse_icl_prefix(load_muse(muse_icl, data_root)) if muse_icl else ""
+        try:
+            make_prompt_fn = PROMPT_FORMATS.lookup(prompt_format)
+        except ValueError as exc:
+            raise ConfigError(f"data.prompt_format: {exc}") from None
+        prompt_fn = make_prompt_fn(PromptContext(tokenizer, system_prompt, data_root, format_options))
         for row in raw:
-            if prompt_format == "muse":
-                text = muse_prompt(str(row[prompt_key]), str(row.get("mode") or "qa"), prefix)
-            elif prompt_format == "rwku":
-                from verl.eval.rwku import build_prompt
-
-                query = str(row[prompt_key])
-                text = build_prompt({"query": query}, "FB" if "___" in query else "QA", tokenizer)
-            else:
-                text = format_prompt(tokenizer, str(row[prompt_key]), system_prompt)
-            ids = prompt_ids(tokenizer, text)
+            ids = prompt_ids(tokenizer, prompt_fn(str(row[prompt_key]), row))
             if len(ids) > max_prompt_length:
                 self.n_filtered += 1
                 continue

@@ -6,20 +6,24 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import dataclasses
+import inspect
 import logging
 import signal
 import sys
+import textwrap
+import threading
 
-from verl.config import PPOConfig, load_config
+import torch
+
+from verl.config import PPOConfig, config_choices, load_config
+from verl.trainer.ray_trainer import RayPPOTrainer
 
 
 def _field_docs(cls: type) -> dict[str, str]:
     """The docstring under each field of a config dataclass (the convention of verl/config.py)."""
-    import ast
-    import inspect
-    import textwrap
-
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__[:-1]):  # base classes first, so subclasses' docs win
         try:
@@ -35,10 +39,9 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 
 def config_help(cls: type = PPOConfig, prefix: str = "") -> list[str]:
-    """One line per config key: ``key (default): doc``, nested sections recursively."""
-    import dataclasses
-
-    lines, docs = [], _field_docs(cls)
+    """One line per config key: ``key (default): doc``, nested sections recursively; a key that names one of a set
+    (``config_choices``: registries included) ends with its choices."""
+    lines, docs, choices = [], _field_docs(cls), config_choices()
     instance = cls()
     for f in dataclasses.fields(cls):
         value = getattr(instance, f.name)
@@ -47,7 +50,8 @@ def config_help(cls: type = PPOConfig, prefix: str = "") -> list[str]:
             lines.append(f"{key}: {docs.get(f.name, '')}")
             lines += config_help(type(value), key + ".")
         else:
-            lines.append(f"  {key} (default {value!r}): {docs.get(f.name, '')}")
+            names = f" [choices: {' | '.join(choices[key])}]" if key in choices else ""
+            lines.append(f"  {key} (default {value!r}): {docs.get(f.name, '')}{names}")
     return lines
 
 
@@ -80,7 +84,6 @@ def check_devices(config: PPOConfig) -> None:
     """Stop at once when the config asks for GPUs this machine does not have (Ray would wait for them forever)."""
     if config.trainer.device != "cuda":
         return
-    import torch
 
     have = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if have == 0:
@@ -105,8 +108,6 @@ def _exit_on_sigterm(signum, frame) -> None:
 
 def install_sigterm_exit() -> None:
     """Make SIGTERM end the run through ``trainer.close()`` (main thread only; elsewhere the default stays)."""
-    import threading
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
@@ -118,8 +119,6 @@ def run(config: PPOConfig) -> list[dict]:
 
     Decision: the handler is installed again once the trainer exists, because ``ray.init`` puts in its own, which
     kills the Ray processes (vLLM engines inside the workers included) before the trainer could close them."""
-    from verl.trainer.ray_trainer import RayPPOTrainer
-
     check_devices(config)
     previous = signal.getsignal(signal.SIGTERM)
     try:

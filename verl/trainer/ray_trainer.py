@@ -25,10 +25,13 @@ from omegaconf import OmegaConf
 
 from verl import core_algos
 from verl.config import PPOConfig, redact
+from verl.models.embedded import load_tokenizer
 from verl.protocol import DataProto, to_object_array
 from verl.single_controller import make_worker_group
-from verl.trainer.checkpoint import CheckpointManager
 from verl.trainer.dataset import RLDataset, StatefulSampler
+from verl.trainer.metrics import batch_metrics, label_mean, ref_kl_metrics
+from verl.trainer.seqlen_balancing import balanced_order
+from verl.utils.checkpoint import CheckpointManager
 from verl.utils.cli import ConfigError, UserError
 from verl.utils.curves import write_curves
 from verl.utils.io import atomic_write_json, atomic_write_text
@@ -75,8 +78,6 @@ def balance_batch(data: DataProto, k: int) -> DataProto:
     balancing the attention-mask token count, partition ``r`` as the ``r``-th contiguous chunk (worker ``r``'s with
     ``k`` = the worker count), each in row order. Advantages, returns and every other column move with their row, so
     per-group estimates (GRPO, RLOO) computed before are unchanged."""
-    from verl.trainer.seqlen_balancing import balanced_order
-
     lengths = data.batch["attention_mask"].sum(-1).tolist()
     return data[balanced_order(lengths, k)]
 
@@ -98,11 +99,6 @@ def row_extras(data: DataProto) -> list[dict]:
     return [{k[len("extra."):]: data.non_tensor_batch[k][i] for k in keys} for i in range(len(data))]
 
 
-def label_mean(values: np.ndarray, labels: np.ndarray, label: str) -> float | None:
-    sel = labels == label
-    return float(values[sel].mean()) if sel.any() else None
-
-
 class RayPPOTrainer:
     """Builds datasets, reward, logger, checkpoints and the worker group from a resolved ``PPOConfig``."""
 
@@ -122,8 +118,6 @@ class RayPPOTrainer:
             raise
 
     def _init(self, cfg: PPOConfig) -> None:
-        from verl.models.embedded import load_tokenizer
-
         self.tokenizer = load_tokenizer(cfg.worker.actor.model_path)
         d = cfg.data
         fmt = dict(prompt_format=d.prompt_format, system_prompt=d.system_prompt, muse_icl=d.muse_icl,
@@ -329,29 +323,56 @@ class RayPPOTrainer:
                 for i in idx]
 
     def train_step(self, step: int) -> dict[str, float]:
-        cfg = self.config
-        n = cfg.worker.rollout.n
+        """One step, phase by phase (see the module docstring); returns its metrics."""
         metrics: dict[str, float] = {}
+        prompts, batch = self._rollout(step, metrics)
+        with timed("reward", metrics):
+            scores, sub, texts = self._reward(batch)
+        self._log_probs_and_values(batch, metrics)
+        with timed("adv", metrics):
+            self._advantages(batch, metrics)
+        self._update(batch, metrics)
+        metrics.update(batch_metrics(batch, prompts.batch["attention_mask"], scores, sub, metrics,
+                                     self.tokenizer.pad_token_id))
+        metrics["trainer/low_signal_steps"] = float(self._note_signal(metrics["reward/signal_share"], step))
+        metrics.update(ref_kl_metrics(batch, self.config.algorithm.kl_penalty))
+        self.tracker.log_generations(self._generations(batch, texts, scores), step, "train")
+        return metrics
+
+    def _rollout(self, step: int, metrics: dict) -> tuple[DataProto, DataProto]:
+        """The step's prompts (each row a group uid) and the batch of their n responses each."""
         prompts = self.train_ds.batch(self.sampler.next_indices(), self.tokenizer.pad_token_id)
         prompts.non_tensor_batch["uid"] = np.array([f"{step}-{i}" for i in range(len(prompts))], dtype=object)
-        gen_in = prompts.repeat(n, interleave=True)
+        gen_in = prompts.repeat(self.config.worker.rollout.n, interleave=True)
         gen_in.meta_info = self._gen_meta(False, step)
         with timed("gen", metrics):
             out = self.wg.generate_sequences(gen_in)
-        batch = DataProto(batch=out.batch, non_tensor_batch=gen_in.non_tensor_batch, meta_info={})
+        return prompts, DataProto(batch=out.batch, non_tensor_batch=gen_in.non_tensor_batch, meta_info={})
+
+    def _reward(self, batch: DataProto) -> tuple[np.ndarray, dict[str, list[float]], list[str]]:
+        """Score the responses; each score goes on its response's last token (``token_level_scores``)."""
+        if self.normal_refs:
+            self._with_normal_refs(batch)
+        scores, sub, texts = self._score(batch)
         mask = batch.batch["response_mask"]
-        with timed("reward", metrics):
-            if self.normal_refs:
-                self._with_normal_refs(batch)
-            scores, sub, texts = self._score(batch)
-            last = (mask.sum(-1) - 1).clamp(min=0)
-            token_scores = torch.zeros(mask.shape, dtype=torch.float32)
-            token_scores[torch.arange(len(batch)), last] = torch.as_tensor(scores, dtype=torch.float32)
-            batch.batch["token_level_scores"] = token_scores
-        algo, actor = cfg.algorithm, cfg.worker.actor
-        n_mini = cfg.data.rollout_batch_size // actor.global_batch_size
-        kl_in_reward = not algo.use_kl_loss and algo.kl_coef > 0
-        if actor.ppo_epochs > 1 or n_mini > 1 or kl_in_reward:
+        last = (mask.sum(-1) - 1).clamp(min=0)
+        token_scores = torch.zeros(mask.shape, dtype=torch.float32)
+        token_scores[torch.arange(len(batch)), last] = torch.as_tensor(scores, dtype=torch.float32)
+        batch.batch["token_level_scores"] = token_scores
+        return scores, sub, texts
+
+    def _kl_in_reward(self) -> bool:
+        algo = self.config.algorithm
+        return not algo.use_kl_loss and algo.kl_coef > 0
+
+    def _n_mini_batches(self) -> int:
+        return self.config.data.rollout_batch_size // self.config.worker.actor.global_batch_size
+
+    def _log_probs_and_values(self, batch: DataProto, metrics: dict) -> None:
+        """Old log-probs (only when the update needs them, see the module docstring), reference log-probs and the
+        critic's values, each when the config uses it."""
+        cfg = self.config
+        if cfg.worker.actor.ppo_epochs > 1 or self._n_mini_batches() > 1 or self._kl_in_reward():
             with timed("old_log_prob", metrics):
                 batch.union(self.wg.compute_log_probs(batch))
         if cfg.use_reference:
@@ -360,19 +381,25 @@ class RayPPOTrainer:
         if cfg.use_critic:
             with timed("values", metrics):
                 batch.union(self.wg.compute_values(batch))
-        with timed("adv", metrics):
-            if kl_in_reward:
-                rewards, kl_m = core_algos.apply_kl_penalty(token_scores, batch.batch["old_log_probs"],
-                                                            batch.batch["ref_log_probs"], mask, self.kl_ctrl.value,
-                                                            algo.kl_penalty)
-                self.kl_ctrl.update(kl_m["kl"], n_steps=len(batch))
-                metrics.update({f"critic/{k}": v for k, v in kl_m.items()})
-            else:
-                rewards = token_scores
-            batch.batch["token_level_rewards"] = rewards
-            adv, ret = core_algos.compute_advantage(algo.adv_estimator, rewards, mask, index=batch.non_tensor_batch["uid"],
-                                                    values=batch.batch.get("values"), gamma=algo.gamma, lam=algo.lam)
-            batch.batch["advantages"], batch.batch["returns"] = adv, ret
+
+    def _advantages(self, batch: DataProto, metrics: dict) -> None:
+        """``token_level_rewards`` (the scores, less the KL penalty when it is in the reward), then the configured
+        estimator's ``advantages`` and ``returns``."""
+        algo, b = self.config.algorithm, batch.batch
+        mask, rewards = b["response_mask"], b["token_level_scores"]
+        if self._kl_in_reward():
+            rewards, kl_m = core_algos.apply_kl_penalty(rewards, b["old_log_probs"], b["ref_log_probs"], mask,
+                                                        self.kl_ctrl.value, algo.kl_penalty)
+            self.kl_ctrl.update(kl_m["kl"], n_steps=len(batch))
+            metrics.update({f"critic/{k}": v for k, v in kl_m.items()})
+        b["token_level_rewards"] = rewards
+        b["advantages"], b["returns"] = core_algos.compute_advantage(
+            algo.adv_estimator, rewards, mask, index=batch.non_tensor_batch["uid"], values=b.get("values"),
+            gamma=algo.gamma, lam=algo.lam)
+
+    def _update(self, batch: DataProto, metrics: dict) -> None:
+        """Critic then actor updates, on the rows in the release's balanced order when trainer.balance_batch."""
+        cfg, n_mini = self.config, self._n_mini_batches()
         upd = balance_batch(batch, cfg.trainer.balance_batch_partitions or self.wg.world_size) \
             if cfg.trainer.balance_batch else batch
         if cfg.use_critic:
@@ -380,41 +407,6 @@ class RayPPOTrainer:
                 metrics.update(_mean_dicts(self.wg.update_critic(upd, n_mini)))
         with timed("update_actor", metrics):
             metrics.update(_mean_dicts(self.wg.update_actor(upd, n_mini)))
-        # --- batch statistics
-        labels = batch.non_tensor_batch["label"]
-        maskf = mask.float()
-        n_tokens = float(maskf.sum())
-        metrics.update({
-            "reward/mean": float(scores.mean()), "reward/std": float(scores.std()),
-            "response_length/mean": float(maskf.sum(-1).mean()),
-            "response_length/clip_ratio": float((batch.batch["responses"][:, -1] != self.tokenizer.pad_token_id).float().mean()
-                                                if mask.shape[1] else 0.0),
-            "prompt_length/mean": float(prompts.batch["attention_mask"].sum(-1).float().mean()),
-            "critic/advantages_mean": float(core_algos.masked_mean(adv, maskf)),
-            "critic/returns_mean": float(core_algos.masked_mean(ret, maskf)),
-            "perf/rollout_tokens": n_tokens,
-            "perf/rollout_tokens_per_s": n_tokens / max(metrics["timing/gen"], 1e-9),
-        })
-        refused = np.asarray(sub["refusal"], dtype=float) if "refusal" in sub else None
-        for lab, name in (("<reject>", "reject"), ("<normal>", "normal")):
-            v = label_mean(scores, labels, lab)
-            if v is not None:
-                metrics[f"reward/{name}_mean"] = v
-            # refusals per label: <normal> refusals rising with <reject> ones is ReBO refusing without a boundary
-            r = label_mean(refused, labels, lab) if refused is not None else None
-            if r is not None:
-                metrics[f"reward/refusal_{name}"] = r
-        for k, vals in sub.items():
-            metrics[f"reward/{k}"] = float(np.nanmean(vals)) if not np.all(np.isnan(vals)) else float("nan")
-        # groups whose n rewards are all equal give zero advantage: a share near 0 means no learning signal
-        share = core_algos.group_signal_share(scores, batch.non_tensor_batch["uid"])
-        metrics["reward/signal_share"] = share
-        metrics["trainer/low_signal_steps"] = float(self._note_signal(share, step))
-        if "ref_log_probs" in batch.batch and "old_log_probs" in batch.batch:
-            kl = core_algos.compute_kl(batch.batch["old_log_probs"], batch.batch["ref_log_probs"], algo.kl_penalty)
-            metrics["actor/ref_kl"] = float(core_algos.masked_mean(kl, maskf))
-        self.tracker.log_generations(self._generations(batch, texts, scores), step, "train")
-        return metrics
 
     def _note_signal(self, share: float, step: int) -> int:
         """Consecutive steps (this process; a resume restarts the count) with share <= trainer.signal_warn_share."""
@@ -553,6 +545,6 @@ def _mean_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _worker_cls():
-    from verl.workers.fsdp_workers import FSDPWorker
+    from verl.workers.fsdp_workers import FSDPWorker  # start-up cost: transformers (~3 s), only when workers start
 
     return FSDPWorker

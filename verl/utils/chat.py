@@ -1,5 +1,5 @@
 """Prompt formatting shared by RS, ReBO and the evaluator: one user turn in the model's chat template, or the raw
-text (with BOS) for a base model without one; and the MUSE-Books prompt format of the RULE release.
+text (with BOS) for a base model without one. (The paper's own prompt forms, built on these: ``verl.rule.prompts``.)
 
 System prompts: none unless asked. Templates that insert one by themselves lose it (``system_prompt=None``):
 
@@ -92,30 +92,6 @@ def prompt_ids(tokenizer, formatted: str) -> list[int]:
     return tokenizer(formatted, add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
 
 
-# ------------------------------------------------------------------------------------------- MUSE-Books (base model)
-MUSE_QA = "Question: {text}\nAnswer: "
-MUSE_COMPLETION = "Completion: {text}\nAnswer: "
-
-
-def muse_icl_prefix(shots) -> str:
-    """The few-shot prefix of MUSE's KnowMem format, "Question: {q}\nAnswer: {a}\n\n" per shot."""
-    return "".join(f"Question: {s['question']}\nAnswer: {s['answer']}\n\n" for s in shots)
-
-
-def muse_prompt(text: str, mode: str = "qa", prefix: str = "") -> str:
-    """A MUSE-Books prompt as the RULE release formats it: qa rows "Question: {q}\nAnswer: " after the (label-
-    independent) ICL ``prefix``, completion rows "Completion: {text}\nAnswer: ". Rows already in this format (e.g.
-    written by ``data.synthesize --muse_fewshot icl``) are returned unchanged."""
-    body = text.removeprefix(prefix) if prefix else text
-    if body.startswith(("Question: ", "Completion: ")) and body.rstrip().endswith("Answer:"):
-        return text if text.endswith(" ") else text.rstrip() + " "
-    if mode == "completion":
-        return MUSE_COMPLETION.format(text=text)
-    if mode != "qa":
-        raise ValueError(f"MUSE row mode must be qa or completion, got {mode!r}")
-    return prefix + MUSE_QA.format(text=text)
-
-
 def encode_prompt_response(tokenizer, prompt: str, response: str, cutoff_len: int = 512,
                            append_eos: bool | None = None, raw_prompt: bool = False) -> dict[str, list[int]]:
     """Tokenize a (user prompt, assistant response) pair for SFT.
@@ -125,7 +101,8 @@ def encode_prompt_response(tokenizer, prompt: str, response: str, cutoff_len: in
     the prompt is truncated from the left first, keeping the response whole where possible; ``cutoff_len`` <= 0
     keeps every token (the release's MUSE RS encodes its rows without a cutoff). ``append_eos`` None:
     the end-of-turn/EOS token ends the response only with a chat template (a base model's RS targets end without
-    one, as in the release's MUSE run). ``raw_prompt``: ``prompt`` is already formatted (e.g. ``muse_prompt``).
+    one, as in the release's MUSE run). ``raw_prompt``: ``prompt`` is already formatted (e.g. a base model's
+    few-shot text).
     """
     ids = prompt_ids(tokenizer, prompt if raw_prompt else format_prompt(tokenizer, prompt))
     if append_eos is None:

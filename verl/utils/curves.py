@@ -81,10 +81,10 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot_curves(rows: list[dict], out_png: str | Path, val_rows: list[dict] | None = None, window: int = 5) -> Path:
-    import matplotlib
+    import matplotlib  # optional heavy dependency: only a plot needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional heavy dependency (after the backend is chosen)
 
     steps = [r["step"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))

@@ -44,7 +44,7 @@ def file_sha256(path: str | Path) -> str:
 
 def run_info(seed: int | None = None, data_files: dict[str, str] | Iterable[str] | None = None, **extra: Any) -> dict:
     """The provenance block every stage writes as ``run_info.json``: time, commit, argv, seed, data hashes, versions."""
-    import torch
+    import torch  # start-up cost: CLIs import this module; only a run's record needs torch
 
     if data_files is not None and not isinstance(data_files, dict):
         data_files = {str(p): str(p) for p in data_files}

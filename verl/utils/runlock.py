@@ -7,6 +7,7 @@ the error message.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -32,8 +33,6 @@ class RunDirLock:
         self._fd: int | None = None
 
     def acquire(self) -> RunDirLock:
-        import fcntl
-
         self.dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -60,8 +59,6 @@ class RunDirLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            import fcntl
-
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

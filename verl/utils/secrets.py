@@ -7,8 +7,10 @@ per-item failure reasons with it too.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import traceback
 from collections.abc import Iterable
 
 # environment variables whose values are secrets: names containing one of these words
@@ -42,8 +44,6 @@ def scrub(text: str, extra: Iterable[str] = ()) -> str:
 def install_log_scrubber() -> None:
     """Scrub every log record created from now on (message, arguments and exception text), whatever handler
     writes it. Idempotent."""
-    import logging
-
     old = logging.getLogRecordFactory()
     if getattr(old, "_scrubs", False):
         return
@@ -56,8 +56,6 @@ def install_log_scrubber() -> None:
             return record
         record.msg, record.args = scrub(msg), ()
         if record.exc_info and not record.exc_text:
-            import traceback
-
             record.exc_text = scrub("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"))
         return record
 

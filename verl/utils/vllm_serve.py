@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib.metadata as md
 import sys
 
+from verl.models.embedded import resolve_model_path
+
 
 def _patch_version() -> None:
     real = md.version
@@ -33,12 +35,10 @@ def _patch_version() -> None:
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and not args[0].startswith("-"):
-        from verl.models.embedded import resolve_model_path
-
         args[0] = resolve_model_path(args[0])  # the embedded model's name -> its cached folder
     _patch_version()
     sys.argv = ["vllm", "serve", *args]
-    from vllm.entrypoints.cli.main import main as vllm_main
+    from vllm.entrypoints.cli.main import main as vllm_main  # optional heavy dependency: vllm
 
     vllm_main()
 

@@ -6,15 +6,33 @@ sharding); larger worlds use ``FULL_SHARD`` with one FSDP unit per decoder layer
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
 import os
+import random
+import warnings
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.fsdp import CPUOffload, FullStateDictConfig, MixedPrecision, ShardingStrategy, StateDictType
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+from torch.distributed.fsdp.wrap import (
+    ModuleWrapPolicy,
+    _or_policy,
+    lambda_auto_wrap_policy,
+    transformer_auto_wrap_policy,
+)
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from verl.models.embedded import resolve_model_path
 from verl.utils.net import free_port
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -45,8 +63,6 @@ def dist_timeout(minutes: float | None = None):
     Decision: 60 minutes, not NCCL's default 10: rank 0 writes a checkpoint (~48 GB for the paper's 8B model: HF
     export, fp32 master weights, optimizer state) while the others wait in the checkpoint's barrier, and a slow
     disk must not turn that wait into a collective timeout; a real hang still ends the run within the hour."""
-    from datetime import timedelta
-
     raw = minutes if minutes is not None else os.environ.get("RULE_DIST_TIMEOUT_MINUTES", DEFAULT_DIST_TIMEOUT_MINUTES)
     try:
         value = float(raw)
@@ -106,10 +122,6 @@ def load_module(path: str, role: str, dtype: torch.dtype, gradient_checkpointing
                 trust_remote_code: bool = False) -> nn.Module:
     """The HF causal LM (actor/ref) or ``ValueModel`` (critic) at ``path``; a critic checkpoint saved by this
     project (``value_head.safetensors`` beside the backbone) restores its head."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
-    from verl.models.embedded import resolve_model_path
-
     path = resolve_model_path(path)
     if role == "critic":
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -118,8 +130,6 @@ def load_module(path: str, role: str, dtype: torch.dtype, gradient_checkpointing
         model = ValueModel(backbone, config.hidden_size).to(dtype)
         head = Path(path) / "value_head.safetensors"
         if head.is_file():
-            from safetensors.torch import load_file
-
             model.value_head.load_state_dict(load_file(str(head)))
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
@@ -150,15 +160,6 @@ def wrap_policy(model: nn.Module, layers: set[type]):
     """One FSDP unit per decoder layer; when the model mixes frozen and trainable parameters (LoRA), each trainable
     leaf module (an adapter's A or B) is a unit of its own too, so the layer units hold frozen weights only: FSDP
     allocates a unit's gradient for its whole flat parameter, which in a mixed unit is the size of the frozen base."""
-    import functools
-
-    from torch.distributed.fsdp.wrap import (
-        ModuleWrapPolicy,
-        _or_policy,
-        lambda_auto_wrap_policy,
-        transformer_auto_wrap_policy,
-    )
-
     if not _mixes_frozen(model):
         return ModuleWrapPolicy(layers) if layers else None
     policies = [functools.partial(lambda_auto_wrap_policy, lambda_fn=_trainable_leaf)]
@@ -171,9 +172,6 @@ def wrap_fsdp(model: nn.Module, device: torch.device, compute_dtype: torch.dtype
               offload_params: bool = False) -> nn.Module:
     """FSDP-wrap ``model`` (parameters kept in their load dtype; ``compute_dtype`` via mixed precision when it
     differs). CPU offload of parameters is honoured on CUDA only."""
-    from torch.distributed.fsdp import CPUOffload, MixedPrecision, ShardingStrategy
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
     param_dtype = next(model.parameters()).dtype
     mp = None
     if compute_dtype != param_dtype:
@@ -202,8 +200,6 @@ def restore_frozen_param_views(module: nn.Module) -> None:
     restores them: they then drop out of ``state_dict()`` and a tied weight fails FSDP's next reshard. Sharded units
     are restored by FSDP itself.
     """
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
     if not isinstance(module, FSDP):
         return
     for unit in FSDP.fsdp_modules(module):
@@ -216,12 +212,8 @@ def restore_frozen_param_views(module: nn.Module) -> None:
 def full_state_dict(module: nn.Module, rank0_only: bool = True) -> dict[str, torch.Tensor]:
     """The full (unsharded) state dict on CPU, on rank 0 (other ranks get {} unless ``rank0_only=False``);
     a collective under FSDP."""
-    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
     if not isinstance(module, FSDP):
         return {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -245,8 +237,6 @@ def unwrapped_name(name: str) -> str:
 def _units_below(root: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
     """The FSDP units directly below ``root``, as ``(name, unit)`` in module order, split into decoder layers and the
     rest (a LoRA adapter on a module of the root unit, e.g. a targeted LM head)."""
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
     top: list[tuple[str, nn.Module]] = []
     for name, m in root.named_modules():  # pre-order: a unit's parent unit comes first
         if isinstance(m, FSDP) and m is not root and not any(name.startswith(p + ".") for p, _ in top):
@@ -271,10 +261,6 @@ def gathered_units(module: nn.Module, convert: Callable[[str, nn.Module, list[tu
     full parameters exist at a time instead of the whole model's. Names and prefixes are those of the wrapped model
     (FSDP strips its segments from parameter names while a unit is gathered, not from module names). A collective
     under FSDP: every rank iterates to the end. A module that is not FSDP-wrapped is one unit."""
-    import contextlib
-
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
     if not isinstance(module, FSDP):
         yield convert("", module, _clean(module.named_parameters(remove_duplicate=False)))
         return
@@ -308,8 +294,6 @@ def export_hf(module: nn.Module, out_dir: str | Path, tokenizer=None, role: str 
     ``dtype``: the weights are written in it and ``config.json`` names it (None: as gathered, the fp32 master
     weights); a peft model is saved as its base model (its ``state_dict`` must then be the merged one).
     """
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
     sd = full_state_dict(module) if state_dict is None else state_dict
     if dist.is_initialized() and dist.get_rank() != 0:
         return
@@ -320,7 +304,6 @@ def export_hf(module: nn.Module, out_dir: str | Path, tokenizer=None, role: str 
         sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
 
     if role == "critic":
         backbone = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
@@ -354,8 +337,6 @@ def _without_tied_head(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[st
 def _set_config_dtype(config_file: Path, dtype: torch.dtype) -> None:
     """Name the weights' dtype in ``config.json`` (loaders with ``dtype='auto'`` and vLLM read it; the live model's
     config names the fp32 master dtype)."""
-    import json
-
     cfg = json.loads(config_file.read_text(encoding="utf-8"))
     for key in ("dtype", "torch_dtype"):
         if key in cfg or key == "dtype":
@@ -388,10 +369,6 @@ def optimizer_step_device(optimizer: torch.optim.Optimizer, default: torch.devic
 
 def rng_state() -> dict:
     """RNG states as tensors and plain values only, so ``torch.load(weights_only=True)`` reads them back."""
-    import random
-
-    import numpy as np
-
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {"python": random.getstate(), "torch": torch.get_rng_state(),
              "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
@@ -402,10 +379,6 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    import random
-
-    import numpy as np
-
     py = state["python"]  # torch.load turns the tuples into lists
     random.setstate((py[0], tuple(py[1]), py[2]) if isinstance(py, list) else py)
     npst = state["numpy"]
@@ -438,8 +411,6 @@ def generate(module: nn.Module, **kwargs):
     precision and float inputs cast. Calling the wrapped model's ``generate`` directly skips that forward: the root
     parameters stay in the fp32 master dtype next to bf16 layers (``expected m1 and m2 to have the same dtype``).
     Nested units gather their own parameters as in any forward; with ``synced_gpus`` every rank runs as many."""
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
     if not isinstance(module, FSDP):
         return module.generate(**kwargs)
     inner = module.module

@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 
+import psutil
 import torch
 
 from verl.config import PPOConfig
+from verl.models.embedded import load_tokenizer, resolve_model_path
 from verl.protocol import DataProto
 from verl.single_controller.base import Dispatch, Worker, register
+from verl.utils.checkpoint import CheckpointManager
+from verl.utils.cli import UserError
 from verl.utils.vllm_engine import resolve_engine
 from verl.workers import fsdp_utils, lora
 from verl.workers.actor import Actor
 from verl.workers.critic import Critic
 from verl.workers.ref import Reference, same_model
-from verl.workers.rollout import HFRollout
+from verl.workers.rollout import HFRollout, VLLMRollout
 
 logger = logging.getLogger("verl.workers")
 
@@ -48,9 +53,6 @@ def resume_file(ckpt: str | Path, rank: int) -> Path:
     """This rank's ``worker_rank<r>.pt`` in ``ckpt``; a UserError saying why when it is missing."""
     file = Path(ckpt) / f"worker_rank{rank}.pt"
     if not file.is_file():
-        from verl.trainer.checkpoint import CheckpointManager
-        from verl.utils.cli import UserError
-
         others = sorted(p.name for p in Path(ckpt).glob("worker_rank*.pt"))
         why = (f"it holds {others}: resume needs the same trainer.n_workers as the saved run" if others else
                CheckpointManager.not_resumable_reason(Path(ckpt)))
@@ -64,8 +66,6 @@ class FSDPWorker(Worker):
 
     def __init__(self, config: PPOConfig, resume_dir: str | None = None, num_threads: int | None = None):
         super().__init__()
-        from verl.models.embedded import load_tokenizer, resolve_model_path
-
         self.config = config
         self.device = fsdp_utils.resolve_device(config.trainer.device)
         if num_threads:
@@ -94,8 +94,6 @@ class FSDPWorker(Worker):
             self.critic = Critic(w.critic, self.device, self.world_size, w.actor.micro_batch_size_per_device_for_experience)
         self.engine = choose_rollout_engine(w.rollout.name, self.device, resolve_model_path(actor_path))
         if self.engine == "vllm":
-            from verl.workers.rollout import VLLMRollout
-
             inner = getattr(self.actor.module, "module", self.actor.module)
             self.rollout = VLLMRollout(actor_path, self.tokenizer, w.rollout,
                                        config.data.max_prompt_length + config.data.max_response_length,
@@ -163,8 +161,6 @@ class FSDPWorker(Worker):
     @register(Dispatch.ONE_TO_ALL)
     def rollout_processes(self) -> list[int]:
         """Pids of the processes this worker started (the vLLM engine's), for checks that none outlives it."""
-        import psutil
-
         return [c.pid for c in psutil.Process().children(recursive=True)]
 
     @register(Dispatch.DP_COMPUTE_PROTO)
@@ -235,13 +231,9 @@ class FSDPWorker(Worker):
     @register(Dispatch.ONE_TO_ALL)
     def load_checkpoint(self, path: str) -> None:
         file = resume_file(path, self.rank)
-        import pickle
-
         try:  # tensors and plain containers only: a checkpoint from elsewhere must not run code on load
             state = torch.load(file, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            from verl.utils.cli import UserError
-
             raise UserError(f"{file} holds objects other than tensors and plain values (a checkpoint written by "
                             f"another program or an older version?); refusing to unpickle it. Start the run afresh "
                             f"(trainer.resume=none). Detail: {str(exc).splitlines()[0]}") from None

@@ -11,9 +11,12 @@ ever holds the whole model for a weight sync. Either way the live (FSDP) paramet
 
 from __future__ import annotations
 
+import copy
+import warnings
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from verl.workers.fsdp_utils import unwrapped_name
@@ -23,7 +26,7 @@ ADAPTER_FILE = "adapter_model.safetensors"
 
 def peft_config(lora_cfg):
     """peft ``LoraConfig`` for ``worker.actor.lora`` (``target_modules``: all-linear or a comma list)."""
-    from peft import LoraConfig
+    from peft import LoraConfig  # optional heavy dependency: peft (~5 s), only for LoRA
 
     names = lora_cfg.target_modules.strip()
     targets = names if names == "all-linear" else [m.strip() for m in names.split(",") if m.strip()]
@@ -34,12 +37,10 @@ def peft_config(lora_cfg):
 def add_adapters(model: nn.Module, lora_cfg, adapter_dir: str | Path | None = None) -> nn.Module:
     """``model`` wrapped in a peft model with fresh adapters (B = 0: the output equals the base's), or with the
     adapter weights saved in ``adapter_dir`` (resume). The base parameters are frozen."""
-    from peft import get_peft_model, set_peft_model_state_dict
+    from peft import get_peft_model, set_peft_model_state_dict  # optional heavy dependency: peft (~5 s), only for LoRA
 
     peft_model = get_peft_model(model, peft_config(lora_cfg))
     if adapter_dir is not None:
-        from safetensors.torch import load_file
-
         saved = load_file(str(Path(adapter_dir) / ADAPTER_FILE))
         result = set_peft_model_state_dict(peft_model, saved)
         missing = [k for k in result.missing_keys if "lora_" in k]
@@ -58,9 +59,7 @@ def _shell(peft_model: nn.Module, state_dict: dict[str, torch.Tensor], live: nn.
     names; no copy), unwrapped by FSDP, with copies of the config objects (peft and the merge edit them). Tensors that
     share storage with the parameters of ``live`` (the module they were gathered from) are cloned first, so an
     in-place merge never touches training weights."""
-    import copy
-
-    from peft import get_peft_model
+    from peft import get_peft_model  # optional heavy dependency: peft (~5 s), only for LoRA
 
     base = peft_model.get_base_model()
     with torch.device("meta"):
@@ -76,8 +75,6 @@ def merged_state_dict(peft_model: nn.Module, state_dict: dict[str, torch.Tensor]
     """HF-named weights of ``peft_model`` with its adapters merged, from its full ``state_dict`` (peft names):
     peft's ``merge_and_unload`` folds ``scaling * B @ A`` into each adapted weight of a meta-device copy holding those
     tensors (``_shell``), in their dtype."""
-    import warnings
-
     shell = _shell(peft_model, state_dict, live)
     with warnings.catch_warnings():  # a tied head is loaded as a separate equal tensor: "no longer tied" is moot
         warnings.filterwarnings("ignore", message=".*no longer tied.*")
@@ -104,7 +101,7 @@ def _adapted_layers(unit: nn.Module, prefix: str) -> dict[str, tuple[nn.Module, 
     """``base weight name -> (peft LoRA layer, its active adapters)`` for the LoRA layers inside ``unit`` (names in
     the wrapped model, FSDP segments removed, below ``prefix``). Only plain LoRA is merged here: a variant (DoRA) or an
     adapter bias changes more than the weight."""
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer  # optional heavy dependency: peft (~5 s), only for LoRA
 
     out = {}
     for name, m in unit.named_modules(prefix=prefix):

@@ -6,7 +6,9 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
 from verl.protocol import DataProto
 from verl.workers import fsdp_utils
@@ -34,8 +36,6 @@ def clip_and_step(module, optimizer, scheduler, max_grad_norm: float, offload: b
     optimizer state lives on the CPU between steps and joins the parameters for the step
     (``fsdp_utils.optimizer_step_device``: the GPU, or the CPU when FSDP offloads the parameters there).
     """
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
     if isinstance(module, FSDP):
         grad_norm = module.clip_grad_norm_(max_grad_norm)
     else:
@@ -56,8 +56,6 @@ def clip_and_step(module, optimizer, scheduler, max_grad_norm: float, offload: b
 def any_rank(flag: bool, device: torch.device) -> bool:
     """Whether ``flag`` holds on any rank (an all-reduce MAX; the local value without a process group). Every rank
     must call it the same number of times."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=device)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from verl.config import RefConfig
+from verl.models.embedded import resolve_model_path
 from verl.protocol import DataProto
 from verl.workers import fsdp_utils
 from verl.workers.actor import Actor, batched_log_probs
@@ -19,8 +20,6 @@ from verl.workers.actor import Actor, batched_log_probs
 
 def same_model(path_a: str | None, path_b: str | None) -> bool:
     """Whether two model paths (folders, hub ids or the embedded model's name) name the same weights."""
-    from verl.models.embedded import resolve_model_path
-
     if path_a is None or path_b is None:
         return False
     a, b = str(resolve_model_path(path_a)), str(resolve_model_path(path_b))

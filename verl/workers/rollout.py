@@ -16,8 +16,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from safetensors import safe_open
 
 from verl.config import RolloutConfig
+from verl.models.embedded import resolve_model_path
 from verl.protocol import DataProto
 from verl.utils import vllm_engine
 from verl.utils.vllm_engine import cpu_bind, require_vllm, shutdown_engine, start_engine
@@ -182,8 +185,6 @@ def sampling_kwargs(meta: dict, eos: list[int]) -> dict:
 def checkpoint_tensor_bytes(model_path: str, dtype: torch.dtype) -> list[tuple[str, int]]:
     """``(name, bytes in dtype)`` of every tensor in a folder's safetensors files, from their headers only (no
     weights read); empty when the folder has none."""
-    from safetensors import safe_open
-
     out = []
     for f in sorted(Path(model_path).glob("*.safetensors")) if Path(model_path).is_dir() else []:
         with safe_open(str(f), framework="pt") as h:
@@ -242,8 +243,6 @@ def with_tied_head(group: list[tuple[str, torch.Tensor]], tied: bool) -> list[tu
 
 def agree(status: int, device: torch.device) -> int:
     """The worst ``status`` over the ranks of the default process group (this rank's alone without one)."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return status
     t = torch.tensor([status], dtype=torch.int64, device=device)
@@ -277,7 +276,6 @@ class VLLMRollout:
     def __init__(self, model_path: str, tokenizer, cfg: RolloutConfig, max_model_len: int, actor_dtype: str,
                  device: torch.device, seed: int = 0, world_size: int = 1, generation_config=None):
         require_vllm("worker.rollout.name=vllm")
-        from verl.models.embedded import resolve_model_path
 
         self.tokenizer, self.cfg, self.device = tokenizer, cfg, device
         self._buffer: vllm_engine.WeightBuffer | None = None
@@ -465,7 +463,7 @@ class VLLMRollout:
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: DataProto) -> DataProto:
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # optional heavy dependency: vllm
 
         if self.sleeping or not self.weights_current:
             raise RuntimeError("the vLLM engine is asleep or holds stale weights: call ready() before generate()")

@@ -1,4 +1,9 @@
-"""Look up reward functions by name or ``path/to/file.py:function`` and score batches with them."""
+"""Reward functions by name (``REWARDS``, filled by plug-ins) or ``path/to/file.py:function``, and batch scoring.
+
+A reward is ``fn(response, prompt, solution, **settings_and_extras) -> dict`` with a ``"score"`` key (every other key
+is a sub-score the trainer logs). A registered function may carry ``fn.check_settings(**settings)``, called when
+settings are bound, so a bad value fails at load rather than at the first reward.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +15,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import functions as F
+from verl.utils.registry import Registry
 
 RewardFn = Callable[..., dict]
 _POSITIONAL = ("response", "prompt", "solution")
 
-REWARD_FNS: dict[str, RewardFn] = {
-    "forget_two_stage_abs_target": F.forget_two_stage_abs_target,
-    "forget": F.forget,
-    "forget_abs": F.forget_abs,
-    "forget_two_stage": F.forget_two_stage,
-    "forget_two_stage_abs": F.forget_two_stage_abs,
-    "reject_behave_reward": F.reject_behave_reward,
-    "forget_half_reject": F.forget_half_reject,
-    "forget_abs_half_reject": F.forget_abs_half_reject,
-    "forget_two_stage_abs_target_half_reject": F.forget_two_stage_abs_target_half_reject,
-}
+REWARDS: Registry[RewardFn] = Registry("reward function")
 
 
 def _load_from_file(spec: str) -> RewardFn:
@@ -49,20 +44,20 @@ def _load_from_file(spec: str) -> RewardFn:
 
 
 def get_reward_fn(name_or_path: str, **kwargs) -> RewardFn:
-    """A reward function by registered name (see ``REWARD_FNS``) or ``"path/to/file.py:function"``.
+    """A reward function by registered name (``REWARDS``) or ``"path/to/file.py:function"``.
 
     ``kwargs`` (e.g. ``refusal_mode="official"``, ``tau=0.3``) are bound with ``functools.partial``; a keyword the
     function does not accept raises ``TypeError`` now rather than at the first call. A file-based function must
     accept ``(response, prompt, solution, **extra)`` and return a dict with a ``"score"`` key.
     """
-    if ":" in name_or_path and name_or_path.rpartition(":")[0].endswith(".py"):
+    from_file = ":" in name_or_path and name_or_path.rpartition(":")[0].endswith(".py")
+    if from_file:
         fn = _load_from_file(name_or_path)
-    elif name_or_path in REWARD_FNS:
-        fn = REWARD_FNS[name_or_path]
     else:
-        raise ValueError(
-            f"unknown reward function {name_or_path!r}; use one of {sorted(REWARD_FNS)} or 'path/to/file.py:function'"
-        )
+        try:
+            fn = REWARDS.lookup(name_or_path)
+        except ValueError as exc:
+            raise ValueError(f"{exc}, or 'path/to/file.py:function'") from None
     if kwargs:
         params = inspect.signature(fn).parameters
         takes_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -70,13 +65,14 @@ def get_reward_fn(name_or_path: str, **kwargs) -> RewardFn:
         unknown = [k for k in kwargs if k not in params or k in _POSITIONAL]
         # a registered reward's **extra is for data columns, not settings: a misspelt setting must not vanish there;
         # a file-based reward with **extra may take anything
-        if unknown and (name_or_path in REWARD_FNS or not takes_var_kw):
+        if unknown and (not from_file or not takes_var_kw):
             raise TypeError(
                 f"reward function {name_or_path!r} does not accept {unknown} (worker.reward.kwargs); "
                 f"its settings are {named}"
             )
-        if "refusal_mode" in kwargs or "rouge_impl" in kwargs:  # bad values fail now, not at the first reward
-            F.rouge_impl_for(kwargs.get("refusal_mode", "strict"), kwargs.get("rouge_impl"))
+        check = getattr(fn, "check_settings", None)
+        if check is not None:
+            check(**kwargs)
         fn = functools.partial(fn, **kwargs)
     return fn
 
