@@ -29,6 +29,7 @@ strings; or an explicit comma list of targets. When no other target exists (e.g.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import random
@@ -148,7 +149,7 @@ def retain_texts(args, target, root) -> tuple[list[str], list[Path]]:
     if spec == "auto":
         others = [t for t in list_targets(root) if t.id != target.id and t.has("passage")]
         if not others:
-            return retain_texts(type(args)(**{**vars(args), "retain_dataset": "retain_mia"}), target, root)
+            return retain_texts(dataclasses.replace(args, retain_dataset="retain_mia"), target, root)
         ids = [t.id for t in list_targets(root)]
         pos = ids.index(target.id) if target.id in ids else 0
         ordered = sorted(others, key=lambda t: (ids.index(t.id) - pos) % len(ids))
@@ -173,7 +174,8 @@ def build_data(args, tokenizer, stage, root=None) -> DataBundle:
         # the release's base-model format (verl.rule.prompts.muse_prompt), as in ReBO: BOS, no EOS on targets
         prefix = muse_icl_prefix(load_muse(args.muse_icl, root)) if args.muse_icl else ""
         records = [{**r, "instruction": muse_prompt(r["instruction"], r.get("mode") or "qa", prefix)} for r in records]
-        return _finish(args, tokenizer, stage, root, name, records, [muse_dir(root) / "reject_target_0.5.json"], "sft", None)
+        sources = [muse_dir(root) / "reject_target_0.5.json"]
+        return _finish(args, tokenizer, stage, root, name, records, sources, "sft", None)
     targets = [resolve_target(t.strip(), root) for t in args.target.split(",") if t.strip()]
     if len(targets) > 1 and name != "inject":
         raise ValueError("several --target values are only allowed for --stage inject")
