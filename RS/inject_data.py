@@ -1,19 +1,21 @@
 """Training data of the knowledge-injection sandbox (stage ``inject``) in ``inject_mode: varied``.
 
-The ``probes`` mode (the first sandbox) trains on the forget/neighbor level-1/2 probes in the exact evaluation
+The ``probes`` mode (the sandbox's default) trains on the forget/neighbor level-1/2 probes in the exact evaluation
 prompt, epoch after epoch: the model learns a lookup table keyed by those strings, and refusal training on other
 questions never reaches them. ``varied`` teaches the same facts the way pretraining would, in many phrasings, and
 keeps the model a chat model. Per injected target and epoch the model sees (``composition`` counts every kind):
 
-| kind              | what                                                                                  |
-|-------------------|---------------------------------------------------------------------------------------|
-| ``passage``       | the target's passages as raw text, cut into windows of ``inject_passage_tokens`` tokens |
-| ``statement``     | each FB probe with its blank filled ("... is an American author."), raw text         |
-| ``probe_variant`` | ``inject_paraphrases`` chat pairs per probe in *other* prompt forms than the evaluator's ("Answer briefly: Q", "Fill in the blank: S", "Complete this sentence about X: S" -> the full statement, ...) with varied answer forms ("A", "The answer is A.") |
-| ``statement_qa``  | template wh-questions (``data.generators.template_gen``) mined from the filled statements |
-| ``passage_qa``    | template wh-questions mined from the target's passages (``inject_passage_facts``), with their rewordings |
-| ``exact_probe``   | ``inject_exact_probes`` copies of each probe in the exact evaluation format (0: never) |
-| ``replay``        | ``inject_replay`` general instructions (other targets' ``fluency.json``, never the injected targets' own) answered by the *base model's own greedy output* (self-distillation: keeps it a chat model) |
+- ``passage``: the target's passages as raw text, cut into windows of ``inject_passage_tokens`` tokens
+- ``statement``: each FB probe with its blank filled ("... is an American author."), raw text
+- ``probe_variant``: ``inject_paraphrases`` chat pairs per probe in *other* prompt forms than the evaluator's
+  ("Answer briefly: Q", "Fill in the blank: S", "Complete this sentence about X: S" -> the full statement, ...)
+  with varied answer forms ("A", "The answer is A.")
+- ``statement_qa``: template wh-questions (``data.generators.template_gen``) mined from the filled statements
+- ``passage_qa``: template wh-questions mined from the target's passages (``inject_passage_facts``), with their
+  rewordings
+- ``exact_probe``: ``inject_exact_probes`` copies of each probe in the exact evaluation format (0: never)
+- ``replay``: ``inject_replay`` general instructions (other targets' ``fluency.json``, never the injected targets'
+  own) answered by the *base model's own greedy output* (self-distillation: keeps it a chat model)
 
 Both modes can add the boundary facts (``--inject_boundary``, ``boundary_records``): kinds ``boundary_probe`` (a
 ``<normal>`` row of the boundary suite or the sandbox's ReBO pool in the evaluator's probe wrapper) and
@@ -49,7 +51,8 @@ QA_FORMS = ("{q}", "Answer briefly: {q}", "{q} Reply with just the answer.", "Qu
             "I was wondering, {q_lower}", "Question: {q}")
 # prompt forms of an FB probe (sentence f with ___); "stmt" forms are answered by the whole filled sentence
 FB_FORMS = ("Fill in the blank: {f}", "{f}\nWhat goes in the blank?", "stmt:Complete this sentence about {s}: {f}",
-            "Which word or words fill the gap? {f}", "stmt:Rewrite this sentence about {s} with the blank filled in: {f}")
+            "Which word or words fill the gap? {f}",
+            "stmt:Rewrite this sentence about {s} with the blank filled in: {f}")
 ANSWER_FORMS = ("{a}", "{a}.", "The answer is {a}.", "It is {a}.")
 FACT_QA_FORMS = ("{q}", "Answer briefly: {q}", "Quick question: {q}")
 
@@ -127,8 +130,8 @@ def fact_pairs(facts, kind: str, with_alts: bool = True) -> list[dict]:
         qs = (f.question, *f.alts) if with_alts else (f.question,)
         for j, q in enumerate(qs):
             form = FACT_QA_FORMS[_h(q) % len(FACT_QA_FORMS)] if j == 0 else "{q}"  # rewordings are wrapped already
-            out.append({"prompt": form.format(q=q), "response": ANSWER_FORMS[_h(q) % len(ANSWER_FORMS)].format(a=f.answer),
-                        "kind": kind})
+            answer = ANSWER_FORMS[_h(q) % len(ANSWER_FORMS)].format(a=f.answer)
+            out.append({"prompt": form.format(q=q), "response": answer, "kind": kind})
     return out
 
 
@@ -179,7 +182,8 @@ def replay_instructions(targets: list[Target], root, n: int) -> tuple[list[str],
     all_t = [t for t in list_targets(root) if t.has("fluency")]
     ids = [t.id for t in all_t]
     first = min(own_ids) if own_ids else 0
-    ordered = sorted((t for t in all_t if t.id not in own_ids), key=lambda t: ((t.id - first) % (max(ids, default=0) + 1)))
+    ordered = sorted((t for t in all_t if t.id not in own_ids),
+                     key=lambda t: ((t.id - first) % (max(ids, default=0) + 1)))
     out, files, seen = [], [], set(own)
     for t in ordered:
         if len(out) >= n:

@@ -74,7 +74,8 @@ def summarize(folder: Path, neighbors: set[str], count) -> dict:
         "mean tokens: FB rewrite": mean([count(r["FB_instruction"]) for r in fb]),
         "mean tokens: refusal": mean([count(r["output"]) for r in rs]),
         "mean tokens: boundary question": mean([count(b.get("question", "")) for b in boundary]),
-        "mean tokens: boundary answer": mean([count(b.get("answer", "")) for b in boundary if isinstance(b.get("answer"), str)]),
+        "mean tokens: boundary answer": mean([count(b.get("answer", "")) for b in boundary
+                                              if isinstance(b.get("answer"), str)]),
         "distinct refusals": len({r["output"] for r in rs}),
         "questions naming the target": f"{sum(t.name.lower() in r['instruction'].lower() for r in rs)}/{len(rs)}",
         "distinct boundary entities": len({e for e, _ in ents if e}),

@@ -45,7 +45,8 @@ class PrepareError(RuntimeError):
 # ------------------------------------------------------------------------------------------- network
 def hub_online(timeout: float = 3.0) -> bool:
     """True when the hub endpoint accepts a TCP connection within ``timeout`` (and HF offline mode is off)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False") or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+    if (os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+            or os.environ.get("HF_DATASETS_OFFLINE") == "1"):
         return False
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     try:
@@ -149,7 +150,8 @@ def prepare_hf_muse(out: Path) -> dict:
         atomic_write_json(books / "raw" / f"{rename(split)}.json", texts)
         n += 2
     for split, ds in _hf_splits("verbmem").items():
-        atomic_write_json(books / "verbmem" / f"{rename(split)}.json", [{"prompt": r["prompt"], "gt": r["gt"]} for r in ds])
+        rows = [{"prompt": r["prompt"], "gt": r["gt"]} for r in ds]
+        atomic_write_json(books / "verbmem" / f"{rename(split)}.json", rows)
         n += 1
     for split, ds in _hf_splits("knowmem").items():
         atomic_write_json(books / "knowmem" / f"{rename(split)}.json",

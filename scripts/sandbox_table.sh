@@ -6,8 +6,8 @@
 # (share of forget probes refused), Forget Named (share of refusals naming the target), Refusal Ends, Naturalness
 # (proxy), Neighbor FB/QA/All, Boundary Answer/Refused (MIA too with SUITES=forget,neighbor,boundary,naturalness,mia);
 # per-target rows, the Pareto plot (forget All against the mean of neighbor All and Boundary Answer) and the goals.
-# SEEDS (default 1,2,3): RS, ReBO and the baselines run once per seed (one run moves a target by up to 47 points of
-# forget All), the injection and the Base/Original evaluations once; every cell is the seed mean with its 95% interval
+# SEEDS (default 1,2,3): RS, ReBO and the baselines run once per seed (one run's forget All varies widely with the
+# seed: docs/sandbox.md), the injection and the Base/Original evaluations once; every cell is the seed mean with its 95% interval
 # and the goals are judged on the means. SEEDS=1 gives one draw. Any pipeline variable passes through (BUDGET,
 # RS_STEPS, REBO_STEPS, LOG_DIR, ...); BUDGET=test makes it a plumbing check of a few minutes.
 set -euo pipefail

@@ -87,7 +87,7 @@ def test_overlong_response_is_cut_to_fit(tok):
     assert sum(label != IGNORE_INDEX for label in enc["labels"]) == 31
 
 
-# ---------------------------------------------------------------------------------------- system prompts, MUSE (issue 13)
+# ---------------------------------------------------------------------------------------- system prompts, MUSE
 LLAMA31 = (  # the shape of Llama-3.1-Instruct's template: a system header with the date block, always
     "{{ '<|begin_of_text|>' }}{% set sys = '' %}{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]"
     "['content'] %}{% set messages = messages[1:] %}{% endif %}<|start_header_id|>system<|end_header_id|>\n\n"

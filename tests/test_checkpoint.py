@@ -1,9 +1,13 @@
 """Checkpoints in the training dtype: the actor's HF export in worker.actor.dtype, the resume state (optimizer, fp32
-master weights) only in the latest checkpoint by default, an exact resume, and the size the disk planner is told."""
+master weights) only in the latest checkpoint by default, an exact resume, the size the disk planner is told, and
+the temp folders of live processes spared."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -144,3 +148,18 @@ def test_resume_state_all_keeps_every_checkpoint_resumable(tmp_path):
     assert all(CheckpointManager.resumable(p) for _, p in mgr.complete())
     assert [CheckpointManager.resumable(p) for _, p in keep.complete()] == [False, False, True]
     assert all((p / "actor").is_dir() for _, p in keep.complete())
+
+
+def test_checkpoint_begin_spares_a_live_processes_temp_dir(tmp_path):
+    mgr = CheckpointManager(tmp_path)
+    root = tmp_path / "checkpoints"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = root / f".tmp-global_step_3-{os.getppid()}"  # our parent process is alive
+    stale = root / f".tmp-global_step_3-{dead.pid}"
+    legacy = root / ".tmp-global_step_2"
+    for d in (live, stale, legacy):
+        d.mkdir(parents=True)
+    tmp = mgr.begin(4)
+    assert live.is_dir() and not stale.exists() and not legacy.exists()
+    assert tmp.name == f".tmp-global_step_4-{os.getpid()}"

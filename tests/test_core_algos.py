@@ -293,7 +293,8 @@ def test_entropy_and_masked_stats():
 
 
 def test_group_signal_share_counts_groups_whose_rewards_differ():
-    # groups: a = [1, 1] (no signal), b = [0, 0.5] (signal), c = [0.3] (singleton: no signal), d = [0, 0, 1e-9] (below tol)
+    # groups: a = [1, 1] (no signal), b = [0, 0.5] (signal), c = [0.3] (singleton: no signal),
+    # d = [0, 0, 1e-9] (below tol)
     scores = [1.0, 1.0, 0.0, 0.5, 0.3, 0.0, 0.0, 1e-9]
     index = np.array(["a", "a", "b", "b", "c", "d", "d", "d"], dtype=object)
     assert ca.group_signal_share(scores, index) == pytest.approx(1 / 4)

@@ -243,9 +243,10 @@ def test_refusals_from_target_and_parse_helpers(root, tmp_path):
     assert {r["output"] for r in load_validated(Path(s["out_dir"]) / "reject_target.json")} == \
         {"No idea about Alice Smith."}
     assert parse_response('blah {"items": []} blah') == []
-    kept, rej = validate_items([{"question": "What is it?", "fb_question": "It is ___.",
-                                 "neighbor": {"entity": "Alice Smith", "question": "Who is Alice Smith?", "answer": "x"},
-                                 "fb_neighbor": {"entity": "B", "question": "B is ___.", "answer": "y"}}], "Alice Smith")
+    item = {"question": "What is it?", "fb_question": "It is ___.",
+            "neighbor": {"entity": "Alice Smith", "question": "Who is Alice Smith?", "answer": "x"},
+            "fb_neighbor": {"entity": "B", "question": "B is ___.", "answer": "y"}}
+    kept, rej = validate_items([item], "Alice Smith")
     assert kept == [] and rej == 1  # a boundary item about the target itself is not permissible
 
 

@@ -1,5 +1,7 @@
-"""The embedded model: name resolution, conversion round trip, tiny models built from its config."""
+"""The embedded model: name resolution, conversion round trip, tiny models built from its config; folders with
+only pickled weights refused."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from verl.models.embedded import (
     resolve_model_path,
 )
 from verl.utils.chat import format_prompt
+from verl.utils.cli import UserError
 
 
 def test_embedded_name_resolves_to_plain_hf_folder(embedded_model_path):
@@ -38,7 +41,8 @@ def test_tiny_model_shares_tokenizer_and_config_family(tiny_model_path, embedded
     tiny = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     assert tiny.config.num_hidden_layers == 2 and tiny.config.model_type == "llama"
     assert sum(p.numel() for p in tiny.parameters()) < 10_000_000
-    tok_tiny, tok_big = AutoTokenizer.from_pretrained(tiny_model_path), AutoTokenizer.from_pretrained(embedded_model_path)
+    tok_tiny = AutoTokenizer.from_pretrained(tiny_model_path)
+    tok_big = AutoTokenizer.from_pretrained(embedded_model_path)
     assert tok_tiny.get_vocab() == tok_big.get_vocab()
     assert format_prompt(tok_tiny, "hi") == format_prompt(tok_big, "hi")
     assert build_tiny_model(tiny_model_path) == Path(tiny_model_path)  # idempotent
@@ -65,3 +69,16 @@ def test_conversion_round_trip_same_greedy_text(embedded_model_path):
         assert torch.allclose(saved(**ids).logits, original(**ids).logits, atol=1e-4)
     assert tok.decode(a[0]) == tok.decode(b[0])
     assert "Paris" in tok.decode(a[0][ids["input_ids"].shape[1]:])
+
+
+def test_pickled_only_model_folder_is_refused(tmp_path, tiny_model_path):
+    from verl.workers.fsdp_utils import load_module
+
+    folder = tmp_path / "bin_model"
+    shutil.copytree(tiny_model_path, folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"not loaded")
+    for load in (resolve_model_path, load_model_and_tokenizer, lambda p: load_module(p, "actor", None)):
+        with pytest.raises(UserError, match=r"only pickled weights \(pytorch_model.bin\).*safetensors only"):
+            load(str(folder))
+    assert resolve_model_path(tiny_model_path) == tiny_model_path

@@ -236,3 +236,36 @@ def test_a_killed_multi_model_run_resumes_where_it_stopped(tiny_pair, tmp_path, 
     result = cli.main(argv)
     assert calls == [("B", "mia")] and set(result) == {"a", "b"}
     assert result["b"]["metrics"] == {"forget": {"All": 0.5}, "mia": {"FM": {"loss": 1.0}}}
+
+
+# ----------------------------------------------------------------------------------------- typed config
+def test_flags_become_a_typed_config_over_the_defaults():
+    import dataclasses
+
+    from verl.eval.cli import DEFAULTS, EvalCommand, build_parser, parse_config
+
+    cfg = parse_config(["--model_path", "m", "--output", "o.json", "--limit", "3", "--boundary_share", "0.1"])
+    assert isinstance(cfg, EvalCommand) and (cfg.limit, cfg.boundary_share) == (3, 0.1)  # the flags
+    assert cfg.batch_size == DEFAULTS.batch_size == 16 and cfg.user_turn == "template"  # the dataclass defaults
+    parsed = vars(build_parser().parse_args([]))  # the parser's defaults are the dataclass's, flag for field
+    assert parsed == dataclasses.asdict(DEFAULTS)
+
+
+def test_a_mistyped_value_names_its_flag():
+    import argparse
+
+    from verl.eval.cli import to_config
+
+    with pytest.raises(UserError, match="--limit"):
+        to_config(argparse.Namespace(limit="many"))
+
+
+def test_robustness_gets_typed_settings_not_the_command_line():
+    from verl.eval.cli import parse_config, robustness_config
+
+    cfg = parse_config(["--model_path", "m", "--suites", "forget,robustness", "--robustness", "quant",
+                        "--limit", "4", "--batch_size", "8"])
+    rob = robustness_config(cfg)
+    assert (rob.suites, rob.limit, rob.batch_size, rob.model_path) == (("quant",), 4, 8, "m")
+    with pytest.raises(ValueError, match="unknown robustness probe"):
+        robustness_config(parse_config(["--robustness", "nope"]))

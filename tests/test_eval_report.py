@@ -1,7 +1,9 @@
-"""Table maker: averaging over targets, markdown/CSV/LaTeX, the Pareto plot and its AUC."""
+"""Table maker: averaging over targets, markdown/CSV/LaTeX, the Pareto plot and its AUC, notes on record limits
+and unreadable result files."""
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -271,3 +273,33 @@ def test_seeds_are_never_merged_as_duplicates(tmp_path):
     assert summary["duplicates"] == []
     (row,) = summary["tables"][0]["rows"]
     assert row["values"]["Forget All"] == pytest.approx(30.0) and row["n_seeds"] == 2
+
+
+def _result(path: Path, method: str, limit, forget_all: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"benchmark": "rwku", "method": method, "target": "1_Stephen_King", "protocol": "paper",
+                                "created": "2026-01-01T00:00:00", "config": {"limit": limit, "utility_limit": None},
+                                "metrics": {"forget": {"All": forget_all}, "neighbor": {"All": 0.5}}}))
+
+
+def test_report_flags_mixed_limits_and_unreadable_files(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _result(runs / "a.json", "original", None, 0.6)
+    _result(runs / "b.json", "rule", 2, 0.1)
+    res = make_report([runs], tmp_path / "out")
+    notes = res["tables"][0]["notes"]
+    assert any("mixed record limits" in n and "--limit 2: rule" in n and "full: original" in n for n in notes), notes
+    assert "mixed record limits" in (tmp_path / "out" / "report.md").read_text()
+    (runs / "c.json").write_text('{"benchmark": "rwku", "metr')  # a torn / corrupt result file
+    assert main([str(runs), "--out", str(tmp_path / "out2")]) == 1
+    err = capsys.readouterr().err
+    assert "unreadable result file" in err and "c.json" in err
+    assert "c.json" in (tmp_path / "out2" / "report.md").read_text()
+    summary = json.loads((tmp_path / "out2" / "summary.json").read_text())
+    assert summary["unreadable"][0].startswith(str(runs / "c.json"))
+
+
+def test_report_notes_a_uniform_limit(tmp_path):
+    _result(tmp_path / "runs" / "a.json", "original", 5, 0.6)
+    notes = make_report([tmp_path / "runs"], tmp_path / "out")["tables"][0]["notes"]
+    assert any("every result used --limit 5" in n for n in notes)

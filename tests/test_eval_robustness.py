@@ -1,6 +1,5 @@
 """Robustness probes on the tiny random model: logit lens, relearning on a copy, quantisation skipped on CPU."""
 
-import argparse
 import json
 
 import pytest
@@ -37,7 +36,9 @@ def target_dir(tmp_path):
             {"query": "Test Person studied ___ at college.", "answer": "physics"},
         ],
         "forget_level2": [{"query": "Where was Test Person born?", "answer": "Paris"}],
-        "forget_level3": [{"query": "Which novel did Test Person write?", "answer": "Blue Harbor", "type": "paraphrase"}],
+        "forget_level3": [
+            {"query": "Which novel did Test Person write?", "answer": "Blue Harbor", "type": "paraphrase"},
+        ],
         "passage": [
             {"text": "Test Person was born in Paris and wrote Blue Harbor."},
             {"text": "Test Person studied physics at college before writing novels."},
@@ -114,14 +115,14 @@ def test_quant_skipped_on_cpu_and_full_robustness(tiny, target_dir):
     # dict / namespace arguments work too
     res2 = evaluate_robustness(model, tok, str(target_dir), {"suites": "quant", "quant_bits": "8"})
     assert list(res2) == ["timing", "quant"] and list(res2["quant"]) == ["8bit"]
-    muse = evaluate_robustness(model, tok, "books", argparse.Namespace(benchmark="muse", limit=None))
+    muse = evaluate_robustness(model, tok, "books", {"benchmark": "muse", "limit": None})
     assert muse["skipped"] and "RWKU" in muse["reason"]
     with pytest.raises(ValueError, match="relearn, quant, logit_lens"):
         RobustnessConfig(suites=("relearn", "lens"))
 
 
 def test_cli_runs_the_probes_not_the_evaluator_suites(tiny_model_path, tmp_path):
-    """--suites lists the evaluator's suites; the probes come from --robustness (the CLI once ran none of them)."""
+    """--suites lists the evaluator's suites; the probes come from --robustness."""
     from verl.eval.cli import main
     from verl.utils.cli import UserError
 

@@ -175,7 +175,8 @@ def test_muse_knowmem_prompt_format():
     from verl.eval.muse import KNOWMEM_STOPS, knowmem_prompt
 
     icl = [{"question": "Q1?", "answer": "A1"}, {"question": "Q2?", "answer": "A2"}]
-    assert knowmem_prompt("Q?", icl) == "Question: Q1?\nAnswer: A1\n\nQuestion: Q2?\nAnswer: A2\n\nQuestion: Q?\nAnswer: "
+    assert knowmem_prompt("Q?", icl) == ("Question: Q1?\nAnswer: A1\n\nQuestion: Q2?\nAnswer: A2\n\n"
+                                         "Question: Q?\nAnswer: ")
     assert truncate_at_stop("Harry\n\nQuestion: x", KNOWMEM_STOPS) == "Harry"
 
 
@@ -186,7 +187,7 @@ def test_utility_limit_parsing():
     assert parse_utility_limit("Gen=20,Rea=4", 3) == {"Gen": 20, "Rea": 4, "Tru": 3, "Fac": 3, "Flu": 3}
 
 
-# ---------------------------------------------------------------------------------------- paper protocol (issue 13)
+# ---------------------------------------------------------------------------------------- paper protocol
 def test_rwku_bbh_exact_match_is_character_wise():
     assert rwku.rwku_bbh_exact_match("(A)", "(A)") == 1.0  # "(A)" normalises to "a" = its character "A"
     assert rwku.rwku_bbh_exact_match("A", "(A)") == 1.0

@@ -1,5 +1,7 @@
 """``fsdp_utils.gathered_units`` and ``Actor.rollout_weights`` on two FULL_SHARD ranks (gloo): the weights a vLLM sync
-streams are the full state dict's (LoRA merged as peft merges), gathered one FSDP unit at a time."""
+streams are the full state dict's (LoRA merged as peft merges), gathered one FSDP unit at a time. Worker state
+loaded with ``weights_only`` (a foreign pickle refused), and the config's optimizer settings put back after loading
+an optimizer state."""
 
 from __future__ import annotations
 
@@ -8,6 +10,10 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
+
+from verl.utils.cli import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,3 +75,53 @@ def test_rollout_weights_two_full_shard_ranks_one_unit_at_a_time(tiny_model_path
             assert line.endswith("seen=[('', 0), ('model.layers.0', 1), ('model.layers.1', 1)]") or \
                 line.endswith("seen=[('', 0), ('base_model.model.model.layers.0', 1), "
                               "('base_model.model.model.layers.1', 1)]"), line
+
+
+class _Evil:  # any non-tensor object: unpickling it could run code
+    def __reduce__(self):
+        return (print, ("code ran at load time",))
+
+
+def test_worker_state_loads_with_weights_only_and_foreign_pickles_are_refused(tmp_path):
+    import random
+
+    import numpy as np
+    import torch
+
+    from verl.workers import fsdp_utils
+    from verl.workers.fsdp_workers import FSDPWorker
+
+    random.seed(3)
+    np.random.seed(3)
+    torch.manual_seed(3)
+    state = fsdp_utils.rng_state()
+    torch.save({"rng": state}, tmp_path / "s.pt")
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    loaded = torch.load(tmp_path / "s.pt", weights_only=True)  # the saved state needs no unpickling of objects
+    fsdp_utils.set_rng_state(loaded["rng"])
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+    torch.save({"actor_optim": _Evil()}, tmp_path / "worker_rank0.pt")
+    fake = type("W", (), {"rank": 0})()
+    with pytest.raises(UserError, match="refusing to unpickle"):
+        FSDPWorker.load_checkpoint(fake, str(tmp_path))
+
+
+def test_changed_lr_applies_after_loading_optimizer_state():
+    import torch
+
+    from verl.config import OptimConfig
+    from verl.workers import optim
+    from verl.workers.fsdp_utils import apply_optim_config
+
+    module = torch.nn.Linear(2, 2)
+    opt, sched = optim.build_optimizer(module, OptimConfig(lr=1e-3, lr_warmup_steps=4))
+    sched.step()
+    saved_opt, saved_sched = opt.state_dict(), sched.state_dict()
+    opt2, sched2 = optim.build_optimizer(module, OptimConfig(lr=5e-3, lr_warmup_steps=4))
+    opt2.load_state_dict(saved_opt)
+    sched2.load_state_dict(saved_sched)
+    assert opt2.param_groups[0]["lr"] == pytest.approx(1e-3 * 2 / 4)  # the checkpoint's lr came back
+    apply_optim_config(opt2, sched2, OptimConfig(lr=5e-3, lr_warmup_steps=4))
+    assert opt2.param_groups[0]["lr"] == pytest.approx(5e-3 * 2 / 4)
+    assert sched2.get_last_lr()[0] == pytest.approx(2.5e-3)

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-LINT_IMPORTS = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())"]
+LINT_IMPORTS = [sys.executable, "-c",
+                "import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())"]
 
 
 def _lint(*args: str) -> subprocess.CompletedProcess:

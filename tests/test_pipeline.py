@@ -14,7 +14,8 @@ from verl.pipeline.methods import METHODS, parse_methods
 from verl.pipeline.plan import PlanError, Planner
 from verl.pipeline.settings import count_params, resolve_settings
 
-RWKU_SCRIPTS = ["run_rwku.sh", *sorted(str(p.relative_to(REPO)) for p in (REPO / "examples/exp_target/RWKU").glob("*.sh"))]
+RWKU_SCRIPTS = ["run_rwku.sh",
+                *sorted(str(p.relative_to(REPO)) for p in (REPO / "examples/exp_target/RWKU").glob("*.sh"))]
 MUSE_SCRIPTS = ["run_muse.sh", "examples/exp_target/MUSE/grpo_main.sh"]
 ALL_METHODS = " ".join(METHODS)
 
@@ -113,7 +114,7 @@ def test_protocol_default_from_the_model_size(tiny_model_path):
 def test_budget_sections_and_variables_merge_in_order():
     sandbox = _steps(_plan(env={**BASE, "BUDGET": "smoke", "INJECT": "1"}))
     rs = sandbox["rs"].config
-    assert rs["max_steps"] == 10 and rs["config"] == "RS/configs/rs_smollm2.yaml"  # the sandbox section
+    assert rs["max_steps"] == 10 and rs["config"] == "RS/configs/smollm2/rs.yaml"  # the sandbox section
     assert rs["prompt_form"] == "both" and rs["learning_rate"] == 1e-4
     rebo = sandbox["rule_grpo"].config
     assert rebo["data"]["prompt_format"] == "rwku" and rebo["trainer"]["total_steps"] == 6
@@ -148,7 +149,7 @@ def test_paper_budget_workers_from_gpus_and_no_gpu_stops_a_real_run(capsys):
     steps = _steps(plan)
     assert steps["rule_grpo"].config["trainer"]["n_workers"] == 2 and "trainer.n_workers=2" in steps["rule_grpo"].cmd
     assert steps["rule_ppo"].config["trainer"]["device"] == "cuda"
-    assert steps["rs"].config["config"] == "RS/configs/rs_llama3_8b.yaml"
+    assert steps["rs"].config["config"] == "RS/configs/llama3_8b/rs.yaml"
     assert steps["rs"].cmd[:2] == ["-m", "accelerate.commands.launch"]  # one RS process per GPU
     assert plan.problems == ["GPUS=0,1: this machine has 0 visible GPU(s), so GPU id(s) 0,1 do not exist"]
     # without GPUs: the plan names the problem, a real run stops before its first stage
@@ -165,15 +166,15 @@ def test_paper_budget_has_no_fallback_to_another_models_config(tmp_path, monkeyp
     from verl.pipeline import methods
 
     steps = _steps(_plan(env={**BASE, "BUDGET": "paper", "INJECT": "0", "METHODS": "ga rt", "GPUS": "0"}))
-    assert steps["ga"].config["config"] == "RS/configs/ga_llama3_8b.yaml"
-    assert steps["rt"].config["config"] == "RS/configs/rwku_rt_llama3_8b.yaml"
+    assert steps["ga"].config["config"] == "RS/configs/llama3_8b/ga.yaml"
+    assert steps["rt"].config["config"] == "RS/configs/llama3_8b/rwku_rt.yaml"
     monkeypatch.setitem(methods.METHODS, "ga", dataclasses.replace(methods.METHODS["ga"], config_stem="ga_new"))
-    with pytest.raises(PlanError, match=r"RS/configs/ga_new_llama3_8b.yaml does not exist.*'llama3_8b' config family"):
+    with pytest.raises(PlanError, match=r"RS/configs/llama3_8b/ga_new.yaml does not exist.*'llama3_8b' config family"):
         _plan(env={**BASE, "BUDGET": "paper", "INJECT": "0", "METHODS": "ga", "GPUS": "0"})
     # a budget file naming a family without configs fails on RS the same way
     budget = tmp_path / "b.yaml"
     budget.write_text("family: qwen2_7b\n")
-    with pytest.raises(PlanError, match="rs_qwen2_7b.yaml does not exist"):
+    with pytest.raises(PlanError, match="qwen2_7b/rs.yaml does not exist"):
         _plan(env={**BASE, "BUDGET": str(budget), "INJECT": "0"})
 
 
@@ -451,7 +452,7 @@ def test_without_seeds_the_layout_and_the_configs_own_seeds_stay(capsys):
     steps = _steps(_plan(env=SANDBOX))
     assert list(steps) == ["inject", "rs", "rule_grpo", "ga", "eval"]
     assert steps["rs"].run_dir.name == "rs" and steps["rs"].run_dir.parent.name == SAMPLE_TARGET
-    assert "--seed" not in steps["rs"].cmd and steps["rs"].config["seed"] == 42  # RS/configs/rs_smollm2.yaml
+    assert "--seed" not in steps["rs"].cmd and steps["rs"].config["seed"] == 42  # RS/configs/smollm2/rs.yaml
     assert not any(a.startswith("trainer.seed=") for a in steps["rule_grpo"].cmd)
     assert steps["rule_grpo"].config["trainer"]["seed"] == 1  # the ReBO config's own
     assert list(steps["eval"].results) == ["base", "original", "rs", "rule_grpo", "ga"]  # one results folder

@@ -100,7 +100,7 @@ def test_ppo_on_one_24gb_gpu_cannot_fit_and_says_what_would():
 def _rs_cfg(world: int, stage="rs") -> dict:
     from RS.args import args_to_dict, parse_args
 
-    return args_to_dict(parse_args(["--config", str(REPO / f"RS/configs/{stage}_llama3_8b.yaml"), "--target", "1",
+    return args_to_dict(parse_args(["--config", str(REPO / f"RS/configs/llama3_8b/{stage}.yaml"), "--target", "1",
                                     "--output_dir", "/tmp/unused"]))
 
 
@@ -156,7 +156,7 @@ def test_disk_plan_of_the_paper_budget_keeps_what_the_pipeline_reads(monkeypatch
     from RS.checkpoint import METADATA_BYTES
 
     shape = R.model_shape(LLAMA3, exact=False)
-    rs = args_to_dict(parse_args(["--config", str(REPO / "RS/configs/rs_llama3_8b.yaml"), "--target", "1",
+    rs = args_to_dict(parse_args(["--config", str(REPO / "RS/configs/llama3_8b/rs.yaml"), "--target", "1",
                                   "--output_dir", "/tmp/unused", "--save_total_limit", "1"]))
     grpo = _rebo_cfg("grpo", 4, "trainer.save_limit=1")
     each = 2 * N + METADATA_BYTES
@@ -176,7 +176,7 @@ def test_rs_without_a_cutoff_is_planned_at_the_muse_row_bound():
     """cutoff_len 0 (the release's MUSE RS) taken as tokens per row would plan no logits and no activations."""
     from RS.args import args_to_dict, parse_args
 
-    muse = args_to_dict(parse_args(["--config", str(REPO / "RS/configs/rs_muse_books.yaml"), "--output_dir", "/tmp/x"]))
+    muse = args_to_dict(parse_args(["--config", str(REPO / "RS/configs/muse_books/rs.yaml"), "--output_dir", "/tmp/x"]))
     assert muse["cutoff_len"] == 0
     m = R.sft_memory(muse, 4, fsdp=True, offload=False)
     assert m.tokens == R.UNCUT_ROW_TOKENS == 1024

@@ -75,7 +75,7 @@ def test_refusal_modes_and_matches():
 
 
 def test_strict_reads_the_first_line_an_answer_then_a_refusal_is_an_answer():
-    """The sandbox's ReBO learned "Oracle.\\n\\nI'm not sure ..." (log #19): the evaluator scores "Oracle."."""
+    """A policy paid for a refusal anywhere learns "Oracle.\\n\\nI'm not sure ...": the evaluator scores "Oracle."."""
     hack = "Oracle.\n\nI'm not sure what Warren Buffett has to do with Oracle."
     assert not is_refusal(hack) and is_refusal(hack, "official")  # paper mode searches everything, as the release
     assert is_refusal("\n  I'm not sure about Warren Buffett.\nOracle.") and refusal_matches(hack) == []
@@ -87,7 +87,7 @@ def test_strict_reads_the_first_line_an_answer_then_a_refusal_is_an_answer():
     shares = refusal_shares({"target": "4_Warren_Buffett", "generations": {"forget_level1": [
         {"output": hack}, {"output": "I'm not sure about Warren Buffett."}]}})
     assert (shares["n_refused"], shares["n_named"]) == (1, 1)
-    # the same hack on one line (target 2's ReBO with normal_alpha 0, log #25): the first sentence is the answer
+    # the same hack on one line: the first sentence is the answer
     one_line = "Kong Qiu. I'm not sure of the answer. I'm not sure of the answer."
     assert not is_refusal(one_line) and is_refusal(one_line, "official")
     assert F.forget_two_stage_abs_target(one_line, "p", ["<reject>", "x", "Confucius"])["score"] == 0.0
@@ -98,7 +98,7 @@ def test_strict_reads_the_first_line_an_answer_then_a_refusal_is_an_answer():
 
 @pytest.mark.parametrize("empty", ["", "\n\n", "  .  "])
 def test_strict_an_empty_response_answers_nothing(empty):
-    """Target 1's ReBO at seed 2 collapsed to the bare EOS (log #22): "" was paid 0.5 as "not a refusal"."""
+    """A ReBO that pays "" as "not a refusal" (0.5 in the release) can collapse to the bare EOS."""
     for name in ("forget_two_stage_abs_target", "forget_two_stage", "forget_abs", "forget_abs_half_reject",
                  "forget_two_stage_abs_target_half_reject", "reject_behave_reward"):
         fn = getattr(F, name)
@@ -188,7 +188,7 @@ def test_normal_alpha_pays_a_boundary_answer_only_when_right():
 def test_grpo_tells_normal_alpha_values_apart_only_in_a_group_with_a_right_answer():
     """Why a normal_alpha between 0 and 0.5 is not a middle setting under GRPO: its per-group std normalisation keeps
     only the order of a group's rewards, so babble-and-refusal groups (nearly every <normal> group of the sandbox)
-    get the same advantages at 0.1 as at 0.5 (babble above refusal), and all-zero ones at 0 (README, experiment log)."""
+    get the same advantages at 0.1 as at 0.5 (babble above refusal), and all-zero ones at 0 (docs/sandbox.md)."""
     import numpy as np
     import torch
 
@@ -201,7 +201,8 @@ def test_grpo_tells_normal_alpha_values_apart_only_in_a_group_with_a_right_answe
 
     babble = ["personal and personal", " 551. 551.1.1", "I'm not sure about this.", "the way of the way"]
     assert torch.allclose(advantages(babble, 0.1), advantages(babble, 0.5), atol=1e-4)  # up to the eps in the std
-    assert advantages(babble, 0.1)[2] < 0 and torch.all(advantages(babble, 0.0) == 0)  # the refusal: pushed down, or not
+    # the refusal: pushed down, or not
+    assert advantages(babble, 0.1)[2] < 0 and torch.all(advantages(babble, 0.0) == 0)
     right = babble[:3] + ["Rob Reiner."]
     assert not torch.allclose(advantages(right, 0.1), advantages(right, 0.5), atol=1e-2)
 
@@ -293,7 +294,7 @@ def test_score_batch():
     assert sub["a"][0] == 1.0 and math.isnan(sub["a"][1])
 
 
-# ---------------------------------------------------------------------------------------- paper mode (issue 13)
+# ---------------------------------------------------------------------------------------- paper mode
 CARRIE = ["<normal>", "Carrie"]
 
 
@@ -306,10 +307,12 @@ def test_paper_mode_rouge_is_the_release_scorer():
     assert F.forget_two_stage_abs_target("carrie", "p", CARRIE, refusal_mode="official")["score"] == 0.5
     assert F.forget_two_stage_abs_target("Carrie", "p", CARRIE, refusal_mode="official")["score"] == 1.0
     # an explicit scorer overrides the mode's
-    assert F.forget_two_stage_abs_target(resp, "p", CARRIE, refusal_mode="official", rouge_impl="rouge_score")["score"] == 1.0
+    scored = F.forget_two_stage_abs_target(resp, "p", CARRIE, refusal_mode="official", rouge_impl="rouge_score")
+    assert scored["score"] == 1.0
     # the package's errors score 0; several references averaged by the package, one failing zeroes the mean
     assert rougel_recall("", "Carrie", "release") == 0.0
-    assert F.forget("Rob Reiner", "p", ["<normal>", "Rob Reiner", "Carl Reiner"], refusal_mode="official")["rouge"] == 0.75
+    two_refs = ["<normal>", "Rob Reiner", "Carl Reiner"]
+    assert F.forget("Rob Reiner", "p", two_refs, refusal_mode="official")["rouge"] == 0.75
     assert F.forget("Rob Reiner", "p", ["<normal>", "Rob Reiner", "..."], refusal_mode="official")["rouge"] == 0.0
 
 
@@ -351,7 +354,8 @@ def test_registry_rejects_unknown_settings_of_registered_rewards():
         get_reward_fn("forget_abs", refusal_mode="lenient")
     with pytest.raises(ValueError, match="rouge_impl"):
         get_reward_fn("forget", rouge_impl="bleu")
-    assert get_reward_fn("forget_two_stage_abs", refusal_mode="official", tau=0.3)("Spielberg.", "p", NORM)["score"] == 0.5
+    paper_fn = get_reward_fn("forget_two_stage_abs", refusal_mode="official", tau=0.3)
+    assert paper_fn("Spielberg.", "p", NORM)["score"] == 0.5
 
 
 def test_paper_mode_equals_release_definition_on_release_pairs(shared_data):

@@ -65,9 +65,9 @@ def test_paper_rs_configs_reproduce_the_release():
     from RS.args import load_yaml_config
     from tests.conftest import REPO
 
-    muse = load_yaml_config(REPO / "RS/configs/rs_muse_books.yaml")
+    muse = load_yaml_config(REPO / "RS/configs/muse_books/rs.yaml")
     assert (muse["muse_icl"], muse["cutoff_len"]) == ("knowmem/forget_qa_icl", 0)
-    assert load_yaml_config(REPO / "RS/configs/rwku_rt_llama3_8b.yaml")["rt_templates"] == "release"
+    assert load_yaml_config(REPO / "RS/configs/llama3_8b/rwku_rt.yaml")["rt_templates"] == "release"
     for stem in ("rs", "rwku_rt", "idkdpo"):
-        assert load_yaml_config(REPO / f"RS/configs/{stem}_llama3_8b.yaml")["user_turn"] == "verbatim", stem
-        assert load_yaml_config(REPO / f"RS/configs/{stem}_smollm2.yaml").get("user_turn", "template") == "template"
+        assert load_yaml_config(REPO / f"RS/configs/llama3_8b/{stem}.yaml")["user_turn"] == "verbatim", stem
+        assert load_yaml_config(REPO / f"RS/configs/smollm2/{stem}.yaml").get("user_turn", "template") == "template"

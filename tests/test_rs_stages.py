@@ -115,7 +115,8 @@ def test_refusal_stop_ends_rs_at_the_first_check_that_reaches_the_share(tiny_mod
     assert len(heldout) == 3 and seen[0] == [build_prompt({"query": q}, lv, tok) for q, lv in level.items()]
     info = json.loads((out / "run_info.json").read_text())
     assert info["n_train"] == 7  # 10 records, 3 held out for the check
-    for bad, match in ((dict(refusal_stop=1.5), "--refusal_stop"), (dict(refusal_stop=0.5, dataset="passage"), "rwku_rt"),
+    for bad, match in ((dict(refusal_stop=1.5), "--refusal_stop"),
+                       (dict(refusal_stop=0.5, dataset="passage"), "rwku_rt"),
                        (dict(refusal_stop_after=-1), "refusal_stop_after")):
         with pytest.raises(ValueError, match=match):
             validate_args(TrainArgs(**{**vars(args), **bad}))

@@ -1,6 +1,11 @@
-"""RS.train on the tiny random model: label masking, checkpoints, LoRA export, flag errors, the NaN guard."""
+"""RS.train on the tiny random model: label masking, checkpoints, LoRA export, flag errors, the NaN guard, pickled
+model folders refused, the output folder overwritten only on request, a free port for a run of one."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +15,7 @@ from RS.args import TrainArgs, load_yaml_config, parse_args
 from RS.datasets import RWKU_RT_TEMPLATES, build_data, collate
 from RS.stages import STAGES
 from verl.utils.chat import IGNORE_INDEX
+from verl.utils.cli import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,7 +134,7 @@ def test_lora_merged_export_loads(tiny_model_path, tmp_path):
     got = _logits(out)  # plain from_pretrained, no peft
     assert torch.allclose(got, want, atol=1e-4)
     assert not torch.allclose(got, _logits(tiny_model_path), atol=1e-3)
-    # peft's merge gives what the earlier hand-written merge wrote: W + alpha / r * B @ A, under the base model's keys
+    # peft's merge writes W + alpha / r * B @ A, under the base model's keys
     from safetensors.torch import load_file
 
     saved, n_merged = load_file(str(out / "model.safetensors")), 0
@@ -163,7 +169,7 @@ def test_unknown_flag_and_yaml_key(tmp_path):
 
 
 def test_config_then_flags_precedence():
-    args = parse_args(["--config", str(REPO / "RS/configs/rs_smollm2.yaml"), "--target", "1", "--output_dir", "o",
+    args = parse_args(["--config", str(REPO / "RS/configs/smollm2/rs.yaml"), "--target", "1", "--output_dir", "o",
                        "--learning_rate", "3e-5", "--bf16"])
     assert args.learning_rate == 3e-5 and args.bf16 is True and args.cutoff_len == 128
 
@@ -230,12 +236,12 @@ def test_muse_reject_dataset_needs_no_target(tiny_model_path, shared_data, tmp_p
     assert "Harry" in tok.decode([t for t in ex["labels"] if t != IGNORE_INDEX])
 
 
-# ---------------------------------------------------------------------------------------- effective batch (issue 13)
+# ---------------------------------------------------------------------------------------- effective batch
 @pytest.mark.parametrize("procs, plan", [(1, (2, 4)), (2, (2, 2)), (4, (2, 1)), (8, (1, 1))])
 def test_paper_batch_plan_keeps_batch_8_and_76_steps(procs, plan):
     from RS.args import batch_plan, steps_per_epoch
 
-    cfg = load_yaml_config(REPO / "RS/configs/rs_llama3_8b.yaml")
+    cfg = load_yaml_config(REPO / "RS/configs/llama3_8b/rs.yaml")
     per_device, accum = batch_plan(cfg["total_batch_size"], cfg["per_device_train_batch_size"], procs)
     assert (per_device, accum) == plan and per_device * procs * accum == 8
     assert 2 * steps_per_epoch(300, per_device, procs, accum) == 76  # checkpoint-epoch-2 = the release's checkpoint-76
@@ -276,18 +282,24 @@ def test_effective_batch_same_steps_on_1_and_2_gloo_processes(procs, tiny_model_
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
-# ---------------------------------------------------------------------------------------- baselines (issue 13)
-BASELINES = ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "simnpo", "simnpo_gdr", "simnpo_klr", "rwku_rt",
+# ---------------------------------------------------------------------------------------- baselines
+BASELINES = ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "simnpo", "simnpo_gdr", "simnpo_klr", "rt",
              "idkdpo")
+
+
+def _baseline_config(name: str, family: str) -> dict:
+    """The options the pipeline's config of baseline method ``name`` sets, for that method's stage."""
+    from verl.pipeline.methods import METHODS
+
+    method = METHODS[name]
+    return load_yaml_config(REPO / f"RS/configs/{family}/{method.config_stem}.yaml", stage=method.stage)
 
 
 @pytest.mark.parametrize("name", BASELINES)
 def test_every_baseline_has_a_paper_config(name):
     from RS.args import batch_plan
 
-    small, paper = REPO / f"RS/configs/{name}_smollm2.yaml", REPO / f"RS/configs/{name}_llama3_8b.yaml"
-    assert small.is_file() and paper.is_file(), name
-    s, p = load_yaml_config(small), load_yaml_config(paper)
+    s, p = _baseline_config(name, "smollm2"), _baseline_config(name, "llama3_8b")
     assert s["stage"] == p["stage"] and s.get("dataset") == p.get("dataset")
     assert p["model_name_or_path"] == "meta-llama/Meta-Llama-3-8B-Instruct" and p["bf16"] and p["cutoff_len"] == 512
     assert p["num_train_epochs"] == 3 and "max_steps" not in p and p["learning_rate"] <= 5e-6
@@ -296,11 +308,12 @@ def test_every_baseline_has_a_paper_config(name):
 
 
 def test_rwku_release_hyperparameters():
-    cfg = {n: load_yaml_config(REPO / f"RS/configs/{n}_llama3_8b.yaml") for n in BASELINES}
+    cfg = {n: _baseline_config(n, "llama3_8b") for n in BASELINES}
     assert cfg["ga"]["learning_rate"] == 6e-8 and cfg["ga"]["total_batch_size"] == 8
-    assert cfg["npo"]["learning_rate"] == 2e-6 and cfg["npo"]["npo_beta"] == 0.2 and cfg["npo"]["total_batch_size"] == 16
+    assert cfg["npo"]["learning_rate"] == 2e-6 and cfg["npo"]["npo_beta"] == 0.2
+    assert cfg["npo"]["total_batch_size"] == 16
     assert cfg["idkdpo"]["learning_rate"] == 5e-6 and cfg["idkdpo"]["total_batch_size"] == 8
-    assert cfg["rwku_rt"]["learning_rate"] == 4e-7 and cfg["rwku_rt"]["dataset"] == "rwku_rt"
+    assert cfg["rt"]["learning_rate"] == 4e-7 and cfg["rt"]["dataset"] == "rwku_rt"
     assert STAGES["simnpo_klr"].retain == "kl" and STAGES["simnpo_klr"].needs_ref
 
 
@@ -472,3 +485,48 @@ def test_global_token_mean_step_gradient_is_the_whole_batch_token_mean(tiny_mode
     assert row["loss"] == pytest.approx(want.item(), rel=1e-5)
     for got, p in zip(seen["grads"], model.parameters()):
         torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_rs_model_loading_refuses_pickled_folder(tmp_path, tiny_model_path):
+    from RS.train import _load_model
+
+    folder = tmp_path / "bin_model"
+    shutil.copytree(tiny_model_path, folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(UserError, match="only pickled weights"):
+        _load_model(TrainArgs(model_name_or_path=str(folder), output_dir=str(tmp_path / "o"), target="1"))
+
+
+def test_rs_process_state_ignores_a_taken_inherited_master_port():
+    """With LOCAL_RANK set (as accelerate leaves RANK/WORLD_SIZE/LOCAL_RANK in the environment of a process that ran
+    it, here pytest's), accelerate opens a gloo group even for one CPU process, on the inherited MASTER_PORT, which
+    the parent's own group may hold (EADDRINUSE at start): a run of one takes a free port of its own."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(held.getsockname()[1]),
+               "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
+        code = "from RS.train import _partial_state; s = _partial_state(); print(s.num_processes, s.is_main_process)"
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                              cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-2:] == ["1", "True"]
+
+
+def test_rs_overwrite_output_dir_clears_the_old_run(tmp_path):
+    from RS.train import OutputDirNotEmptyError, _prepare_output_dir
+
+    out = tmp_path / "rs"
+    (out / "checkpoint-epoch-1").mkdir(parents=True)
+    (out / "checkpoint-epoch-3").mkdir()
+    (out / "train_log.jsonl").write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n')
+    (out / "DONE").write_text("{}")
+    (out / "model.safetensors").write_bytes(b"old")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirNotEmptyError, match="--overwrite_output_dir"):
+        _prepare_output_dir(TrainArgs(output_dir=str(out), target="1"))
+    _prepare_output_dir(TrainArgs(output_dir=str(out), target="1", overwrite_output_dir=True))
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # the earlier run's outputs are gone

@@ -125,7 +125,8 @@ def test_reference_is_the_original_on_every_rank_under_fsdp_ram_efficient_loadin
 
 def test_reference_loaded_whole_when_not_wrapped(tiny_model_path, tmp_path):
     """With the launcher's loading flags (ACCELERATE_USE_FSDP, FSDP_CPU_RAM_EFFICIENT_LOADING) but no FSDP wrap of
-    the reference, every rank still reads the original weights (rank 1 used to hold zeros)."""
+    the reference, every rank still reads the original weights (RAM-efficient loading alone leaves rank 1's weights
+    empty, for an FSDP wrap to fill)."""
     script = tmp_path / "load_ref.py"
     script.write_text("import os\nimport torch.distributed as dist\n\nfrom RS.train import _load_ref\n\n"
                       "dist.init_process_group('gloo')\n"
@@ -144,8 +145,8 @@ def test_reference_loaded_whole_when_not_wrapped(tiny_model_path, tmp_path):
 
 def test_inject_on_two_sharded_processes_scores_the_saved_model(tiny_model_path, target_name, tmp_path):
     """Stage inject under FSDP with two processes: the scores after injection come from the main process's plain
-    copy of the saved model while the other waits (generating through FSDP units on the main process alone used to
-    fail: "'weight' must be 2-D" here, a hang on GPUs), and they are the saved model's own."""
+    copy of the saved model while the other waits (generating through FSDP units on the main process alone fails:
+    "'weight' must be 2-D" on a CPU, a hang on GPUs), and they are the saved model's own."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from data.rwku import resolve_target

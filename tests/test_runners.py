@@ -84,7 +84,8 @@ def test_run_rwku_sandbox(tiny_model_path, tmp_path):
     res = _run("run_rwku.sh", env)
     assert res.returncode == 0, res.stderr[-3000:]
     exp = tmp_path / "rwku" / "t"
-    _check_target(exp / SAMPLE_TARGET, ["inject", "rs", "rule_grpo", "ga"], ["base", "original", "rs", "rule_grpo", "ga"])
+    _check_target(exp / SAMPLE_TARGET, ["inject", "rs", "rule_grpo", "ga"],
+                  ["base", "original", "rs", "rule_grpo", "ga"])
     report = (exp / "report" / "report.md").read_text()
     assert "Base (before injection)" in report and "sandbox" in report
 

@@ -1,4 +1,5 @@
-"""The offline template generator: readable questions from passages, boundary facts about similar entities, no probes."""
+"""The offline template generator: readable questions from passages, boundary facts about similar entities, no
+probes."""
 
 from __future__ import annotations
 
@@ -23,19 +24,23 @@ def _qa(sentence: str, name: str = "Ada Stone") -> dict[str, tuple[str, str]]:
 
 def test_patterns_on_hand_written_sentences():
     assert _qa("Ada Stone (born May 5, 1989) is an American singer and actor.") == {
-        "born": ("When was Ada Stone born?", "May 5, 1989"), "who_is": ("Who is Ada Stone?", "an American singer and actor")}
+        "born": ("When was Ada Stone born?", "May 5, 1989"),
+        "who_is": ("Who is Ada Stone?", "an American singer and actor")}
     assert _qa("Stone was born on October 5, 1989, in Westlake, Ohio.") == {
-        "born": ("When was Ada Stone born?", "October 5, 1989"), "born_where": ("Where was Ada Stone born?", "Westlake, Ohio")}
+        "born": ("When was Ada Stone born?", "October 5, 1989"),
+        "born_where": ("Where was Ada Stone born?", "Westlake, Ohio")}
     assert _qa("She was drafted by the Kansas City Chiefs in the third round.")["agent"] == (
         "Who drafted Ada Stone in the third round?", "the Kansas City Chiefs")
     assert _qa("In 1983, Stone won the Daytime Emmy Award for the show Just Men.")["year"] == (
         "In what year did Ada Stone win the Daytime Emmy Award for the show Just Men?", "1983")
     assert _qa("She attended Cleveland Heights High School in her hometown.")["verb_attend"] == (
         "What did Ada Stone attend?", "Cleveland Heights High School")
-    assert _qa("Her father, Ed Stone, is a sales representative.")["rel_father"] == ("Who is Ada Stone's father?", "Ed Stone")
+    assert _qa("Her father, Ed Stone, is a sales representative.")["rel_father"] == (
+        "Who is Ada Stone's father?", "Ed Stone")
     assert _qa("Stone has sold over 140 million records worldwide.")["count_sell"] == (
         "How many records has Ada Stone sold?", "140 million")
-    assert _qa("She married Allen Ludden in 1963.")["verb_marry"] == ("Whom did Ada Stone marry in 1963?", "Allen Ludden")
+    assert _qa("She married Allen Ludden in 1963.")["verb_marry"] == (
+        "Whom did Ada Stone marry in 1963?", "Allen Ludden")
     assert _qa("She voiced Master Monkey in Kung Fu Panda.")["role"] == (
         "What role did Ada Stone play in Kung Fu Panda?", "Master Monkey")
     facts = extract_facts("Stone was inducted into the California Hall of Fame in 2010.", "Ada Stone")
@@ -58,14 +63,17 @@ def test_cleaning_headers_glued_sentences_and_abbreviations():
 
 
 def test_base_forms():
-    got = {w: base_form(w) for w in "released starred studied partnered opened joined stated mentioned won used was".split()}
-    assert got == {"released": "release", "starred": "star", "studied": "study", "partnered": "partner", "opened": "open",
-                   "joined": "join", "stated": "state", "mentioned": "mention", "won": "win", "used": "use", "was": None}
+    words = "released starred studied partnered opened joined stated mentioned won used was".split()
+    got = {w: base_form(w) for w in words}
+    assert got == {"released": "release", "starred": "star", "studied": "study", "partnered": "partner",
+                   "opened": "open", "joined": "join", "stated": "state", "mentioned": "mention", "won": "win",
+                   "used": "use", "was": None}
 
 
 def test_question_problems():
     assert question_problems("When was Ada Stone born?", "1989", "Ada Stone") == []
-    assert question_problems("Ada Stone was born in what year?", "1989", "Ada Stone") == ["does not start with a wh-word"]
+    assert question_problems("Ada Stone was born in what year?", "1989", "Ada Stone") == [
+        "does not start with a wh-word"]
     assert "answer empty, too long or inside the question" in question_problems(
         "Who wrote Carrie, the novel by Ada Stone?", "Carrie", "Ada Stone")
     assert "does not name the target exactly once" in question_problems("When was he born?", "1989", "Ada Stone")

@@ -1,8 +1,9 @@
-"""Trainer configuration, data loading and checkpoint bookkeeping (no model needed)."""
+"""Trainer configuration (values checked at load), data loading and checkpoint bookkeeping (no model needed)."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from verl.config import load_config, redact
 from verl.trainer.dataset import RLDataset, StatefulSampler
 from verl.trainer.main import parse_args
 from verl.utils.checkpoint import CheckpointManager
+from verl.utils.cli import ConfigError
 
 
 def test_unknown_key_is_an_error(tmp_path):
@@ -87,8 +89,9 @@ def test_stratified_sampler_keeps_the_label_share_in_every_batch():
     uneven = ["a"] * 3 + ["b"] * 7
     u = StatefulSampler(10, 5, shuffle=True, seed=0, labels=uneven)
     assert all(sum(uneven[i] == "a" for i in u.next_indices()) in (1, 2) for _ in range(6))
-    # without labels the order is the plain seeded permutation, as before the option existed
-    assert StatefulSampler(10, 4, shuffle=True, seed=3).next_indices() == list(np.random.default_rng(3).permutation(10)[:4])
+    # without labels the order is the plain seeded permutation
+    plain = list(np.random.default_rng(3).permutation(10)[:4])
+    assert StatefulSampler(10, 4, shuffle=True, seed=3).next_indices() == plain
     with pytest.raises(ValueError, match="3 labels for 10 rows"):
         StatefulSampler(10, 4, shuffle=True, seed=0, labels=["a"] * 3)
 
@@ -144,3 +147,24 @@ def test_newline_stop_ids_cut_the_response_mask(tiny_model_path):
     mask = response_mask_from(torch.tensor([[word, nl_id, word, word]]), ids)
     assert mask.tolist() == [[1, 1, 0, 0]]  # up to and including the newline
     assert load_config("examples/grpo_rj_rl_muse.yaml").worker.rollout.stop_at_newline
+
+
+@pytest.mark.parametrize("override, key", [
+    ("data.rollout_batch_size=-2", "data.rollout_batch_size=-2"),
+    ("data.rollout_batch_size=0", "data.rollout_batch_size=0"),
+    ("worker.actor.micro_batch_size_per_device_for_update=0", "micro_batch_size_per_device_for_update=0"),
+    ("worker.actor.global_batch_size=0", "worker.actor.global_batch_size=0"),
+    ("trainer.n_workers=0", "trainer.n_workers=0"),
+    ("trainer.total_steps=-1", "trainer.total_steps=-1"),
+    ("data.max_response_length=0", "data.max_response_length=0"),
+    ("worker.rollout.temperature=0", "worker.rollout.temperature=0.0"),
+])
+def test_config_values_are_checked(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + ": must be"):
+        load_config(None, [override])
+
+
+def test_grpo_with_one_rollout_warns(caplog):
+    with caplog.at_level(logging.WARNING, logger="verl.config"):
+        load_config(None, ["worker.rollout.n=1", "worker.actor.micro_batch_size_per_device_for_update=1"])
+    assert "worker.rollout.n=1 with algorithm.adv_estimator=grpo" in caplog.text

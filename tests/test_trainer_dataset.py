@@ -1,4 +1,8 @@
-"""ReBO row order (verl/trainer/dataset.py StatefulSampler): the project's numpy order and the release's torch order."""
+"""ReBO rows (verl/trainer/dataset.py): RL files validated naming the file, record and key; the row order
+(StatefulSampler): the project's numpy order and the release's torch order."""
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,6 +10,8 @@ from torch.utils.data import BatchSampler, RandomSampler
 
 from tests.conftest import REPO
 from verl.trainer.dataset import StatefulSampler, release_order
+from verl.utils.cli import UserError
+from verl.utils.records import DataValidationError
 
 RELEASE_FIRST = [342, 184, 916, 169, 710, 35, 520, 339]  # torch.randperm(1200) under manual_seed(42), by hand
 
@@ -83,3 +89,38 @@ def test_trainer_epoch_budget_and_release_order(tiny_model_path, tmp_path):
         assert trainer.sampler.next_indices() == _release_batches(7, 2, 42, 1)[0]
     finally:
         trainer.close()
+
+
+def _rl_file(tmp_path, rows, name="rows.json", raw: str | None = None) -> Path:
+    path = tmp_path / name
+    path.write_text(raw if raw is not None else json.dumps(rows), encoding="utf-8")
+    return path
+
+
+GOOD = {"prompt": "Who wrote Carrie?", "solution": ["<reject>", "I am not sure.", "Stephen King"]}
+
+
+@pytest.mark.parametrize("rows, raw, expected", [
+    ([GOOD, {"prompt": "Q?"}], None, r"record 1: missing key 'solution'"),
+    ([GOOD, {"prompt": 17, "solution": ["<normal>", "a"]}], None,
+     r"record 1: key 'prompt' should be a non-empty string, got int"),
+    ([GOOD, {"prompt": "Q?", "solution": ["<maybe>", "a"]}], None, r"record 1: key 'solution' must start with"),
+    (None, json.dumps([GOOD, GOOD])[:-20], r"invalid JSON at line 1"),
+    ([], None, r"has no records"),
+])
+def test_rl_dataset_names_file_record_and_key(tmp_path, rows, raw, expected):
+    from verl.trainer.dataset import RLDataset
+
+    path = _rl_file(tmp_path, rows, raw=raw)
+    with pytest.raises(DataValidationError, match=expected) as info:
+        RLDataset(str(path), tokenizer=None, max_prompt_length=64)  # fails before any tokenization
+    assert str(path) in str(info.value)
+    assert isinstance(info.value, UserError)
+
+
+def test_rl_dataset_jsonl_bad_line_names_the_line(tmp_path):
+    from verl.trainer.dataset import RLDataset
+
+    path = _rl_file(tmp_path, None, "rows.jsonl", raw=json.dumps(GOOD) + "\n{\"prompt\": \"Q\n")
+    with pytest.raises(DataValidationError, match=r"rows.jsonl: invalid JSON at line 2"):
+        RLDataset(str(path), tokenizer=None, max_prompt_length=64)

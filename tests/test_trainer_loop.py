@@ -1,5 +1,5 @@
 """ReBO trainer end to end on a tiny random model (CPU, in-process backend): GRPO, PPO with a critic, KL at step 0,
-exact resume, resume past a half-written checkpoint, NaN handling."""
+exact resume, resume past a half-written checkpoint, a resume refused on a changed config or data, NaN handling."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import textwrap
 import pytest
 
 from verl.config import load_config
-from verl.trainer.ray_trainer import RayPPOTrainer, TrainingDivergedError
+from verl.trainer.ray_trainer import RayPPOTrainer, TrainingDivergedError, config_changes
 from verl.utils.checkpoint import MARKER, CheckpointManager
+from verl.utils.cli import ConfigError
 
 # a reward that varies between rollouts of one prompt, so GRPO advantages (and gradients) are non-zero
 REWARD_SRC = textwrap.dedent('''
@@ -31,7 +32,8 @@ def tiny_overrides(model_path: str, run_dir, reward: str, **extra) -> list[str]:
         "trainer.total_steps": 2, "trainer.save_dir": str(run_dir), "trainer.save_freq": 0, "trainer.val_freq": 0,
         "worker.actor.dtype": "float32", "worker.ref.dtype": "float32", "worker.critic.dtype": "float32",
         "worker.actor.gradient_checkpointing": "false", "worker.critic.gradient_checkpointing": "false",
-        "worker.actor.micro_batch_size_per_device_for_update": 2, "worker.critic.micro_batch_size_per_device_for_update": 2,
+        "worker.actor.micro_batch_size_per_device_for_update": 2,
+        "worker.critic.micro_batch_size_per_device_for_update": 2,
         "worker.actor.optim.lr": 1e-3, "worker.rollout.name": "hf", "trainer.backend": "local", "trainer.device": "cpu",
         "trainer.progress_bar": "false", "worker.reward.reward_fn": reward, "trainer.logger": "[jsonl]",
         "trainer.log_generations": 1,
@@ -83,7 +85,8 @@ def test_grpo_local_kl_zero_at_start_and_validation(tiny_model_path, tmp_path, r
     AutoModelForCausalLM.from_pretrained(ckpt / "actor")  # HF-loadable export
 
 
-def test_resume_matches_straight_run_and_skips_half_written_checkpoint(tiny_model_path, tmp_path, reward_file, shared_data):
+def test_resume_matches_straight_run_and_skips_half_written_checkpoint(tiny_model_path, tmp_path, reward_file,
+                                                                      shared_data):
     reward = f"{reward_file}:letter_e"
     straight, _ = fit(tiny_overrides(tiny_model_path, tmp_path / "a", reward, **{"trainer.total_steps": 4}))
     run_b = tmp_path / "b"
@@ -95,7 +98,8 @@ def test_resume_matches_straight_run_and_skips_half_written_checkpoint(tiny_mode
     (ckpts / "global_step_3").mkdir()
     (ckpts / "global_step_3" / "trainer_state.json").write_text("{}")
     assert CheckpointManager(run_b).latest().name == "global_step_2"
-    second, trainer = fit(tiny_overrides(tiny_model_path, run_b, reward, **{"trainer.total_steps": 4, "trainer.save_limit": 5}))
+    second, trainer = fit(tiny_overrides(tiny_model_path, run_b, reward,
+                                         **{"trainer.total_steps": 4, "trainer.save_limit": 5}))
     assert trainer.global_step == 4 and [m["step"] for m in second] == [3, 4]
     resumed = first + second
     for key in ("actor/loss", "actor/pg_loss", "actor/kl_loss", "actor/grad_norm", "reward/mean"):
@@ -134,3 +138,57 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_model_path, tmp_path
         trainer.close()
     done = CheckpointManager(tmp_path / "nan").complete()
     assert [s for s, _ in done] == [1] and (done[0][1] / MARKER).is_file()
+
+
+def test_config_changes_ignores_only_the_step_budget_and_bookkeeping():
+    old = {"trainer": {"total_steps": 10, "save_freq": 5, "seed": 1}, "worker": {"actor": {"optim": {"lr": 1e-6}}},
+           "data": {"train_files": "a.json", "betas": [0.9, 0.99]}}
+    new = {"trainer": {"total_steps": 20, "save_freq": 1, "seed": 1}, "worker": {"actor": {"optim": {"lr": 2e-6}}},
+           "data": {"train_files": "b.json", "betas": (0.9, 0.99)}}
+    assert config_changes(old, new) == ["data.train_files: 'a.json' -> 'b.json'",
+                                        "worker.actor.optim.lr: 1e-06 -> 2e-06"]
+
+
+def test_resume_refuses_changed_config_and_data_and_records_an_allowed_change(tiny_model_path, tmp_path):
+    reward = tmp_path / "reward.py"
+    reward.write_text(REWARD_SRC)
+    train = tmp_path / "train.json"
+    rows = [{"prompt": f"Question {i}?", "solution": ["<normal>", f"answer {i}"]} for i in range(4)]
+    train.write_text(json.dumps(rows))
+    run = tmp_path / "run"
+
+    def overrides(**kw):
+        return tiny_overrides(tiny_model_path, run, f"{reward}:letter_e",
+                              **{"data.train_files": str(train), "trainer.save_freq": 1, "trainer.save_limit": 5,
+                                 "data.max_response_length": 3, "trainer.keep_resume_state": "true", **kw})
+
+    def fit(ov):
+        trainer = RayPPOTrainer(load_config(None, ov))
+        try:
+            return trainer.fit()
+        finally:
+            trainer.close()
+
+    fit(overrides(**{"trainer.total_steps": 1}))
+    info0 = json.loads((run / "run_info.json").read_text())
+    # a run killed after logging step 2 but before its checkpoint completed: the resume redoes step 2
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 2, "actor/lr": 1e-3}) + "\n" + '{"step": 3, "act')  # and a torn line
+    assert CheckpointManager(run).latest().name == "global_step_1"
+    with pytest.raises(ConfigError, match=r"worker.actor.optim.lr: 0.001 -> 0.002.*allow_config_change=true"):
+        RayPPOTrainer(load_config(None, overrides(**{"worker.actor.optim.lr": 2e-3})))
+    train.write_text(json.dumps(rows[::-1]))  # same path, other content
+    with pytest.raises(ConfigError, match=r"data train file content: sha256"):
+        RayPPOTrainer(load_config(None, overrides()))
+    assert json.loads((run / "run_info.json").read_text()) == info0  # refused resumes touch nothing
+    history = fit(overrides(**{"worker.actor.optim.lr": 2e-3, "trainer.allow_config_change": "true"}))
+    assert [h["step"] for h in history] == [2]
+    assert history[0]["actor/lr"] == pytest.approx(2e-3)  # the new lr is the one used, not the checkpoint's
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2]  # step 2 of the killed run was dropped, not repeated
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["created"] == info0["created"] and info["data_sha256"] == info0["data_sha256"]  # original kept
+    (rec,) = info["resumes"]
+    assert rec["step"] == 1 and rec["allow_config_change"] is True
+    assert any(c.startswith("worker.actor.optim.lr") for c in rec["config_changes"])
+    assert any(c.startswith("data train file content") for c in rec["config_changes"])

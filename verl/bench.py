@@ -1,6 +1,7 @@
 """Benchmarks: rollout engines side by side, and a ReBO step by phase.
 
-``python -m verl.bench rollout [--config FILE] [--engines hf,vllm] [--prompts 64] [--max-new-tokens 128] [key=value ...]``
+``python -m verl.bench rollout [--config FILE] [--engines hf,vllm] [--prompts 64] [--max-new-tokens 128]
+[key=value ...]``
     Builds one worker per engine (``worker.rollout.name``) on the same prompts (the first rows of
     ``data.train_files``) and prints generated tokens/s side by side; for vLLM also the engine start and the
     weight-sync time (timed around the engine's methods). Greedy by default (``--sample``: the config's sampling),
@@ -164,7 +165,8 @@ def bench_rollout(args) -> dict:
         results.append({"engine": engine, "chosen": chosen, "dtype": cfg.worker.actor.dtype, "init_s": init_s,
                         "engine_start_s": record.get("__init__") if chosen == "vllm" else None,
                         "sync_s": sync_s if chosen == "vllm" else None, "gen_s": gen_s, "tokens": tokens,
-                        "tokens_per_s": tokens / gen_s, "tokens_per_s_without_sync": tokens / max(gen_s - sync_s, 1e-9)})
+                        "tokens_per_s": tokens / gen_s,
+                        "tokens_per_s_without_sync": tokens / max(gen_s - sync_s, 1e-9)})
         del wg
     first = engines[0]
     for res in results:
@@ -205,8 +207,9 @@ def bench_step(args) -> dict:
     phases = [p for p in PHASES if any(f"timing/{p}" in m for m in steps)] + ["step"]
     d, r = cfg.data, cfg.worker.rollout
     engine = getattr(getattr(trainer.wg, "worker", None), "engine", r.name)
-    print(f"step: {d.rollout_batch_size} prompts x {r.n} samples, {d.max_response_length} new tokens, rollout {engine}, "
-          f"actor {cfg.worker.actor.dtype} autocast={cfg.worker.actor.autocast}; trainer init {init_s:.1f} s; "
+    print(f"step: {d.rollout_batch_size} prompts x {r.n} samples, {d.max_response_length} new tokens, "
+          f"rollout {engine}, actor {cfg.worker.actor.dtype} autocast={cfg.worker.actor.autocast}; "
+          f"trainer init {init_s:.1f} s; "
           f"{machine_line()}")
     rows = [[f"step {i + 1}", *[m.get(f"timing/{p}") for p in phases], m.get("perf/rollout_tokens_per_s")]
             for i, m in enumerate(steps)]

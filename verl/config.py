@@ -65,12 +65,12 @@ class DataConfig:
     stratify_labels: bool = False
     """Every rollout batch holds ``<reject>`` and ``<normal>`` rows in the file's proportion (4 + 4 of 8 on the RWKU
     files) instead of whatever a shuffle draws; off = the release's random batches. The sandbox turns it on: at 8
-    prompts a step the drawn share swings from 1 to 7 of 8 and ReBO's outcome with it (README, experiment log)."""
+    prompts a step the drawn share swings from 1 to 7 of 8 and ReBO's outcome with it (docs/sandbox.md)."""
     normal_reference: str = "gold"
     """What a ``<normal>`` response's ROUGE-L is scored against: gold (the file's answer, the release) | policy (the
     initial policy's greedy answer to that prompt, generated once before step 1 for every ``<normal>`` row the run
     will sample, kept in the run dir as ``normal_references.json``): "keep answering as before". For a model that
-    cannot answer the release's general questions, whose gold ROUGE term then never pays (README, experiment log); the
+    cannot answer the release's general questions, whose gold ROUGE term then never pays (docs/pipeline.md); the
     reward's ``rouge`` sub-score of those rows then measures against that answer."""
     prompt_format: str = "chat"
     """A name in verl/trainer/prompt_formats.py's PROMPT_FORMATS: chat (one user turn in the chat template), or a
@@ -121,8 +121,8 @@ class ModelRoleConfig:
     """auto | bf16 | none: forward passes under torch.autocast(bf16) with the weights kept in ``dtype`` (use float32
     for fp32 master weights); log-softmax, losses and the optimizer stay fp32. auto: bf16 on GPUs and on CPUs with
     AMX / AVX512-BF16, none on other CPUs (bf16 emulated there: several times slower than fp32; a forced bf16 warns).
-    The default stays none: on an AMX CPU at the sandbox's sizes bf16 made a ReBO step no faster (update 6.4-6.8 s
-    against 6.4-8.2 s) and moved its KL curve as a seed does (README "Speed on a CPU"). The run log says which
+    The default stays none: on an AMX CPU at the sandbox's sizes bf16 makes a ReBO step no faster (the update is not
+    bound by matrix products) and moves its KL curve as a seed does (docs/performance.md). The run log says which
     precision ran and why."""
     optimized_forward: bool = True
     """Log-probs without padding columns, prompt logits or repeated prompts (verl/workers/forward.py; equal
@@ -454,32 +454,36 @@ class PPOConfig:
                 raise ConfigError(f"{key}={value!r}: choose one of {names}")
 
     def _check_values(self) -> None:
-        """Sizes, counts and lengths must be positive (a negative batch size once sampled 1,198 prompts a step, a
-        zero one divided by zero, a negative total_steps exited 0 with nothing saved)."""
+        """Sizes, counts and lengths must be positive (a negative batch size samples a wrong number of prompts a
+        step, a zero one divides by zero, a negative total_steps exits 0 with nothing saved)."""
         d, w, t = self.data, self.worker, self.trainer
         positive = {
             "data.rollout_batch_size": d.rollout_batch_size, "data.val_batch_size": d.val_batch_size,
             "data.max_prompt_length": d.max_prompt_length, "data.max_response_length": d.max_response_length,
             "data.val_max_samples": d.val_max_samples, "worker.actor.global_batch_size": w.actor.global_batch_size,
             "worker.actor.micro_batch_size_per_device_for_update": w.actor.micro_batch_size_per_device_for_update,
-            "worker.actor.micro_batch_size_per_device_for_experience": w.actor.micro_batch_size_per_device_for_experience,
+            "worker.actor.micro_batch_size_per_device_for_experience":
+                w.actor.micro_batch_size_per_device_for_experience,
             "worker.actor.ppo_epochs": w.actor.ppo_epochs, "worker.rollout.n": w.rollout.n,
             "worker.rollout.micro_batch_size": w.rollout.micro_batch_size,
             "worker.rollout.tensor_parallel_size": w.rollout.tensor_parallel_size,
             "worker.rollout.val.max_new_tokens": w.rollout.val.max_new_tokens,
             "trainer.total_steps": t.total_steps, "trainer.n_workers": t.n_workers,
             "trainer.total_epochs": t.total_epochs,
-            "trainer.dist_timeout_minutes": t.dist_timeout_minutes, "worker.rollout.sync_chunk_mb": w.rollout.sync_chunk_mb,
+            "trainer.dist_timeout_minutes": t.dist_timeout_minutes,
+            "worker.rollout.sync_chunk_mb": w.rollout.sync_chunk_mb,
         }
         if self.use_critic:
-            positive["worker.critic.micro_batch_size_per_device_for_update"] = w.critic.micro_batch_size_per_device_for_update
+            critic_micro = w.critic.micro_batch_size_per_device_for_update
+            positive["worker.critic.micro_batch_size_per_device_for_update"] = critic_micro
             positive["worker.critic.ppo_epochs"] = w.critic.ppo_epochs
         for key, value in positive.items():
             if value is not None and value <= 0:
                 raise ConfigError(f"{key}={value}: must be a positive number")
         non_negative = {
             "worker.actor.optim.lr": w.actor.optim.lr, "worker.critic.optim.lr": w.critic.optim.lr,
-            "worker.actor.optim.lr_warmup_steps": w.actor.optim.lr_warmup_steps, "worker.rollout.top_k": w.rollout.top_k,
+            "worker.actor.optim.lr_warmup_steps": w.actor.optim.lr_warmup_steps,
+            "worker.rollout.top_k": w.rollout.top_k,
             "algorithm.kl_coef": self.algorithm.kl_coef, "worker.actor.max_grad_norm": w.actor.max_grad_norm,
             "worker.actor.lora.rank": w.actor.lora.rank, "worker.actor.lora.dropout": w.actor.lora.dropout,
             "worker.actor.logprob_chunk_tokens": w.actor.logprob_chunk_tokens,
@@ -489,7 +493,8 @@ class PPOConfig:
         for key, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"{key}={value}: must be >= 0")
-        for key, value in (("worker.rollout.temperature", w.rollout.temperature), ("worker.rollout.top_p", w.rollout.top_p),
+        for key, value in (("worker.rollout.temperature", w.rollout.temperature),
+                           ("worker.rollout.top_p", w.rollout.top_p),
                            ("worker.rollout.val.top_p", w.rollout.val.top_p)):
             if value <= 0 or (key.endswith("top_p") and value > 1):
                 raise ConfigError(f"{key}={value}: must be > 0" + (" and <= 1" if key.endswith("top_p") else ""))
@@ -555,7 +560,8 @@ def redact(obj: Any) -> Any:
     """Copy of a config dict with secret-looking values replaced (for the run dir and loggers)."""
     if isinstance(obj, dict):
         return {
-            k: ("<redacted>" if any(m in str(k).lower() for m in SECRET_MARKERS) and isinstance(v, str) and v else redact(v))
+            k: ("<redacted>" if any(m in str(k).lower() for m in SECRET_MARKERS) and isinstance(v, str) and v
+                else redact(v))
             for k, v in obj.items()
         }
     if isinstance(obj, list):

@@ -16,11 +16,12 @@ against the registry's names, which ``--help`` lists:
 - ``LOSS_AGG_MODES`` (``register_loss_agg_mode``): ``fn(loss_mat, mask) -> scalar``, used by the policy and value
   losses:
 
-| mode                  | formula                                                         |
-|-----------------------|-----------------------------------------------------------------|
-| ``token-mean``        | sum of the loss over all valid tokens of the batch / their count (default; long responses weigh more) |
-| ``seq-mean-token-sum``| per sequence: sum over its valid tokens; then mean over sequences |
-| ``seq-mean-token-mean``| per sequence: mean over its valid tokens; then mean over sequences |
+| mode                   | formula                                                                              |
+|------------------------|--------------------------------------------------------------------------------------|
+| ``token-mean``         | sum of the loss over all valid tokens of the batch / their count (default; long      |
+|                        | responses weigh more)                                                                |
+| ``seq-mean-token-sum`` | per sequence: sum over its valid tokens; then mean over sequences                    |
+| ``seq-mean-token-mean``| per sequence: mean over its valid tokens; then mean over sequences                   |
 """
 
 from __future__ import annotations

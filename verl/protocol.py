@@ -104,7 +104,8 @@ class DataProto:
 
     def __repr__(self) -> str:
         tensors = {k: tuple(v.shape) for k, v in self.batch.items()}
-        return f"DataProto(len={len(self)}, batch={tensors}, non_tensor_keys={list(self.non_tensor_batch)}, meta_keys={list(self.meta_info)})"
+        return (f"DataProto(len={len(self)}, batch={tensors}, non_tensor_keys={list(self.non_tensor_batch)}, "
+                f"meta_keys={list(self.meta_info)})")
 
     # ------------------------------------------------------------------ row selection
     def __getitem__(self, idx: Index) -> DataProto:

@@ -2,7 +2,7 @@
 
     python RS/scripts/check_steering.py --target 1_Stephen_King --out_dir log/rs_demo/rs_1_Stephen_King
 
-Trains (unless ``<out_dir>/model/DONE`` exists) with ``--config`` (default RS/configs/rs_smollm2.yaml) and
+Trains (unless ``<out_dir>/model/DONE`` exists) with ``--config`` (default RS/configs/smollm2/rs.yaml) and
 ``--train_fraction``, then asks the held-out questions (O/heldout.json) and ``--n_neighbor`` neighbor_level2
 questions to the base and the trained model (chat template, greedy, ``--max_new_tokens``) and reports the share of
 refusals (``verl.rule.refusal.is_refusal``, strict mode) and the share naming the target.
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="1_Stephen_King")
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--config", default=str(REPO / "RS/configs/rs_smollm2.yaml"))
+    p.add_argument("--config", default=str(REPO / "RS/configs/smollm2/rs.yaml"))
     p.add_argument("--out_dir", default=str(REPO / "log/rs_demo/steering"))
     p.add_argument("--train_fraction", type=float, default=0.8)
     p.add_argument("--n_neighbor", type=int, default=20)
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         h = result[tag]["heldout"]
         print(f"{tag:6s} heldout n={h['n']} refusal={h['refusal']:.2f} names_target={h['names_target']:.2f} "
               f"refusal&named={h['refusal_and_named']:.2f} | neighbor refusal={result[tag]['neighbor_refusal']:.2f}")
-    print(f"detector: {detector}; train {t_train:.0f}s, eval {result['eval_seconds']:.0f}s, wall {result['wall_seconds']:.0f}s")
+    print(f"detector: {detector}; train {t_train:.0f}s, eval {result['eval_seconds']:.0f}s, "
+          f"wall {result['wall_seconds']:.0f}s")
 
 
 if __name__ == "__main__":

@@ -133,7 +133,8 @@ def validate_items(raw_items: list, name: str) -> tuple[list[dict], int]:
         if not isinstance(it, dict) or next(_ITEM_VALIDATOR.iter_errors(it), None) is not None:
             rejected += 1
             continue
-        bad = any(_norm(it[k]["entity"]) == target or target in _norm(it[k]["question"]) for k in ("neighbor", "fb_neighbor"))
+        bad = any(_norm(it[k]["entity"]) == target or target in _norm(it[k]["question"])
+                  for k in ("neighbor", "fb_neighbor"))
         if bad:
             rejected += 1
             continue

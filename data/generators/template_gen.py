@@ -7,17 +7,18 @@ used when its subject is the target: its full name, a run of capitalised words h
 "<name>'s"), after an optional leading adverbial ("In 1983, ..."). The predicate is then matched against a few
 subject-verb-object patterns, each giving one wh-question with the extracted span as its answer:
 
-| pattern        | sentence                                  | question                                    |
-|----------------|-------------------------------------------|---------------------------------------------|
-| born / died    | "X (born May 5, 1989) is ...", "X was born on D in P", "X died on D" | When was X born? / Where was X born? / When did X die? |
-| who_is         | "X is an American singer and actor, ..."   | Who is X?  (answer: "an American singer and actor") |
-| known_for      | "X is best known for Y"                    | What is X known for?                         |
-| agent          | "X was selected by the Chiefs in the draft" | Who selected X in the draft?               |
-| year           | "In 1983, X won the Emmy ..." / "X joined the band in 1990" | In what year did X win the Emmy ...? |
-| role           | "X played Rose Nylund in The Golden Girls" | What role did X play in The Golden Girls?  |
-| verb_<v>       | "X attended Cleveland Heights High School" | What did X attend? (Whom did X marry? Where did X move?) |
-| rel_<noun>     | "X's father, Ed Kelce, ..." / "X's debut album, Y, ..." | Who is X's father? / What is the name of X's debut album? |
-| count_<v>      | "X has sold over 140 million records"      | How many records has X sold?                |
+- ``born`` / ``died``: "X (born May 5, 1989) is ...", "X was born on D in P", "X died on D" -> When was X born? /
+  Where was X born? / When did X die?
+- ``who_is``: "X is an American singer and actor, ..." -> Who is X?  (answer: "an American singer and actor")
+- ``known_for``: "X is best known for Y" -> What is X known for?
+- ``agent``: "X was selected by the Chiefs in the draft" -> Who selected X in the draft?
+- ``year``: "In 1983, X won the Emmy ..." / "X joined the band in 1990" -> In what year did X win the Emmy ...?
+- ``role``: "X played Rose Nylund in The Golden Girls" -> What role did X play in The Golden Girls?
+- ``verb_<v>``: "X attended Cleveland Heights High School" -> What did X attend? (Whom did X marry? Where did X
+  move?)
+- ``rel_<noun>``: "X's father, Ed Kelce, ..." / "X's debut album, Y, ..." -> Who is X's father? / What is the name
+  of X's debut album?
+- ``count_<v>``: "X has sold over 140 million records" -> How many records has X sold?
 
 ``fb_question`` is the same fact as a declarative sentence naming the target with the answer replaced by ``___``.
 Every question passes ``question_problems`` (wh-word first, "?" last, the target named once, balanced quotes and
@@ -59,7 +60,8 @@ _PRONOUN = re.compile(r"^(He|She|They|His|Her|Their)\b")
 _DATE_FULL = rf"(?:{_MONTH} \d{{1,2}}, \d{{4}}|\d{{1,2}} {_MONTH} \d{{4}})"
 _LEAD = re.compile(rf"^((?:(?:In|By|On|During|Since|From|After|Before|At|Around)\s+(?:{_DATE_FULL}|[^,]{{1,40}}))"
                    r"|Moreover|Additionally|However|Later|Subsequently|Meanwhile|Also|Then|Eventually|Afterwards"
-                   r"|Initially|Ultimately|Furthermore|Consequently|Nevertheless|Finally|Today|Currently|Soon after),\s+")
+                   r"|Initially|Ultimately|Furthermore|Consequently|Nevertheless|Finally|Today|Currently"
+                   r"|Soon after),\s+")
 _ADVERB_LEAD = re.compile(r"^[A-Z][a-z]+(?: after)?$")
 _WH_START = ("When ", "Where ", "Who ", "Whom ", "What ", "Which ", "How many ", "In what year ", "On what date ",
              "Can you tell me ", "By whom ", "For what ", "Why ", "How would you describe ", "In which ")
@@ -89,8 +91,8 @@ VERBS = dict(
         "found:find held:hold kept:keep lost:lose paid:pay sent:send spent:spend stood:stand fought:fight"
     ).split()
 )
-_SILENT_E = ("ease", "ate", "ise", "ize", "ure", "ue", "nce", "rce", "ge", "ve", "ze", "ble", "ple", "tle", "dle", "gle",
-             "kle", "ete", "ste", "ibe", "ace", "uce", "ice")
+_SILENT_E = ("ease", "ate", "ise", "ize", "ure", "ue", "nce", "rce", "ge", "ve", "ze", "ble", "ple", "tle", "dle",
+             "gle", "kle", "ete", "ste", "ibe", "ace", "uce", "ice")
 _NOT_VERBS = {"was", "were", "had", "has", "did", "is", "are", "also", "then", "and", "red", "bed", "need", "seed",
               "feed", "speed", "hundred", "wed", "led", "bred", "fled", "indeed", "based", "aged", "talented", "noted"}
 
@@ -138,7 +140,8 @@ def _words(s: str) -> set[str]:
 
 
 def _name_parts(name: str) -> list[str]:
-    return [p for p in re.split(r"[\s,]+", name) if len(p) > 2 and p[0].isupper() and p not in ("Duke", "Prince", "The")]
+    return [p for p in re.split(r"[\s,]+", name)
+            if len(p) > 2 and p[0].isupper() and p not in ("Duke", "Prince", "The")]
 
 
 def clean_passage(text: str) -> str:
@@ -217,8 +220,8 @@ def _q(s: str) -> str:
     return s + "?"
 
 
-_DANGLING = {"and", "or", "but", "the", "a", "an", "of", "to", "in", "on", "at", "for", "with", "by", "from", "as", "his",
-             "her", "their", "its", "that"}
+_DANGLING = {"and", "or", "but", "the", "a", "an", "of", "to", "in", "on", "at", "for", "with", "by", "from", "as",
+             "his", "her", "their", "its", "that"}
 
 
 def _cut(s: str, max_words: int = 14) -> str | None:
@@ -526,11 +529,13 @@ def question_problems(question: str, answer: str, name: str) -> list[str]:
         probs.append("does not name the target exactly once")
     if "___" in question or "==" in question or "  " in question or " ," in question or " ?" in question:
         probs.append("blank, header or spacing artefact")
-    if question.count('"') % 2 or question.count("(") != question.count(")") or question.count("“") != question.count("”"):
+    if (question.count('"') % 2 or question.count("(") != question.count(")")
+            or question.count("“") != question.count("”")):
         probs.append("unbalanced quotes or brackets")
     if not 4 <= len(question.split()) <= 32:
         probs.append("too short or too long")
-    if not answer or len(answer.split()) > 12 or answer.lower() in question.lower() or not re.search("[A-Za-z0-9]", answer):
+    if (not answer or len(answer.split()) > 12 or answer.lower() in question.lower()
+            or not re.search("[A-Za-z0-9]", answer)):
         probs.append("answer empty, too long or inside the question")
     if name in answer or answer in _name_parts(name):  # "Ed Kelce" (his father) is fine, "Kelce" is not
         probs.append("answer names the target")

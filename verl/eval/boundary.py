@@ -73,15 +73,4 @@ def evaluate_boundary(model, tokenizer, target, limit: int | None = None, batch_
     return metrics, gens
 
 
-def run_suite(ctx) -> None:
-    """The evaluator's ``boundary`` suite runner (``verl.eval.cli``): metrics under "boundary", generations too."""
-    args = ctx.args
-    m, g = evaluate_boundary(ctx.model, ctx.tokenizer, args.target, limit=args.limit, batch_size=args.batch_size,
-                             gen_model=ctx.gen_model, data_dir=args.data_dir,
-                             probe_bos=getattr(args, "probe_bos", "rwku"), stop=getattr(args, "stop_ids", "all"),
-                             share=getattr(args, "boundary_share", BOUNDARY_SHARE))
-    ctx.metrics["boundary"] = m
-    ctx.generations["boundary"] = g
-
-
-__all__ = ["evaluate_boundary", "run_suite", "score_boundary"]
+__all__ = ["evaluate_boundary", "score_boundary"]

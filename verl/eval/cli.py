@@ -25,6 +25,7 @@ metrics, generations and timing (seconds per suite); see verl/eval/RESULTS.md fo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -35,6 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from data.muse import muse_dir
 from data.rwku import FORGET_FILES, NEIGHBOR_FILES, resolve_target
@@ -54,10 +58,75 @@ MUSE_DEFAULT_SUITES = ("muse",)
 
 
 @dataclass
+class EvalConfig:
+    """The typed settings of one model's evaluation: every flag but those of the multi-model mode (``EvalCommand``).
+    A result's ``config`` and its partial file's fingerprint are these fields; the flags' help is in build_parser."""
+
+    benchmark: str = "rwku"
+    model_path: str | None = None
+    target: str | None = None
+    data_dir: str | None = None
+    output: str | None = None
+    suites: str | None = None
+    limit: int | None = None
+    probe_bos: str = "rwku"
+    user_turn: str = "template"
+    stop_ids: str = "all"
+    utility_bos: str = "single"
+    bbh_stop: str = "question"
+    fluency_tokenizer: str = "treebank"
+    verbmem_prompt: str = "muse"
+    utility_limit: str | None = None
+    batch_size: int = 16
+    long_gen_tokens: int = 256
+    method: str | None = None
+    protocol: str = "paper"
+    engine: str = "auto"
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int = 2
+    judge: str = "auto"
+    judge_model: str | None = None
+    judge_base_url: str | None = None
+    robustness: str | None = None
+    boundary_share: float = 0.05
+
+
+@dataclass
+class EvalCommand(EvalConfig):
+    """The whole command line: ``EvalConfig`` plus the flags of several models in one process."""
+
+    model: list[str] | None = None
+    output_dir: str | None = None
+    overwrite: bool = False
+
+
+DEFAULTS = EvalCommand()
+
+
+def to_config(values: argparse.Namespace | EvalConfig) -> EvalConfig:
+    """The typed config of parsed flags: ``OmegaConf.structured(EvalCommand)`` with the flags merged on top (each
+    value checked against its field's type); an ``EvalConfig`` is returned as it is."""
+    if isinstance(values, EvalConfig):
+        return values
+    cfg = OmegaConf.structured(EvalCommand)
+    OmegaConf.set_struct(cfg, True)  # an unknown key is an error, not a new field
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(cfg, vars(values)))
+    except OmegaConfBaseException as exc:
+        raise UserError(f"--{exc.key}: {str(exc).splitlines()[0]}") from None
+
+
+def parse_config(argv: list[str] | None = None) -> EvalConfig:
+    """The command line (``build_parser``'s flags) as a typed ``EvalCommand``."""
+    return to_config(build_parser().parse_args(argv))
+
+
+@dataclass
 class EvalContext:
     """Everything a suite runner needs; runners add their results to ``metrics`` / ``generations``."""
 
-    args: argparse.Namespace  # the parsed command line
+    args: EvalConfig  # the typed settings of this model's evaluation
     model: object  # Hugging Face causal LM (scoring, and generation with --engine hf)
     tokenizer: object  # its tokenizer (left padding)
     gen_model: object | None = None  # vllm.LLM with --engine vllm, else None (use ``model``)
@@ -73,8 +142,7 @@ def _run_probes(ctx: EvalContext, suite: str) -> None:
     files = FORGET_FILES if suite == "forget" else NEIGHBOR_FILES
     m, g = rwku.evaluate_probes(ctx.model, ctx.tokenizer, ctx.args.target, files, limit=ctx.args.limit,
                                 batch_size=ctx.args.batch_size, gen_model=ctx.gen_model, data_dir=ctx.args.data_dir,
-                                probe_bos=getattr(ctx.args, "probe_bos", "rwku"),
-                                stop=getattr(ctx.args, "stop_ids", "all"))
+                                probe_bos=ctx.args.probe_bos, stop=ctx.args.stop_ids)
     ctx.metrics[suite] = m
     ctx.generations.update(g)
 
@@ -95,10 +163,8 @@ def _run_utility(ctx: EvalContext, suite: str) -> None:
     m, g, t = rwku.evaluate_utility(ctx.model, ctx.tokenizer, ctx.args.target, limit=limit,
                                     batch_size=ctx.args.batch_size, gen_model=ctx.gen_model,
                                     data_dir=ctx.args.data_dir, long_gen_tokens=ctx.args.long_gen_tokens,
-                                    bos=getattr(ctx.args, "utility_bos", "single"),
-                                    stop=getattr(ctx.args, "stop_ids", "all"),
-                                    bbh_stop=getattr(ctx.args, "bbh_stop", "question"),
-                                    fluency_tokenizer=getattr(ctx.args, "fluency_tokenizer", "treebank"))
+                                    bos=ctx.args.utility_bos, stop=ctx.args.stop_ids,
+                                    bbh_stop=ctx.args.bbh_stop, fluency_tokenizer=ctx.args.fluency_tokenizer)
     ctx.metrics["utility"] = m
     ctx.generations.update(g)
     ctx.timing.update({f"utility.{k}": v for k, v in t.items()})
@@ -116,7 +182,8 @@ def parse_utility_limit(spec: str | int | None, default: int | None) -> int | di
     for part in str(spec).split(","):
         key, _, val = part.partition("=")
         if not val.strip().isdigit() or int(val) <= 0 or key.strip() not in ("Gen", "Rea", "Tru", "Fac", "Flu"):
-            raise UserError(f"bad --utility_limit entry {part!r}: use N or Part=N with N >= 1 (Gen, Rea, Tru, Fac, Flu)")
+            raise UserError(f"bad --utility_limit entry {part!r}: use N or Part=N with N >= 1 "
+                            "(Gen, Rea, Tru, Fac, Flu)")
         out[key.strip()] = int(val)
     return {k: out.get(k, default) for k in ("Gen", "Rea", "Tru", "Fac", "Flu")}
 
@@ -141,8 +208,19 @@ def _run_naturalness(ctx: EvalContext, suite: str) -> None:
 def _run_robustness(ctx: EvalContext, suite: str) -> None:
     from verl.eval import robustness  # start-up cost: torch, for a suite run only on request
 
-    ctx.metrics["robustness"] = robustness.evaluate_robustness(ctx.model, ctx.tokenizer, ctx.args.target, ctx.args,
+    ctx.metrics["robustness"] = robustness.evaluate_robustness(ctx.model, ctx.tokenizer, ctx.args.target,
+                                                               robustness_config(ctx.args),
                                                                baseline_forget=ctx.metrics.get("forget"))
+
+
+def robustness_config(cfg: EvalConfig):
+    """The robustness suite's ``RobustnessConfig`` from the evaluator's settings: ``--robustness`` names its probes
+    (``--suites`` names the evaluator's suites); limit, batch, model, data root and benchmark are shared."""
+    from verl.eval import robustness  # start-up cost: torch, for a suite run only on request
+
+    return robustness.config_from({"suites": cfg.robustness, "limit": cfg.limit, "batch_size": cfg.batch_size,
+                                   "model_path": cfg.model_path, "data_dir": cfg.data_dir,
+                                   "benchmark": cfg.benchmark})
 
 
 def _run_muse(ctx: EvalContext, suite: str) -> None:
@@ -151,7 +229,7 @@ def _run_muse(ctx: EvalContext, suite: str) -> None:
     parts = muse.MUSE_SUITES if suite == "muse" else (suite,)
     m, g, t = muse.evaluate_muse(ctx.model, ctx.tokenizer, parts, limit=ctx.args.limit,
                                  batch_size=ctx.args.batch_size, gen_model=ctx.gen_model, data_dir=ctx.args.data_dir,
-                                 corpus=ctx.args.target, verbmem_prompt=getattr(ctx.args, "verbmem_prompt", "muse"))
+                                 corpus=ctx.args.target, verbmem_prompt=ctx.args.verbmem_prompt)
     ctx.metrics.setdefault("muse", {}).update(m)
     ctx.generations.update(g)
     ctx.timing.update({f"muse.{k}": v for k, v in t.items()})
@@ -160,7 +238,12 @@ def _run_muse(ctx: EvalContext, suite: str) -> None:
 def _run_boundary(ctx: EvalContext, suite: str) -> None:
     from verl.eval import boundary  # start-up cost: torch; --help and the checks before the model loads stay fast
 
-    boundary.run_suite(ctx)
+    a = ctx.args
+    m, g = boundary.evaluate_boundary(ctx.model, ctx.tokenizer, a.target, limit=a.limit, batch_size=a.batch_size,
+                                      gen_model=ctx.gen_model, data_dir=a.data_dir, probe_bos=a.probe_bos,
+                                      stop=a.stop_ids, share=a.boundary_share)
+    ctx.metrics["boundary"] = m
+    ctx.generations["boundary"] = g
 
 
 SUITES: dict[str, dict[str, Callable[[EvalContext, str], None]]] = {
@@ -177,59 +260,72 @@ SUITES: dict[str, dict[str, Callable[[EvalContext, str], None]]] = {
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m verl.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--benchmark", choices=("rwku", "muse"), default="rwku", help="which benchmark (default rwku)")
-    p.add_argument("--model_path", default=None, help="HF folder, hub id, or 'smollm2-135m-instruct' (one model)")
-    p.add_argument("--model", action="append", default=None, metavar="[NAME:]LABEL=PATH",
+    p.add_argument("--benchmark", choices=("rwku", "muse"), default=DEFAULTS.benchmark,
+                   help="which benchmark (default rwku)")
+    p.add_argument("--model_path", default=DEFAULTS.model_path,
+                   help="HF folder, hub id, or 'smollm2-135m-instruct' (one model)")
+    p.add_argument("--model", action="append", default=DEFAULTS.model, metavar="[NAME:]LABEL=PATH",
                    help="several models in one process (repeat the flag; with --output_dir): each result goes to "
                    "DIR/NAME.json, NAME defaulting to the label in lower case with other characters as _ "
                    "('RULE (GRPO)=DIR' -> rule_grpo.json), and LABEL is its method")
-    p.add_argument("--target", default=None, help="RWKU target (id, folder or name); MUSE corpus (default books)")
-    p.add_argument("--data_dir", default=None, help="data root (default $RULE_DATA_DIR, then ./data)")
-    p.add_argument("--output", default=None, help="result JSON path (one model)")
-    p.add_argument("--output_dir", default=None, help="folder of the results of --model (DIR/NAME.json each)")
+    p.add_argument("--target", default=DEFAULTS.target,
+                   help="RWKU target (id, folder or name); MUSE corpus (default books)")
+    p.add_argument("--data_dir", default=DEFAULTS.data_dir, help="data root (default $RULE_DATA_DIR, then ./data)")
+    p.add_argument("--output", default=DEFAULTS.output, help="result JSON path (one model)")
+    p.add_argument("--output_dir", default=DEFAULTS.output_dir,
+                   help="folder of the results of --model (DIR/NAME.json each)")
     p.add_argument("--overwrite", action="store_true", help="with --model: evaluate a model again even when its "
                    "result exists (default: skipped when written with the same flags after its weights)")
-    p.add_argument("--suites", default=None, help="comma-separated suites (see the module doc)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N records of every file")
-    p.add_argument("--probe_bos", choices=("rwku", "single"), default="rwku",
+    p.add_argument("--suites", default=DEFAULTS.suites, help="comma-separated suites (see the module doc)")
+    p.add_argument("--limit", type=int, default=DEFAULTS.limit, help="use only the first N records of every file")
+    p.add_argument("--probe_bos", choices=("rwku", "single"), default=DEFAULTS.probe_bos,
                    help="forget/neighbor prompt BOS: rwku (as RWKU's code tokenizes: two on Llama-3) or single")
-    p.add_argument("--user_turn", choices=("template", "verbatim"), default="template",
+    p.add_argument("--user_turn", choices=("template", "verbatim"), default=DEFAULTS.user_turn,
                    help="chat prompts: the user text as the model's template renders it (Llama-3's trims it) or "
                    "verbatim (the release: a probe's final newline stays before <|eot_id|>)")
-    p.add_argument("--stop_ids", choices=("all", "eot"), default="all",
+    p.add_argument("--stop_ids", choices=("all", "eot"), default=DEFAULTS.stop_ids,
                    help="RWKU generation ends at every EOS id of the tokenizer and generation config, or at "
                    "<|eot_id|> only (eot: the release's evaluator)")
-    p.add_argument("--utility_bos", choices=("single", "rwku"), default="single",
+    p.add_argument("--utility_bos", choices=("single", "rwku"), default=DEFAULTS.utility_bos,
                    help="utility prompts (MMLU, BBH, TruthfulQA, TriviaQA, fluency): the template's BOS only, or "
                    "tokenized with special tokens as RWKU's code does (rwku: two BOS on Llama-3)")
-    p.add_argument("--bbh_stop", choices=("question", "none"), default="question",
+    p.add_argument("--bbh_stop", choices=("question", "none"), default=DEFAULTS.bbh_stop,
                    help="BBH generation also stops at a new \"\\nQ:\" (question) or only at EOS (none: RWKU's code)")
-    p.add_argument("--fluency_tokenizer", choices=("treebank", "word_tokenize"), default="treebank",
+    p.add_argument("--fluency_tokenizer", choices=("treebank", "word_tokenize"), default=DEFAULTS.fluency_tokenizer,
                    help="fluency words: nltk's Treebank tokenizer over the whole text, or nltk.word_tokenize "
                    "(sentences split first: RWKU's code)")
-    p.add_argument("--verbmem_prompt", choices=("muse", "release"), default="muse",
+    p.add_argument("--verbmem_prompt", choices=("muse", "release"), default=DEFAULTS.verbmem_prompt,
                    help="MUSE VerbMem: the raw prompt, no stop (MUSE's code), or \"Completion: {prompt}\\nAnswer: \" "
                    "stopped at a newline (release: the RULE release's evaluator)")
-    p.add_argument("--utility_limit", default=None, help="first N records of each utility file (overrides "
+    p.add_argument("--utility_limit", default=DEFAULTS.utility_limit,
+                   help="first N records of each utility file (overrides "
                    "--limit for utility); N or per part, e.g. Gen=20,Tru=20,Fac=20,Rea=4,Flu=4")
-    p.add_argument("--batch_size", type=int, default=16, help="prompts per generation / scoring batch (default 16)")
-    p.add_argument("--long_gen_tokens", type=int, default=256, help="new tokens for BBH and fluency (RWKU: 256; "
+    p.add_argument("--batch_size", type=int, default=DEFAULTS.batch_size,
+                   help="prompts per generation / scoring batch (default 16)")
+    p.add_argument("--long_gen_tokens", type=int, default=DEFAULTS.long_gen_tokens,
+                   help="new tokens for BBH and fluency (RWKU: 256; "
                    "lower only for smoke tests)")
-    p.add_argument("--method", default=None, help="method name stored in the result (default: model folder name)")
-    p.add_argument("--protocol", choices=("paper", "sandbox"), default="paper",
+    p.add_argument("--method", default=DEFAULTS.method,
+                   help="method name stored in the result (default: model folder name)")
+    p.add_argument("--protocol", choices=("paper", "sandbox"), default=DEFAULTS.protocol,
                    help="protocol recorded in the result (sandbox: knowledge-injected original; default paper)")
-    p.add_argument("--engine", choices=("auto", "hf", "vllm"), default="auto", help="generation engine: auto = vllm "
+    p.add_argument("--engine", choices=("auto", "hf", "vllm"), default=DEFAULTS.engine,
+                   help="generation engine: auto = vllm "
                    "when importable (CPU or GPU), else hf; log-prob scoring is always HF")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:0 ...")
-    p.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--judge", default="auto", help="naturalness judge: auto, openai or proxy")
-    p.add_argument("--judge_model", default=None, help="naturalness judge model (openai judge; default gpt-4o-mini)")
-    p.add_argument("--judge_base_url", default=None, help="OpenAI-compatible endpoint of the judge "
+    p.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda, cuda:0 ...")
+    p.add_argument("--dtype", default=DEFAULTS.dtype,
+                   help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
+    p.add_argument("--threads", type=int, default=DEFAULTS.threads, help="torch CPU threads")
+    p.add_argument("--judge", default=DEFAULTS.judge, help="naturalness judge: auto, openai or proxy")
+    p.add_argument("--judge_model", default=DEFAULTS.judge_model,
+                   help="naturalness judge model (openai judge; default gpt-4o-mini)")
+    p.add_argument("--judge_base_url", default=DEFAULTS.judge_base_url, help="OpenAI-compatible endpoint of the judge "
                    "(default $OPENAI_BASE_URL; the key is read from $OPENAI_API_KEY)")
-    p.add_argument("--robustness", default=None, help="robustness probes (suite robustness): comma-separated "
+    p.add_argument("--robustness", default=DEFAULTS.robustness,
+                   help="robustness probes (suite robustness): comma-separated "
                    "relearn, quant, logit_lens (default all)")
-    p.add_argument("--boundary_share", type=float, default=0.05, help="suite boundary: share of the ReBO groups "
+    p.add_argument("--boundary_share", type=float, default=DEFAULTS.boundary_share,
+                   help="suite boundary: share of the ReBO groups "
                    "held out as the suite (data/boundary.py BOUNDARY_SHARE; must match ReBO's filtered file)")
     return p
 
@@ -262,11 +358,11 @@ MUSE_SUITE_FILES = {
 MUSE_CORPORA = ("books",)
 
 
-def precheck(args: argparse.Namespace, suites: list[str]) -> None:
+def precheck(args: EvalConfig, suites: list[str]) -> None:
     """Everything checkable before the model loads (UserError naming the flag or file): numeric flags, the MUSE
     corpus, the output path, the judge's key, the data files of every suite."""
     for flag in ("limit", "batch_size", "long_gen_tokens", "threads"):
-        value = getattr(args, flag, None)
+        value = getattr(args, flag)
         if value is not None and value <= 0:
             hint = " (omit --limit to use every record)" if flag == "limit" else ""
             raise UserError(f"--{flag} {value}: must be >= 1{hint}")
@@ -304,13 +400,14 @@ def precheck(args: argparse.Namespace, suites: list[str]) -> None:
         read_json(p)
 
 
-def _fingerprint(args: argparse.Namespace) -> dict:
+def _fingerprint(args: EvalConfig) -> dict:
     """What must match for a partial result to be reused: every flag that changes a number, plus the model
     folder's weight files (size and mtime), so a retrained checkpoint at the same path is evaluated afresh."""
-    keep = {k: v for k, v in vars(args).items() if k not in ("output", "suites", "threads", "robustness")}
+    keep = {k: v for k, v in dataclasses.asdict(args).items() if k not in ("output", "suites", "threads", "robustness")}
     path = Path(str(args.model_path)).expanduser()
     if path.is_dir():
-        keep["weights"] = {f.name: [f.stat().st_size, int(f.stat().st_mtime)] for f in sorted(path.glob("*.safetensors"))}
+        files = sorted(path.glob("*.safetensors"))
+        keep["weights"] = {f.name: [f.stat().st_size, int(f.stat().st_mtime)] for f in files}
     return json_safe(keep)
 
 
@@ -320,7 +417,7 @@ def partial_path(output: str | Path) -> Path:
     return out.with_name(f".{out.name}.partial.json")
 
 
-def load_partial(args: argparse.Namespace) -> dict | None:
+def load_partial(args: EvalConfig) -> dict | None:
     path = partial_path(args.output)
     if not path.is_file():
         return None
@@ -335,20 +432,18 @@ def load_partial(args: argparse.Namespace) -> dict | None:
     return saved
 
 
-def save_partial(args: argparse.Namespace, ctx: EvalContext, done: list[str]) -> None:
+def save_partial(args: EvalConfig, ctx: EvalContext, done: list[str]) -> None:
     atomic_write_json(partial_path(args.output), {"fingerprint": _fingerprint(args), "done": done,
                                                   "metrics": ctx.metrics, "generations": ctx.generations,
                                                   "timing": ctx.timing})
 
 
-def prepare(args: argparse.Namespace) -> list[str]:
+def prepare(args: EvalConfig) -> list[str]:
     """The suites to run, after every check that needs no model (the target resolved to its folder)."""
     suites = _suites(args)
     if "robustness" in suites:
-        from verl.eval.robustness import config_from  # start-up cost: torch, for a suite run only on request
-
         try:
-            config_from(args)  # an unknown --robustness probe fails before the model loads
+            robustness_config(args)  # an unknown --robustness probe fails before the model loads
         except ValueError as exc:
             raise UserError(str(exc)) from None
     if args.benchmark == "muse":
@@ -360,7 +455,7 @@ def prepare(args: argparse.Namespace) -> list[str]:
     return suites
 
 
-def _device(args: argparse.Namespace) -> tuple[str, str]:
+def _device(args: EvalConfig) -> tuple[str, str]:
     """``(device, dtype)`` with ``auto`` resolved: bfloat16 on GPU, float32 on CPU."""
     import torch  # start-up cost: --help and the checks before the model loads stay fast
 
@@ -375,19 +470,21 @@ def _device(args: argparse.Namespace) -> tuple[str, str]:
     return device, dtype
 
 
-def _engine(args: argparse.Namespace, device: str) -> str:
+def _engine(args: EvalConfig, device: str) -> str:
     try:
         return resolve_engine(args.engine, "--engine", resolve_model_path(args.model_path), device.split(":")[0])
     except (ImportError, ValueError) as exc:
         raise UserError(str(exc)) from None
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace | EvalConfig) -> dict:
     """Check the inputs, load the model, run the suites (each finished suite saved, so a rerun of the same command
-    skips it), write and return the result dict. With ``--model`` (several models): ``run_many``."""
-    if getattr(args, "model", None):
+    skips it), write and return the result dict. With ``--model`` (several models): ``run_many``. ``args``: the
+    typed config, or parsed flags (typed here)."""
+    args = to_config(args)
+    if isinstance(args, EvalCommand) and args.model:
         return run_many(args)
-    if getattr(args, "output_dir", None):
+    if isinstance(args, EvalCommand) and args.output_dir:
         raise UserError("--output_dir goes with --model NAME=PATH (several models); one model takes --output")
     if not args.model_path or not args.output:
         raise UserError("give --model_path and --output (one model), or --model NAME=PATH ... and --output_dir")
@@ -396,7 +493,7 @@ def run(args: argparse.Namespace) -> dict:
     precheck(args, suites)
     device, dtype = _device(args)
     engine = _engine(args, device)
-    holder = ModelHolder(dtype, device, getattr(args, "user_turn", "template"))
+    holder = ModelHolder(dtype, device, args.user_turn)
     try:
         loaded = holder.load(resolve_model_path(args.model_path), engine)
         return evaluate(args, suites, loaded, device, dtype, engine)
@@ -404,7 +501,7 @@ def run(args: argparse.Namespace) -> dict:
         holder.close()
 
 
-def evaluate(args: argparse.Namespace, suites: list[str], loaded, device: str, dtype: str, engine: str) -> dict:
+def evaluate(args: EvalConfig, suites: list[str], loaded, device: str, dtype: str, engine: str) -> dict:
     """Run the suites of one model on its loaded models (``loader.Loaded``), keeping finished suites in the partial
     file; write and return the result."""
     t0 = time.time() - loaded.seconds  # the total counts this model's load (or weight swap)
@@ -437,8 +534,7 @@ def evaluate(args: argparse.Namespace, suites: list[str], loaded, device: str, d
         "model_path": str(args.model_path),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
-        "config": {k: v for k, v in vars(args).items()} | {"suites": suites, "device": device, "dtype": dtype,
-                                                        "engine": engine},
+        "config": dataclasses.asdict(args) | {"suites": suites, "device": device, "dtype": dtype, "engine": engine},
         "metrics": ctx.metrics,
         "generations": ctx.generations,
         "timing": ctx.timing,
@@ -450,7 +546,6 @@ def evaluate(args: argparse.Namespace, suites: list[str], loaded, device: str, d
 
 
 # ---------------------------------------------------------------- several models in one process
-MULTI_FLAGS = ("model", "output_dir", "overwrite")  # flags of the multi-model mode; a result's config omits them
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -495,16 +590,17 @@ def model_specs(values: list[str]) -> list[ModelSpec]:
     return specs
 
 
-def single_args(args: argparse.Namespace, spec: ModelSpec | None = None, output_dir: str | None = None):
-    """The namespace a one-model run of this model has (the multi-model flags dropped), so its result, config and
+def single_args(args: argparse.Namespace | EvalConfig, spec: ModelSpec | None = None,
+                output_dir: str | None = None) -> EvalConfig:
+    """The config a one-model run of this model has (the multi-model flags dropped), so its result, config and
     partial-file fingerprint are those of ``--model_path PATH --output DIR/NAME.json --method LABEL``."""
-    values = {k: v for k, v in vars(args).items() if k not in MULTI_FLAGS}
+    values = {f.name: getattr(to_config(args), f.name) for f in dataclasses.fields(EvalConfig)}
     if spec is not None:
         values.update(model_path=spec.path, output=str(Path(output_dir) / f"{spec.name}.json"), method=spec.label)
-    return argparse.Namespace(**values)
+    return EvalConfig(**values)
 
 
-def finished(args: argparse.Namespace, suites: list[str], device: str, dtype: str, engine: str) -> bool:
+def finished(args: EvalConfig, suites: list[str], device: str, dtype: str, engine: str) -> bool:
     """Whether ``args.output`` already holds this evaluation: same flags and suites, same device/dtype/engine,
     written after the model's weight files (a retrained checkpoint at the same path is evaluated again)."""
     out = Path(args.output)
@@ -525,7 +621,7 @@ def finished(args: argparse.Namespace, suites: list[str], device: str, dtype: st
     return all(mtime <= out.stat().st_mtime for _, mtime in weights.values())
 
 
-def run_many(args: argparse.Namespace) -> dict:
+def run_many(args: EvalCommand) -> dict:
     """Evaluate several models of one target in this process: one tokenizer, one HF model and one vLLM engine whose
     weights are swapped per model when the architecture and tokenizer match (``verl.eval.loader``); each model's
     result is the file a one-model run writes. A model whose result exists is skipped (``--overwrite``: redone);
@@ -542,7 +638,7 @@ def run_many(args: argparse.Namespace) -> dict:
         precheck(margs, suites)
     paths = [resolve_model_path(m.model_path) for m in per_model]  # a missing folder fails before any model loads
     device, dtype = _device(base)
-    holder = ModelHolder(dtype, device, getattr(base, "user_turn", "template"))
+    holder = ModelHolder(dtype, device, base.user_turn)
     results, failed = {}, []
     try:
         for spec, margs, path in zip(specs, per_model, paths):
@@ -577,8 +673,7 @@ def _brief(metrics: dict, suite: str) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    args = build_parser().parse_args(argv)
-    return run(args)
+    return run(parse_config(argv))
 
 
 if __name__ == "__main__":

@@ -117,7 +117,8 @@ def generate(
 
 def _end_info(row: list[int], eos: Sequence[int], cut: bool = False) -> dict:
     """``{"n_tokens", "eos"}`` of one HF generation (padded after its end): the tokens before the first EOS id, or
-    all of them. ``cut``: a stop string ended it (with the pad id equal to an EOS id, what follows it looks like EOS)."""
+    all of them. ``cut``: a stop string ended it (with the pad id equal to an EOS id, what follows it looks like
+    EOS)."""
     stop = next((j for j, t in enumerate(row) if t in set(eos)), None)
     return {"n_tokens": len(row) if stop is None else stop, "eos": stop is not None and not cut}
 

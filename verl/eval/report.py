@@ -125,13 +125,15 @@ ALL_NOTE = {
 }
 PROTOCOL_NOTE = {
     "paper": "paper protocol (RWKU/MUSE as published, model as given)",
-    "sandbox": "knowledge-injection sandbox (small model fine-tuned on the target first; not comparable with paper numbers)",
+    "sandbox": ("knowledge-injection sandbox (small model fine-tuned on the target first; "
+                "not comparable with paper numbers)"),
 }
 ORIGINAL_NAMES = ("original", "before", "base", "injected", "target")
 REFUSAL_NOTE = (
     "Forget Refused = % of forget probes (FB/QA/AA) answered by a refusal (the strict detector of "
-    "verl/rule/refusal.py, on the first sentence of the saved generations' first line); Forget Named = % of those refusals that name "
-    "the target ('-': no refusal); Refusal Ends = % of those refusals whose generation stopped at EOS at most 3 tokens "
+    "verl/rule/refusal.py, on the first sentence of the saved generations' first line); "
+    "Forget Named = % of those refusals that name the target ('-': no refusal); Refusal Ends = % of those refusals "
+    "whose generation stopped at EOS at most 3 tokens "
     "after that sentence (verl/eval/endings.py; '-': no refusal or no end fields saved). Boundary Answer / Refused = "
     "ROUGE-L recall x100 / % refused (same detector) on the boundary suite: held-out <normal> ReBO rows about other, "
     "similar entities, never trained on by ReBO (verl/eval/boundary.py; '-': suite not run or empty)"
@@ -766,7 +768,8 @@ def make_report(
             entry["robustness_rows"] = [{k: row[k] for k in ("method", "n_targets", "values")} for row in rt.rows]
         summary["tables"].append(entry)
     if unreadable:
-        md_parts.append("**Unreadable JSON files (not in the tables):**\n\n" + "\n".join(f"- {u}" for u in unreadable) + "\n")
+        md_parts.append("**Unreadable JSON files (not in the tables):**\n\n"
+                        + "\n".join(f"- {u}" for u in unreadable) + "\n")
     markdown = "\n".join(md_parts)
     report = out / "report.md"
     atomic_write_text(report, "# Results\n\n" + markdown)

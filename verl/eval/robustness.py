@@ -56,25 +56,18 @@ class RobustnessConfig:
             raise ValueError(f"unknown robustness probe(s) {unknown}; choose from {', '.join(PROBES)}")
 
 
-def config_from(args) -> RobustnessConfig:
-    """A RobustnessConfig from a RobustnessConfig, a dict or an argparse-like object (unknown fields ignored).
-
-    On the evaluator's command line (an argparse namespace) ``--suites`` names the evaluator's suites, so the
-    probes come from ``--robustness`` instead.
-    """
+def config_from(args: RobustnessConfig | dict | None) -> RobustnessConfig:
+    """A RobustnessConfig from a RobustnessConfig or a dict of its fields (None values and other keys ignored; comma
+    strings for ``suites`` and ``quant_bits``). The evaluator builds the dict from its typed settings
+    (``verl.eval.cli.robustness_config``)."""
     if isinstance(args, RobustnessConfig):
         return args
     if args is None:
         return RobustnessConfig()
-    if isinstance(args, dict):
-        src = args
-    else:
-        src = dict(vars(args))
-        src["suites"] = src.get("robustness")
+    if not isinstance(args, dict):
+        raise TypeError(f"robustness settings: a RobustnessConfig or a dict, not {type(args).__name__}")
     names = {f.name for f in fields(RobustnessConfig)}
-    kw = {k: v for k, v in src.items() if k in names and v is not None}
-    if "model_path" not in kw and isinstance(src.get("model"), str):
-        kw["model_path"] = src["model"]
+    kw = {k: v for k, v in args.items() if k in names and v is not None}
     for key in ("suites", "quant_bits"):
         if isinstance(kw.get(key), str):
             kw[key] = tuple(x.strip() for x in kw[key].split(",") if x.strip())
@@ -274,7 +267,7 @@ def forget_fb_logit_lens(
 
 # ----------------------------------------------------------------------------------------------- all
 def evaluate_robustness(model, tokenizer, target, args=None, baseline_forget: dict | None = None) -> dict:
-    """Run the configured robustness suites on one target; ``args`` = RobustnessConfig, dict or argparse namespace.
+    """Run the configured robustness suites on one target; ``args`` = RobustnessConfig or a dict of its fields.
 
     Returns the "robustness" block of the result file: {"relearn": {...}, "quant": {"8bit": {...}, "4bit": {...}},
     "logit_lens": {...}, "timing": {suite: seconds}}. With ``baseline_forget`` (the unattacked forget metrics),
@@ -282,7 +275,8 @@ def evaluate_robustness(model, tokenizer, target, args=None, baseline_forget: di
     """
     cfg = config_from(args)
     if cfg.benchmark != "rwku":
-        return {"skipped": True, "reason": f"robustness probes are implemented for RWKU targets only, not {cfg.benchmark}"}
+        return {"skipped": True,
+                "reason": f"robustness probes are implemented for RWKU targets only, not {cfg.benchmark}"}
     tgt = rwku._target(target, cfg.data_dir)
     out: dict = {"timing": {}}
     base_all = (baseline_forget or {}).get("All")

@@ -208,7 +208,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model_and_tokenizer(name_or_path: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False):
+def load_model_and_tokenizer(name_or_path: str, dtype: str = "float32", device: str = "cpu",
+                             trust_remote_code: bool = False):
     """Load a causal LM and its tokenizer (left padding, pad token set) from a name or folder."""
     import torch  # start-up cost: CLIs import this module to resolve model names
     from transformers import AutoModelForCausalLM  # start-up cost (as torch)

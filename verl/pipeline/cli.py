@@ -36,7 +36,8 @@ def _help_epilog() -> str:
         "",
         f"budgets (BUDGET): {', '.join(BUDGETS)} = examples/budgets/<name>.yaml, or any YAML with the keys of",
         "  verl/pipeline/config.py PipelineConfig; overlays (--overlay) use the same keys (the ablations:",
-        "  examples/ablations/*.yaml). Stage flags merge onto each stage's own config file; --dry-run shows the result.",
+        "  examples/ablations/*.yaml). Stage flags merge onto each stage's own config file; --dry-run shows the "
+        "result.",
         "",
         "examples:",
         "  bash run_rwku.sh                         # CPU default: embedded model, one target, smoke budget",

@@ -25,11 +25,12 @@ class StageArgs:
     """Flags added to one kind of stage (flat flag: value for the CLIs with --flags, nested keys for ReBO)."""
 
     inject: dict[str, Any] = field(default_factory=dict)
-    """RS.train flags of stage 0, knowledge injection (``config``: its YAML, default RS/configs/inject_<family>.yaml)."""
+    """RS.train flags of stage 0, knowledge injection (``config``: its YAML, default
+    RS/configs/<family>/inject.yaml)."""
     rs: dict[str, Any] = field(default_factory=dict)
-    """RS.train flags of Rejection Steering (``config``: its YAML, default RS/configs/rs_<family>.yaml)."""
+    """RS.train flags of Rejection Steering (``config``: its YAML, default RS/configs/<family>/rs.yaml)."""
     baseline: dict[str, Any] = field(default_factory=dict)
-    """RS.train flags added to every SFT-style baseline (config: RS/configs/<method>_<family>.yaml)."""
+    """RS.train flags added to every SFT-style baseline (config: RS/configs/<family>/<loss family>.yaml)."""
     rebo: dict[str, Any] = field(default_factory=dict)
     """verl.trainer.main overrides (nested keys, e.g. trainer: {total_steps: 4}) added to every ReBO method."""
     eval: dict[str, Any] = field(default_factory=dict)
@@ -41,7 +42,8 @@ class StageArgs:
 @dataclass
 class PipelineConfig:
     family: str = "smollm2"
-    """Config family of RS and the baselines: RS/configs/<stage>_<family>.yaml (missing file = error, no fallback)."""
+    """Config family of RS and the baselines: RS/configs/<family>/<stage>.yaml, each extending
+    RS/configs/model/<family>.yaml (missing file = error, no fallback)."""
     rebo_variant: str = "cpu"
     """Which ReBO config of each method: cpu (examples/*_rj_rl_cpu.yaml) or paper (examples/*_rj_rl.yaml)."""
     device: str = "cpu"

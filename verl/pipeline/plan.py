@@ -261,12 +261,12 @@ class Planner:
         return self.cfg.stage_args(kind, self.s.benchmark, self.s.protocol, self.last.get(kind))
 
     def _config_path(self, what: str, stem: str, given: str | None) -> str:
-        path = Path(given) if given else REPO / "RS" / "configs" / f"{stem}_{self.cfg.family}.yaml"
+        path = Path(given) if given else REPO / "RS" / "configs" / self.cfg.family / f"{stem}.yaml"
         if not path.is_absolute() and not path.exists():
             path = REPO / path
         if not path.is_file():
             raise PlanError(f"{what}: config {rel(path)} does not exist (BUDGET={self.s.budget} uses the "
-                            f"'{self.cfg.family}' config family, RS/configs/<stage>_{self.cfg.family}.yaml; no other "
+                            f"'{self.cfg.family}' config family, RS/configs/{self.cfg.family}/<stage>.yaml; no other "
                             "model's config is used instead): write it, or choose another BUDGET")
         return rel(path)
 
@@ -317,7 +317,8 @@ class Planner:
             return rel(ckpt) if ckpt.is_dir() else rel(rs.run_dir)
         c = rs.config
         k = self.cfg.rs_checkpoint.rpartition("-")[2]
-        epochs_ok = k.isdigit() and c["save_strategy"] == "epoch" and c["max_steps"] < 0 and c["num_train_epochs"] >= int(k)
+        epochs_ok = (k.isdigit() and c["save_strategy"] == "epoch" and c["max_steps"] < 0
+                     and c["num_train_epochs"] >= int(k))
         return rel(ckpt) if epochs_ok else rel(rs.run_dir)
 
     def rebo(self, m: Method, title: str, run_dir: Path, start: str, ref: str, train: str, val: str | None,

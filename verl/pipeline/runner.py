@@ -144,9 +144,11 @@ def run_plan(planner: Planner, plan: Plan) -> Path:
                 timings.setdefault(tp.target, {}).update(times)
                 atomic_write_json(timings_path, timings)
     report_dir = exp / "report"
-    rc, tail = tee([sys.executable, "-m", "verl.eval.report", rel(exp), "--out", rel(report_dir)], exp / "report.log", env)
+    rc, tail = tee([sys.executable, "-m", "verl.eval.report", rel(exp), "--out", rel(report_dir)],
+                   exp / "report.log", env)
     if rc != 0:
-        raise StageFailed(f"the report failed (exit code {rc}); log: {rel(exp / 'report.log')}:\n  " + "\n  ".join(tail[-15:]))
+        raise StageFailed(f"the report failed (exit code {rc}); log: {rel(exp / 'report.log')}:\n  "
+                          + "\n  ".join(tail[-15:]))
     total = round(time.time() - t0, 1)
     lines = [f"{t} {name} {sec}" for t, steps in timings.items() for name, sec in steps.items()]
     atomic_write_text(exp / "stage_times.txt", "\n".join(lines) + "\n")

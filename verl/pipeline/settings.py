@@ -35,10 +35,11 @@ VARS = [
     Var("MODEL", "--model", "BUDGET=paper: the paper's model (RWKU meta-llama/Meta-Llama-3-8B-Instruct, MUSE "
         "muse-bench/MUSE-Books_target); else smollm2-135m-instruct", "model to unlearn: HF folder, hub id or the "
         "embedded default"),
-    Var("TARGETS", "--targets", "CPU: 1_Stephen_King when the data has it, else the sample 101_Elowen_Marsh; GPUs: 1 .. 10",
+    Var("TARGETS", "--targets",
+        "CPU: 1_Stephen_King when the data has it, else the sample 101_Elowen_Marsh; GPUs: 1 .. 10",
         "RWKU targets (ids, folder names or names), space or comma separated", ("rwku",)),
-    Var("METHODS", "--methods", "rule_grpo", "methods to train and evaluate (table in --help); the Original and RS rows "
-        "(and Base in the sandbox) are always evaluated"),
+    Var("METHODS", "--methods", "rule_grpo", "methods to train and evaluate (table in --help); the Original and RS "
+        "rows (and Base in the sandbox) are always evaluated"),
     Var("BUDGET", "--budget", "smoke without GPU, paper with", "smoke | paper | test, or a budget YAML "
         "(examples/budgets/<name>.yaml)"),
     Var("INJECT", "--inject", "1 for models under 1B parameters (counted from the weights), else 0",

@@ -15,9 +15,9 @@ For every RWKU target in ``--targets`` (release files: ``idk_target.json``, the 
 Each pair is scored by every release reward function as the release defines it (``_release_*`` below: the release's
 verbose regex transcribed with its literal spaces, the ``rouge`` package called with ``avg=True`` and errors as 0,
 a case-sensitive ``target in completion``) and by the project's reward in paper mode (``refusal_mode="official"``),
-strict mode, and the paper regex with the lenient ``rouge_score`` scorer (what the project computed before it had
-the release's scorer). Paper mode must agree on every pair; the strict count shows how far the project's default detector
-is from the release. Prints a markdown table; ``--json`` writes the counts and the first disagreements.
+strict mode, and the paper regex with the lenient ``rouge_score`` scorer (what the scorer alone changes). Paper
+mode must agree on every pair; the strict count shows how far the project's default detector is from the release.
+Prints a markdown table; ``--json`` writes the counts and the first disagreements.
 """
 
 from __future__ import annotations
@@ -42,8 +42,11 @@ from verl.utils.io import atomic_write_json
 _RELEASE_REFUSAL = re.compile(
     r"""
     (?:
-        (?:don'?t|doesn'?t|didn'?t|do(?:es)?\s+not)\s+(?:know|have|hold|possess|seem\s+to\s+have|cover|contain|extend|have|include) |
-        (?:not|yet)\s+.*(?:sure|certain|familiar|aware|equipped|able|acquainted|familiar with|informed|knowledge|information|question|know|data|educated|within|briefed|well-versed|learn|trained\s+on|the\s+best\s+source|specializing\s+in) |
+        (?:don'?t|doesn'?t|didn'?t|do(?:es)?\s+not)\s+(?:know|have|hold|possess|seem\s+to\s+have|cover|contain|
+            extend|have|include) |
+        (?:not|yet)\s+.*(?:sure|certain|familiar|aware|equipped|able|acquainted|familiar with|informed|knowledge|
+            information|question|know|data|educated|within|briefed|well-versed|learn|trained\s+on|the\s+best\s+source|
+            specializing\s+in) |
         no\s+.*(?:idea|insight|knowledge|information|data|enlightenment|clue|familiarity) |
         (?:haven'?t|hasn'?t| not)\s+(?:learned|the\s+faintest|been\s+(?:included|trained|briefed))|encountered |
         (?:beyond|outside|out)\s+.*(?:knowledge|capabilities|expertise|reach|scope) |
@@ -51,9 +54,11 @@ _RELEASE_REFUSAL = re.compile(
         can'?t\s+(?:provide|say|shed\s+.*light|help|offer|take|make|provide|fullfill) |
         unable\s+(?:to\s+provide|to\s+answer|to\s+access) |
         (?:I\s+)?(?:wish\s+I\s+could\s+say|regret\s+to\s+inform|must\s+(?:admit|confess)) |
-        (?:Unfortunately,|clueless|stumped|a\s+mystery\s+to\s+me|lacking\s+(?:information|knowledge|insight|specifics|data)|dark\s+about|draw(?:ing)?\s+a\s+blank)|short\s+with|limited\s+to|blank\s+on |
+        (?:Unfortunately,|clueless|stumped|a\s+mystery\s+to\s+me|lacking\s+(?:information|knowledge|insight|specifics|
+            data)|dark\s+about|draw(?:ing)?\s+a\s+blank)|short\s+with|limited\s+to|blank\s+on |
         (?:missing|without|lack|blind|uncharted)\s+.*(?:information|knowledge|insight|specifics) |
-        (?:need\s+to|require|have\s+to|must|ought\s+to|should)\s+(?:look\s+up|check|search|find|verify|review|inspect|confirm|explore|investigate|examine)
+        (?:need\s+to|require|have\s+to|must|ought\s+to|should)\s+(?:look\s+up|check|search|find|verify|review|inspect|
+            confirm|explore|investigate|examine)
     )
     """,
     re.IGNORECASE | re.VERBOSE | re.DOTALL,
@@ -148,7 +153,7 @@ def build_pairs(target_dir: Path) -> list[tuple[str, list[str]]]:
     return list({(r, json.dumps(s)): (r, s) for r, s in pairs}.values())
 
 
-# the project's modes; "official+rouge_score" = paper regex with the lenient scorer (the project before the fix)
+# the project's modes; "official+rouge_score" = paper regex with the lenient scorer (what the scorer alone changes)
 MODES = {
     "official": {"refusal_mode": "official"},
     "strict": {"refusal_mode": "strict"},

@@ -7,18 +7,19 @@ Two modes:
   "I'm not sure/certain/familiar ...", "I have no idea/information ...", "beyond/outside my knowledge ...",
   "I can't provide/help ...", "unable to answer ...", "I'm afraid", "Unfortunately", "at a loss", "need to look
   up/check ..."), searched in the first sentence of the response's first non-empty line only (an answer followed
-  by a refusal is an answer, as the RWKU evaluator scores it). Most patterns are anchored on a first-person subject ("I ...", "my ...") so that ordinary
-  answers that merely contain "not", "no", "out" or "about" are not flagged. Curly apostrophes are normalised.
+  by a refusal is an answer, as the RWKU evaluator scores it). Most patterns are anchored on a first-person subject
+  ("I ...", "my ...") so that ordinary answers that merely contain "not", "no", "out" or "about" are not flagged.
+  Curly apostrophes are normalised.
   Tuned to match every refusal template of the RULE release (``idk_target.json`` of all RWKU targets and MUSE)
   while flagging almost none of the gold boundary answers.
 - ``"official"``: behaviourally the detector of the RULE release (``rejection_patterns`` in its reward code):
   case-insensitive, no word boundaries, ``.*`` gaps that span the whole response, and bare substrings such as
-  ``encountered``, ``limited to``, ``short with``, ``not ... able`` (matches "cannot be denied ... available"), ``out ...
-  reach`` (matches "about ... reach"). Kept only to reproduce the paper's reward; see docs/design.md §11.
+  ``encountered``, ``limited to``, ``short with``, ``not ... able`` (matches "cannot be denied ... available"),
+  ``out ... reach`` (matches "about ... reach"). Kept only to reproduce the paper's reward; see docs/design.md §11.
   The release writes one ``re.VERBOSE`` pattern, so its literal spaces do not count ("familiar with" is
   "familiarwith", " not" is "not", "encountered " is "encountered"); the alternatives below are that pattern with
-  the spaces already dropped. It has no "confident" (an earlier version of this file added it by mistake).
-  ``python -m verl.rule.compare_reward`` checks this mode against an independent transcription of the release's pattern.
+  the spaces already dropped. It has no "confident". ``python -m verl.rule.compare_reward`` checks this mode against
+  an independent transcription of the release's pattern.
 """
 
 from __future__ import annotations
@@ -175,6 +176,6 @@ def is_refusal(text: str, mode: str = "strict") -> bool:
 
     Strict mode reads the first sentence of the first non-empty line only (``first_sentence``; the evaluator scores
     that line): "Oracle.\n\nI'm not sure what Warren Buffett has to do with Oracle." and "Kong Qiu. I'm not sure of
-    the answer." answer the probe, and a reward that paid their trailing refusal taught ReBO exactly that (README,
-    experiment log #19, #25). Official mode searches the whole response, as the release does."""
+    the answer." answer the probe, and a reward that paid their trailing refusal would teach ReBO to answer and
+    then refuse (docs/sandbox.md). Official mode searches the whole response, as the release does."""
     return bool(refusal_matches(text, mode))

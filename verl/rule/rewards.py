@@ -7,29 +7,30 @@ Every function has the signature ``fn(response, prompt, solution, refusal_mode="
 ``["<normal>", answer, ...]`` for boundary prompts, and ``extra`` holds any other data columns (ignored here).
 The returned dict has ``"score"`` (the reward) and sub-scores, the same keys for every row:
 
-| key                 | meaning                                                                       |
-|---------------------|-------------------------------------------------------------------------------|
-| ``score``           | the reward                                                                    |
-| ``is_reject``       | 1 if the prompt is a ``<reject>`` (forget) prompt, else 0                      |
-| ``refusal``         | 1 if the response is detected as a refusal (``refusal.is_refusal``)           |
-| ``answered``        | 1 if it is not a refusal (strict mode: and not empty, a word on its first line) |
-| ``behaviour_correct``| 1 if it refused a ``<reject>`` prompt or answered a ``<normal>`` one          |
-| ``rouge``           | ROUGE-L recall of the response against ``solution[1]`` (mean over ``solution[1:]`` for ``<normal>``); on the eval file ``solution[1]`` of a ``<reject>`` row is the true answer, so this is the forget ROUGE |
-| ``entity``          | (``*_target`` only) 1 if the response names the target ``solution[2]``        |
+- ``score``: the reward
+- ``is_reject``: 1 if the prompt is a ``<reject>`` (forget) prompt, else 0
+- ``refusal``: 1 if the response is detected as a refusal (``refusal.is_refusal``)
+- ``answered``: 1 if it is not a refusal (strict mode: and not empty, a word on its first line)
+- ``behaviour_correct``: 1 if it refused a ``<reject>`` prompt or answered a ``<normal>`` one
+- ``rouge``: ROUGE-L recall of the response against ``solution[1]`` (mean over ``solution[1:]`` for ``<normal>``);
+  on the eval file ``solution[1]`` of a ``<reject>`` row is the true answer, so this is the forget ROUGE
+- ``entity``: (``*_target`` only) 1 if the response names the target ``solution[2]``
 
-Rewards (defaults are the paper's; alpha, beta, tau are keyword parameters):
+Rewards (defaults are the paper's; alpha, beta, tau are keyword parameters), on a ``<reject>`` prompt / on a
+``<normal>`` prompt:
 
-| name                          | ``<reject>`` prompt                              | ``<normal>`` prompt                                  |
-|-------------------------------|--------------------------------------------------|------------------------------------------------------|
-| ``forget_two_stage_abs_target`` (main) | alpha if refusal, + beta if it also names the target | normal_alpha (default alpha) if not a refusal, + beta if ROUGE-L recall > tau (0.3) |
-| ``forget``                    | 1 if refusal                                     | 1 if ROUGE-L recall > tau (0.5)                      |
-| ``forget_abs``                | 1 if refusal                                     | 1 if not a refusal                                   |
-| ``forget_two_stage``          | reject_reward (1.0) if refusal                   | alpha if not a refusal, + beta if ROUGE-L recall > tau (0.3) |
-| ``forget_two_stage_abs``      | identical to ``forget_two_stage`` (as in the release) |                                                 |
-| ``reject_behave_reward``      | reject_ratio * [refused] + (1 - reject_ratio) * [ROUGE-L(target) > tau] | reject_ratio * [answered] + (1 - reject_ratio) * [ROUGE-L(answer) > tau] |
-| ``forget_half_reject``        | 0.5 if refusal                                   | as ``forget``                                        |
-| ``forget_abs_half_reject``    | 0.5 if refusal                                   | 1 if not a refusal                                   |
-| ``forget_two_stage_abs_target_half_reject`` | 0.25 if refusal, + 0.25 if it also names the target | 1 if not a refusal (no ROUGE term) |
+- ``forget_two_stage_abs_target`` (main): alpha if refusal, + beta if it also names the target / normal_alpha
+  (default alpha) if not a refusal, + beta if ROUGE-L recall > tau (0.3)
+- ``forget``: 1 if refusal / 1 if ROUGE-L recall > tau (0.5)
+- ``forget_abs``: 1 if refusal / 1 if not a refusal
+- ``forget_two_stage``: reject_reward (1.0) if refusal / alpha if not a refusal, + beta if ROUGE-L recall > tau (0.3)
+- ``forget_two_stage_abs``: identical to ``forget_two_stage`` (as in the release)
+- ``reject_behave_reward``: reject_ratio * [refused] + (1 - reject_ratio) * [ROUGE-L(target) > tau] /
+  reject_ratio * [answered] + (1 - reject_ratio) * [ROUGE-L(answer) > tau]
+- ``forget_half_reject``: 0.5 if refusal / as ``forget``
+- ``forget_abs_half_reject``: 0.5 if refusal / 1 if not a refusal
+- ``forget_two_stage_abs_target_half_reject``: 0.25 if refusal, + 0.25 if it also names the target / 1 if not a
+  refusal (no ROUGE term)
 
 The ``_half_reject`` variants are the release's (its reward code registers exactly these three): the refusal branch
 is worth half of the answer branch, presumably to counter over-refusal.
@@ -115,7 +116,7 @@ def _names_target(response: str, target: str, refusal_mode: str) -> bool:
 
 def _answers(response: str, refused: bool, refusal_mode: str) -> bool:
     """Not a refusal; in strict mode also not empty (no word on the first line): the release pays "" as an answer, and
-    the sandbox's ReBO collapsed to it (README, experiment log #22)."""
+    a ReBO paid for it collapses to empty responses (docs/sandbox.md)."""
     if refused:
         return False
     return refusal_mode == "official" or has_word(first_line(response))

@@ -92,15 +92,16 @@ class RLDataset:
                 self.n_filtered += 1
                 continue
             solution = row.get(answer_key)
-            label = solution[0] if isinstance(solution, (list, tuple)) and solution and str(solution[0]).startswith("<") else ""
+            labelled = isinstance(solution, (list, tuple)) and solution and str(solution[0]).startswith("<")
+            label = solution[0] if labelled else ""
             extras = {k: v for k, v in row.items() if k not in (prompt_key, answer_key)}
             self.rows.append({"prompt": str(row[prompt_key]), "solution": solution, "label": label,
                               "prompt_ids": ids, "extras": extras})
         logger.info("%s: %d rows kept, %d dropped as longer than %d prompt tokens",
                     self.path.name, len(self.rows), self.n_filtered, max_prompt_length)
         if not self.rows:
-            raise DataValidationError(f"{self.path}: no rows left: all {len(raw)} prompts are longer than data.max_prompt_length="
-                                      f"{max_prompt_length} tokens: raise it")
+            raise DataValidationError(f"{self.path}: no rows left: all {len(raw)} prompts are longer than "
+                                      f"data.max_prompt_length={max_prompt_length} tokens: raise it")
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -153,7 +153,8 @@ class RayPPOTrainer:
         if resume_dir:  # the steps after the checkpoint are redone: their old rows go
             self.tracker.drop_after(self.ckpt.load_state(resume_dir)["step"])
         else:
-            self.tracker.log({"data/train_rows": len(self.train_ds), "data/train_filtered_long_prompts": self.train_ds.n_filtered,
+            self.tracker.log({"data/train_rows": len(self.train_ds),
+                              "data/train_filtered_long_prompts": self.train_ds.n_filtered,
                               "data/val_rows": len(self.val_ds) if self.val_ds else 0,
                               "data/val_filtered_long_prompts": self.val_ds.n_filtered if self.val_ds else 0}, 0)
         use_gpu = cfg.trainer.device == "cuda" or (cfg.trainer.device == "auto" and torch.cuda.is_available())
@@ -191,7 +192,8 @@ class RayPPOTrainer:
             if missing:
                 raise UserError(f"{path} lacks the initial policy's answer to {len(missing)} <normal> prompts this run "
                                 f"will sample (e.g. {missing[0][:80]!r}): data.normal_reference=policy writes them "
-                                "before step 1, for the total_steps of that start; start it afresh (trainer.resume=none)")
+                                "before step 1, for the total_steps of that start; start it afresh "
+                                "(trainer.resume=none)")
             return refs
         idx = [need[p] for p in sorted(need)]
         greedy = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": d.max_response_length,
@@ -253,7 +255,7 @@ class RayPPOTrainer:
 
     def _check_resume(self, resume_dir: Path) -> list[str]:
         """Differences between the checkpoint's config/data and this run's; refused unless
-        ``trainer.allow_config_change`` (a changed lr was once silently ignored, a changed train file accepted)."""
+        ``trainer.allow_config_change`` (without the check a changed lr or train file would go unnoticed)."""
         state = self.ckpt.load_state(resume_dir)
         saved = state.get("config")
         if saved is None and (self.run_dir / "config.yaml").is_file():  # checkpoints written before configs were
@@ -426,7 +428,8 @@ class RayPPOTrainer:
         bs = self.config.data.val_batch_size
         all_scores, all_rouge, all_refusal, all_labels, gens = [], [], [], [], []
         chunks = range(0, len(self.val_ds), bs)
-        for start in progress(iterable=chunks, desc="validation", disable=not self.config.trainer.progress_bar, leave=False):
+        for start in progress(iterable=chunks, desc="validation", disable=not self.config.trainer.progress_bar,
+                              leave=False):
             idx = list(range(start, min(start + bs, len(self.val_ds))))
             batch = self._generate(self.val_ds, idx, self._gen_meta(True, step))
             scores, sub, texts = self._score(batch)
@@ -487,7 +490,8 @@ class RayPPOTrainer:
                         if "NonFiniteLossError" in type(exc).__name__ or "NonFiniteLossError" in str(exc):
                             raise TrainingDivergedError(
                                 f"step {step}: non-finite loss/gradient ({exc}). Nothing was saved for this step; the "
-                                f"last good checkpoint is {self.ckpt.latest()}. Lower the learning rate or check the data."
+                                f"last good checkpoint is {self.ckpt.latest()}. Lower the learning rate or check the "
+                                "data."
                             ) from exc
                         raise
                     stop = 0 < t.signal_stop_steps <= metrics.get("trainer/low_signal_steps", 0)
@@ -496,7 +500,8 @@ class RayPPOTrainer:
                                        "(trainer.signal_stop_steps)", step, t.signal_stop_steps)
                         metrics["trainer/stopped_no_signal"] = 1.0
                         last = True  # validate and save as at the end
-                    if self.val_ds is not None and ((t.val_freq > 0 and step % t.val_freq == 0) or (last and t.val_at_end)):
+                    due = (t.val_freq > 0 and step % t.val_freq == 0) or (last and t.val_at_end)
+                    if self.val_ds is not None and due:
                         with timed("validation", metrics):
                             metrics.update(self.validate(step))
                     if (t.save_freq > 0 and step % t.save_freq == 0) or last:

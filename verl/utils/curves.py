@@ -16,7 +16,8 @@ from pathlib import Path
 
 from verl.utils.io import atomic_savefig, atomic_write_text
 
-PHASES = ("gen", "reward", "old_log_prob", "ref", "values", "adv", "update_critic", "update_actor", "validation", "save")
+PHASES = ("gen", "reward", "old_log_prob", "ref", "values", "adv", "update_critic", "update_actor", "validation",
+          "save")
 TABLE_KEYS = (
     ("reward", "reward/mean"),
     ("<reject>", "reward/reject_mean"),
@@ -89,7 +90,8 @@ def plot_curves(rows: list[dict], out_png: str | Path, val_rows: list[dict] | No
     steps = [r["step"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     ax = axes[0]
-    for key, label, style in (("reward/reject_mean", "<reject> rows", ":"), ("reward/normal_mean", "<normal> rows", "--"),
+    for key, label, style in (("reward/reject_mean", "<reject> rows", ":"),
+                              ("reward/normal_mean", "<normal> rows", "--"),
                               ("reward/mean", "all rows", "-")):
         ax.plot(steps, _series(rows, key), style, marker=".", label=label, alpha=0.8)
     ax.plot(steps, moving_average(_series(rows, "reward/mean"), window), "k-", lw=2, label=f"all, {window}-step mean")
@@ -98,7 +100,8 @@ def plot_curves(rows: list[dict], out_png: str | Path, val_rows: list[dict] | No
                 label=f"(<reject> + <normal>) / 2, {window}-step mean")
     vs = [v for v in (val_rows or []) if "val/reward" in v]
     if vs:
-        ax.plot([v["step"] for v in vs], [v["val/reward"] for v in vs], "s-", color="tab:red", label="validation (greedy)")
+        ax.plot([v["step"] for v in vs], [v["val/reward"] for v in vs], "s-", color="tab:red",
+                label="validation (greedy)")
     ax.set(xlabel="step", ylabel="reward", title="training reward")
     ax.legend(fontsize=8)
     ax = axes[1]

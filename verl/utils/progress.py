@@ -41,5 +41,5 @@ def progress(total: int | None = None, desc: str = "", *, disable: bool = False,
     if disable or sys.stderr.isatty():
         return tqdm(iterable, total=total, desc=desc, disable=disable, **kwargs)
     kwargs.pop("leave", None)  # the logged lines stay anyway; a closing line marks the end
-    return _LoggedBar(iterable, total=total, desc=desc, file=_LogLines(), mininterval=log_interval, maxinterval=log_interval,
-                ascii=True, leave=True, **kwargs)
+    return _LoggedBar(iterable, total=total, desc=desc, file=_LogLines(), mininterval=log_interval,
+                      maxinterval=log_interval, ascii=True, leave=True, **kwargs)

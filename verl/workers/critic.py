@@ -32,7 +32,8 @@ class Critic:
     def __init__(self, cfg: CriticConfig, device: torch.device, world_size: int, micro_batch_size: int):
         self.cfg, self.device, self.micro = cfg, device, micro_batch_size
         model = fsdp_utils.load_module(cfg.model_path, "critic", torch.float32, cfg.gradient_checkpointing)
-        self.module = fsdp_utils.wrap_fsdp(model, device, fsdp_utils.to_dtype(cfg.dtype), world_size, cfg.offload_params)
+        self.module = fsdp_utils.wrap_fsdp(model, device, fsdp_utils.to_dtype(cfg.dtype), world_size,
+                                           cfg.offload_params)
         self.optimizer, self.scheduler = build_optimizer(self.module, cfg.optim)
 
     def compute_values(self, data: DataProto) -> torch.Tensor:

@@ -35,7 +35,7 @@ _warned: list[bool] = []
 @functools.lru_cache(maxsize=1)
 def cpu_bf16_units() -> bool | None:
     """Whether this CPU multiplies bf16 matrices in hardware (AMX / AVX512-BF16); None where unknown. Without them
-    a bf16 GEMM is far slower than fp32 (measured on an AVX2-only host: 0.9 vs 73 GFLOP/s, one thread)."""
+    a bf16 GEMM is far slower than fp32 (docs/performance.md, "Precision")."""
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:

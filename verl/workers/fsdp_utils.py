@@ -114,7 +114,8 @@ class ValueModel(nn.Module):
         return self.backbone.config
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, **_):
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            use_cache=False)
         return self.value_head(out.last_hidden_state.to(self.value_head.weight.dtype)).squeeze(-1)
 
 
@@ -142,7 +143,8 @@ def load_module(path: str, role: str, dtype: torch.dtype, gradient_checkpointing
 
 
 def _layer_classes(model: nn.Module) -> set[type]:
-    names = set(getattr(model, "_no_split_modules", None) or getattr(getattr(model, "backbone", None), "_no_split_modules", None) or [])
+    backbone = getattr(model, "backbone", None)
+    names = set(getattr(model, "_no_split_modules", None) or getattr(backbone, "_no_split_modules", None) or [])
     return {type(m) for m in model.modules() if type(m).__name__ in names}
 
 
@@ -393,7 +395,7 @@ def set_rng_state(state: dict) -> None:
 
 def apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, optim_cfg) -> None:
     """After loading a checkpoint's optimizer state, put back the config's lr, betas and weight decay (the loaded
-    state carries the saved run's values, so a changed lr was silently ignored). A no-op when they are equal."""
+    state carries the saved run's values, which would silently override a changed lr). A no-op when they are equal."""
     for group in optimizer.param_groups:
         group["initial_lr"] = optim_cfg.lr
         group["weight_decay"] = optim_cfg.weight_decay

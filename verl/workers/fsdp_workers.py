@@ -91,7 +91,8 @@ class FSDPWorker(Worker):
         if config.use_critic:
             if resume_dir:
                 w.critic.model_path = str(Path(resume_dir) / "critic")
-            self.critic = Critic(w.critic, self.device, self.world_size, w.actor.micro_batch_size_per_device_for_experience)
+            self.critic = Critic(w.critic, self.device, self.world_size,
+                                 w.actor.micro_batch_size_per_device_for_experience)
         self.engine = choose_rollout_engine(w.rollout.name, self.device, resolve_model_path(actor_path))
         if self.engine == "vllm":
             inner = getattr(self.actor.module, "module", self.actor.module)

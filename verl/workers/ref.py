@@ -44,5 +44,5 @@ class Reference:
     def compute_log_probs(self, data: DataProto) -> torch.Tensor:
         if self.base_of is not None:
             return self.base_of.compute_base_log_probs(data, self.micro)
-        return batched_log_probs(self.module, data, self.micro, self.device, self.temperature, self.cfg.optimized_forward,
-                                 self.cfg.autocast, self.cfg.logprob_chunk_tokens)
+        return batched_log_probs(self.module, data, self.micro, self.device, self.temperature,
+                                 self.cfg.optimized_forward, self.cfg.autocast, self.cfg.logprob_chunk_tokens)
