@@ -282,11 +282,7 @@ LOSS_AGG_MODES: Registry[AggFn] = Registry("loss_agg_mode")
 
 def register_loss_agg_mode(name: str) -> Callable[[AggFn], AggFn]:
     """Decorator: register ``fn(loss_mat [B, T], mask [B, T] in the loss dtype) -> scalar`` under ``name``."""
-
-    def add(fn: AggFn) -> AggFn:
-        return LOSS_AGG_MODES.add(name, fn)
-
-    return add
+    return LOSS_AGG_MODES.register(name)
 
 
 @register_loss_agg_mode("token-mean")
@@ -387,11 +383,7 @@ KL_PENALTIES: Registry[KLFn] = Registry("kl_penalty")
 
 def register_kl_penalty(name: str) -> Callable[[KLFn], KLFn]:
     """Decorator: register ``fn(d [B, T] float32) -> [B, T]``, d = log pi - log ref, under ``name``."""
-
-    def add(fn: KLFn) -> KLFn:
-        return KL_PENALTIES.add(name, fn)
-
-    return add
+    return KL_PENALTIES.register(name)
 
 
 @register_kl_penalty("kl")
