@@ -16,11 +16,13 @@ import argparse
 import re
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from data.rwku import NEIGHBOR_FILES, REBO_TRAIN_STEM, resolve_target
 from data.schemas import load_validated
 from data.synthesize import make_token_counter
+from verl.utils.typed_args import parse_typed
 
 _NAME = re.compile(r"\b([A-Z][\w.'-]*(?:\s+[A-Z][\w.'-]*)+)")
 
@@ -95,13 +97,30 @@ def compare(a: Path, b: Path, tokenizer: str = "words") -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class CompareConfig:
+    """The options of ``python -m data.compare``; each argument is the field of the same name."""
+
+    official: Path  # first target folder (column A, e.g. the official release)
+    synth: Path  # second target folder (column B, e.g. synthesized)
+    tokenizer: str = "words"  # token counter, as data.synthesize: words | HF tokenizer path/id | embedded
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("official", type=Path)
     p.add_argument("synth", type=Path)
-    p.add_argument("--tokenizer", default="words")
-    a = p.parse_args(argv)
-    print(compare(a.official, a.synth, a.tokenizer))
+    p.add_argument("--tokenizer", default=CompareConfig.tokenizer)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> CompareConfig:
+    return parse_typed(build_parser(), CompareConfig, argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    print(compare(cfg.official, cfg.synth, cfg.tokenizer))
     return 0
 
 

@@ -25,6 +25,7 @@ import os
 import socket
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -33,6 +34,7 @@ from data.schemas import SCHEMAS, load_validated
 from data.synthesize import place
 from verl.utils.io import atomic_write_json
 from verl.utils.records import DataValidationError
+from verl.utils.typed_args import parse_typed
 
 RWKU_REPO = "jinzhuoran/RWKU"
 MUSE_REPO = "muse-bench/MUSE-Books"
@@ -181,22 +183,44 @@ def prepare(benchmark: str, source: str, out: str | Path, copy: bool = False, ta
     return prepare_local(benchmark, src, out, copy=copy, targets=targets)
 
 
-def main(argv: list[str] | None = None) -> int:
+# ------------------------------------------------------------------------------------------- CLI
+@dataclass
+class PrepareConfig:
+    """The options of ``python -m data.prepare``; each flag is the field of the same name."""
+
+    benchmark: str  # rwku | muse
+    source: str  # 'hf' (the Hugging Face hub) or a local folder holding the benchmark
+    out: str  # data root to write (then RULE_DATA_DIR=OUT)
+    copy: bool = False  # copy local files instead of symlinking them
+    targets: list[str] | None = None  # RWKU target ids or folder names (None: every target)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n\n")[0])
     p.add_argument("--benchmark", choices=["rwku", "muse"], required=True)
     p.add_argument("--source", required=True, help="'hf' (Hugging Face hub) or a local folder")
     p.add_argument("--out", required=True, help="data root to write (then RULE_DATA_DIR=OUT)")
-    p.add_argument("--copy", action="store_true", help="copy local files instead of symlinking")
-    p.add_argument("--targets", nargs="*", help="RWKU target ids or folder names (default all)")
-    a = p.parse_args(argv)
+    p.add_argument("--copy", action="store_true", default=PrepareConfig.copy,
+                   help="copy local files instead of symlinking")
+    p.add_argument("--targets", nargs="*", default=PrepareConfig.targets,
+                   help="RWKU target ids or folder names (default all)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> PrepareConfig:
+    return parse_typed(build_parser(), PrepareConfig, argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
     try:
-        res = prepare(a.benchmark, a.source, a.out, copy=a.copy, targets=a.targets)
+        res = prepare(cfg.benchmark, cfg.source, cfg.out, copy=cfg.copy, targets=cfg.targets)
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for err in res["errors"]:
         print(f"invalid: {err}", file=sys.stderr)
-    print(f"{a.benchmark}: {res['linked']} files ready under {res['out']}; {len(res['errors'])} invalid")
+    print(f"{cfg.benchmark}: {res['linked']} files ready under {res['out']}; {len(res['errors'])} invalid")
     return 1 if res["errors"] else 0
 
 

@@ -50,6 +50,7 @@ from data.refusal_templates import REFUSAL_TEMPLATES, refusals_for
 from data.rwku import FORGET_FILES, NEIGHBOR_FILES, REBO_EVAL_STEM, REBO_TRAIN_STEM, RULE_FILES, Target, resolve_target
 from data.schemas import load_validated, validate_records
 from verl.utils.io import atomic_write_json
+from verl.utils.typed_args import parse_typed
 
 log = logging.getLogger("data.synthesize")
 PARTIAL = ".synth_partial.jsonl"
@@ -59,6 +60,9 @@ MUSE_WRITTEN = tuple(f"{s}.json" for s in ("idk_target", "reject_target", muse.R
 
 @dataclass
 class SynthConfig:
+    """The options of ``python -m data.synthesize``; each flag is the field of the same name (the command line also
+    requires ``--out``, and ``--target`` for rwku)."""
+
     benchmark: str = "rwku"  # rwku | muse
     target: str | None = None  # RWKU target id / folder / name / path (ignored for muse)
     data_dir: str | None = None  # data root (default $RULE_DATA_DIR, then ./data)
@@ -453,33 +457,39 @@ def synthesize_muse(cfg: SynthConfig) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def parse_args(argv: list[str] | None = None) -> SynthConfig:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data.synthesize", description=__doc__.split("\n\n")[0])
     d = SynthConfig()
     p.add_argument("--benchmark", choices=["rwku", "muse"], default=d.benchmark)
-    p.add_argument("--target", help="RWKU target id, folder, name or path")
-    p.add_argument("--data_dir", help="data root (default $RULE_DATA_DIR, then ./data)")
+    p.add_argument("--target", default=d.target, help="RWKU target id, folder, name or path")
+    p.add_argument("--data_dir", default=d.data_dir, help="data root (default $RULE_DATA_DIR, then ./data)")
     p.add_argument("--out", required=True, help="output folder (target folder, or a root)")
     p.add_argument("--generator", choices=["openai", "local", "template"], default=d.generator)
-    p.add_argument("--model", help="generator model (openai: gpt-4o-mini; local: embedded)")
-    p.add_argument("--n_questions", type=int, help="questions to synthesize (rwku 300; muse all)")
+    p.add_argument("--model", default=d.model, help="generator model (openai: gpt-4o-mini; local: embedded)")
+    p.add_argument("--n_questions", type=int, default=d.n_questions,
+                   help="questions to synthesize (rwku 300; muse all)")
     p.add_argument("--budget", choices=["count", "paper"], default=d.budget)
     p.add_argument("--rs_fraction", type=float, default=d.rs_fraction)
     p.add_argument("--rebo_forget_fraction", type=float, default=d.rebo_forget_fraction)
     p.add_argument("--rebo_boundary_fraction", type=float, default=d.rebo_boundary_fraction)
     p.add_argument("--tokenizer", default=d.tokenizer, help="words | HF tokenizer path/id | embedded")
     p.add_argument("--refusals", choices=["builtin", "from_target"], default=d.refusals)
-    p.add_argument("--name", help="display name used in refusals (muse: Harry Potter)")
-    p.add_argument("--cache", help="request cache JSONL (default <out>/.request_cache.jsonl)")
-    p.add_argument("--no_cache", action="store_true")
+    p.add_argument("--name", default=d.name, help="display name used in refusals (muse: Harry Potter)")
+    p.add_argument("--cache", default=d.cache, help="request cache JSONL (default <out>/.request_cache.jsonl)")
+    p.add_argument("--no_cache", action="store_true", default=d.no_cache)
     p.add_argument("--max_retries", type=int, default=d.max_retries)
     p.add_argument("--base_delay", type=float, default=d.base_delay)
-    p.add_argument("--copy", action="store_true", help="copy benchmark files instead of symlinking")
+    p.add_argument("--copy", action="store_true", default=d.copy, help="copy benchmark files instead of symlinking")
     p.add_argument("--muse_fewshot", choices=["none", "icl"], default=d.muse_fewshot)
-    a = p.parse_args(argv)
-    if a.benchmark == "rwku" and not a.target:
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> SynthConfig:
+    p = build_parser()
+    cfg = parse_typed(p, SynthConfig, argv)
+    if cfg.benchmark == "rwku" and not cfg.target:
         p.error("--target is required for --benchmark rwku")
-    return SynthConfig(**vars(a))
+    return cfg
 
 
 def synthesize(cfg: SynthConfig, generator: Generator | None = None) -> dict:
