@@ -118,7 +118,7 @@ def test_budget_sections_and_variables_merge_in_order():
     assert rs["prompt_form"] == "both" and rs["learning_rate"] == 1e-4
     rebo = sandbox["rule_grpo"].config
     assert rebo["data"]["prompt_format"] == "rwku" and rebo["trainer"]["total_steps"] == 6
-    assert rebo["data"]["stratify_labels"] is True  # 4 + 4 of 8 prompts a step (README, experiment log #19)
+    assert rebo["data"]["stratify_labels"] is True  # 4 + 4 of 8 prompts a step (docs/sandbox.md, experiment log #19)
     assert rebo["worker"]["actor"]["optim"]["lr"] == 1e-4
     assert rebo["worker"]["reward"]["kwargs"]["normal_alpha"] == 0.0  # a boundary answer pays only when right (log #26)
     paper_forms = _steps(_plan(env={**BASE, "BUDGET": "smoke", "INJECT": "0"}))
