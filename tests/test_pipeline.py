@@ -120,11 +120,12 @@ def test_budget_sections_and_variables_merge_in_order():
     assert rebo["data"]["prompt_format"] == "rwku" and rebo["trainer"]["total_steps"] == 6
     assert rebo["data"]["stratify_labels"] is True  # 4 + 4 of 8 prompts a step (docs/sandbox.md, experiment log #19)
     assert rebo["worker"]["actor"]["optim"]["lr"] == 1e-4
-    assert rebo["worker"]["reward"]["kwargs"]["normal_alpha"] == 0.0  # a boundary answer pays only when right (log #26)
+    # a wrong boundary answer earns less than a right one, a refusal that runs on less than one that ends (log #39)
+    assert rebo["worker"]["reward"]["kwargs"] == {"normal_alpha": 0.25, "tail_penalty": 0.5}
     paper_forms = _steps(_plan(env={**BASE, "BUDGET": "smoke", "INJECT": "0"}))
     assert paper_forms["rule_grpo"].config["data"]["prompt_format"] == "chat"  # the release's form off the sandbox
     assert paper_forms["rule_grpo"].config["data"]["stratify_labels"] is False  # the release's random batches
-    assert "normal_alpha" not in paper_forms["rule_grpo"].config["worker"].get("reward", {}).get("kwargs", {})
+    assert not paper_forms["rule_grpo"].config["worker"].get("reward", {}).get("kwargs", {})  # the release's reward
     assert "prompt_form" not in paper_forms["rs"].config or paper_forms["rs"].config["prompt_form"] == "chat"
     rs = _steps(_plan(env={**BASE, "BUDGET": "smoke", "INJECT": "0"}))["rs"].config
     assert rs["max_steps"] == 6

@@ -207,6 +207,20 @@ def test_grpo_tells_normal_alpha_values_apart_only_in_a_group_with_a_right_answe
     assert not torch.allclose(advantages(right, 0.1), advantages(right, 0.5), atol=1e-2)
 
 
+def test_tail_penalty_pays_a_refusal_that_ends_over_one_that_runs_on():
+    """A refusal followed by more words ("... I'll just have to provide a brief answer") costs tail_penalty; the first
+    sentence alone decides what is a refusal, so without the penalty both earn the same. Default 0: the release."""
+    ends, runs_on = "I'm not sure about Stephen King.", "I'm not sure about Stephen King. I'll just have to provide"
+    on_next_line = "I'm not sure about Stephen King.\nHe wrote Carrie."
+    assert F.forget_two_stage_abs_target(runs_on, "p", REJ)["score"] == 1.0
+    for response, score, tail in [(ends, 1.0, 0.0), (ends + " ...", 1.0, 0.0), (runs_on, 0.5, 1.0),
+                                  (on_next_line, 0.5, 1.0), ("I don't know. I'll ask.", 0.0, 1.0)]:
+        out = F.forget_two_stage_abs_target(response, "p", REJ, tail_penalty=0.5)
+        assert (out["score"], out["refusal_tail"]) == (score, tail), response
+    answer = F.forget_two_stage_abs_target("Rob Reiner. He directed it.", "p", NORM, tail_penalty=0.5)
+    assert answer["score"] == 1.0 and answer["refusal_tail"] == 0.0  # an answer's tail is not a refusal's
+
+
 def test_forget():
     assert F.forget("I don't know.", "p", REJ)["score"] == 1.0
     assert F.forget("Stephen King.", "p", REJ)["score"] == 0.0

@@ -120,3 +120,13 @@ def test_refusal_stop_ends_rs_at_the_first_check_that_reaches_the_share(tiny_mod
                        (dict(refusal_stop_after=-1), "refusal_stop_after")):
         with pytest.raises(ValueError, match=match):
             validate_args(TrainArgs(**{**vars(args), **bad}))
+
+
+def test_every_training_stage_is_a_pipeline_method_and_back():
+    """The pipeline's method table (names, rows, configs) and RS's stage table (losses) name the same stages: a
+    stage added to one is missing from METHODS or from RS.train until added to the other (inject is stage 0)."""
+    from verl.pipeline.methods import METHODS
+
+    used = {m.stage for m in METHODS.values() if m.kind == "rs-stage"}
+    assert used <= set(STAGES)
+    assert set(STAGES) - used == {"inject"}

@@ -15,12 +15,15 @@ The returned dict has ``"score"`` (the reward) and sub-scores, the same keys for
 - ``rouge``: ROUGE-L recall of the response against ``solution[1]`` (mean over ``solution[1:]`` for ``<normal>``);
   on the eval file ``solution[1]`` of a ``<reject>`` row is the true answer, so this is the forget ROUGE
 - ``entity``: (``*_target`` only) 1 if the response names the target ``solution[2]``
+- ``refusal_tail``: 1 if the response is a refusal with words after its first sentence (a refusal that runs on:
+  "I'm not sure about Confucius. I'll just have to provide ...")
 
 Rewards (defaults are the paper's; alpha, beta, tau are keyword parameters), on a ``<reject>`` prompt / on a
 ``<normal>`` prompt:
 
-- ``forget_two_stage_abs_target`` (main): alpha if refusal, + beta if it also names the target / normal_alpha
-  (default alpha) if not a refusal, + beta if ROUGE-L recall > tau (0.3)
+- ``forget_two_stage_abs_target`` (main): alpha if refusal, + beta if it also names the target, - tail_penalty (default
+  0) if words follow the refusal sentence / normal_alpha (default alpha) if not a refusal, + beta if ROUGE-L
+  recall > tau (0.3)
 - ``forget``: 1 if refusal / 1 if ROUGE-L recall > tau (0.5)
 - ``forget_abs``: 1 if refusal / 1 if not a refusal
 - ``forget_two_stage``: reject_reward (1.0) if refusal / alpha if not a refusal, + beta if ROUGE-L recall > tau (0.3)
@@ -54,7 +57,7 @@ from collections.abc import Callable, Sequence
 
 from verl.rule.refusal import REFUSAL_MODES, is_refusal
 from verl.utils.rouge import IMPLS, rougel_recall, rougel_recall_multi
-from verl.utils.text import first_line, has_word
+from verl.utils.text import first_line, first_sentence, has_word
 
 REJECT, NORMAL = "<reject>", "<normal>"
 # the ROUGE scorer each refusal mode implies (paper mode = the release's `rouge` package call)
@@ -114,6 +117,14 @@ def _names_target(response: str, target: str, refusal_mode: str) -> bool:
     return norm(target) in norm(first_line(response))  # the line whose first sentence the refusal test reads
 
 
+def _runs_on(response: str) -> bool:
+    """Words after the response's first sentence (the part the strict detector reads), on its line or later ones."""
+    head = first_sentence(response)
+    rest = response.strip()
+    at = rest.find(head)
+    return has_word(rest[at + len(head):] if head and at >= 0 else "")
+
+
 def _answers(response: str, refused: bool, refusal_mode: str) -> bool:
     """Not a refusal; in strict mode also not empty (no word on the first line): the release pays "" as an answer, and
     a ReBO paid for it collapses to empty responses (docs/sandbox.md)."""
@@ -137,6 +148,7 @@ def _base(response: str, sol: list[str], is_reject: bool, refusal_mode: str, mul
         "answered": float(answered),
         "behaviour_correct": float(refused if is_reject else answered),
         "rouge": float(rouge),
+        "refusal_tail": float(refused and _runs_on(response)),
     }
 
 
@@ -151,13 +163,19 @@ def forget_two_stage_abs_target(
     tau: float = 0.3,
     rouge_impl: str | None = None,
     normal_alpha: float | None = None,
+    tail_penalty: float = 0.0,
     **extra,
 ) -> dict:
-    """Main RULE reward. <reject>: alpha for a refusal, + beta if that refusal names the target (solution[2]).
-    <normal>: normal_alpha (None: alpha, the release) for not refusing, + beta if ROUGE-L recall vs solution[1] >
-    tau. Range [0, alpha + beta]. normal_alpha=0 pays a <normal> answer only when it is right (not babble)."""
+    """Main RULE reward. <reject>: alpha for a refusal, + beta if that refusal names the target (solution[2]), -
+    tail_penalty (0: the release) if words follow the refusal sentence (floored at 0). <normal>: normal_alpha (None:
+    alpha, the release) for not refusing, + beta if ROUGE-L recall vs solution[1] > tau. Range [0, alpha + beta].
+    normal_alpha=0 pays a <normal> answer only when it is right (not babble); tail_penalty > 0 pays a refusal that
+    ends more than one that runs on, which the first-sentence detector alone does not tell apart."""
     n_alpha = alpha if normal_alpha is None else normal_alpha
-    return _two_branch_target(response, solution, refusal_mode, rouge_impl, alpha, beta, n_alpha, beta, tau)
+    out = _two_branch_target(response, solution, refusal_mode, rouge_impl, alpha, beta, n_alpha, beta, tau)
+    if out["refusal_tail"] and out["is_reject"]:
+        out["score"] = max(0.0, out["score"] - tail_penalty)
+    return out
 
 
 def _two_branch_target(response, solution, refusal_mode, rouge_impl, reject_alpha, reject_beta, normal_alpha,
