@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from verl.utils.text import first_sentence
+from verl.utils.text import first_sentence_end
 
 MAX_TAIL_TOKENS = 3
 
@@ -23,8 +23,7 @@ def end_fields(tokenizer, output: str, end: dict | None) -> dict:
     differ from the generated split by a token at the boundary, well inside ``MAX_TAIL_TOKENS``."""
     if not end:
         return {}
-    sentence = first_sentence(output)
-    cut = output.find(sentence) + len(sentence) if sentence else 0
+    cut = first_sentence_end(output)
     head = len(tokenizer(output[:cut], add_special_tokens=False)["input_ids"]) if cut else 0
     n = int(end["n_tokens"])
     return {"eos": bool(end["eos"]), "n_tokens": n, "tail_tokens": max(0, n - head)}

@@ -57,7 +57,7 @@ from collections.abc import Callable, Sequence
 
 from verl.rule.refusal import REFUSAL_MODES, is_refusal
 from verl.utils.rouge import IMPLS, rougel_recall, rougel_recall_multi
-from verl.utils.text import first_line, first_sentence, has_word
+from verl.utils.text import first_line, first_sentence_end, has_word
 
 REJECT, NORMAL = "<reject>", "<normal>"
 # the ROUGE scorer each refusal mode implies (paper mode = the release's `rouge` package call)
@@ -119,10 +119,7 @@ def _names_target(response: str, target: str, refusal_mode: str) -> bool:
 
 def _runs_on(response: str) -> bool:
     """Words after the response's first sentence (the part the strict detector reads), on its line or later ones."""
-    head = first_sentence(response)
-    rest = response.strip()
-    at = rest.find(head)
-    return has_word(rest[at + len(head):] if head and at >= 0 else "")
+    return has_word(response[first_sentence_end(response):])
 
 
 def _answers(response: str, refused: bool, refusal_mode: str) -> bool:

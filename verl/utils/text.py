@@ -28,3 +28,11 @@ def first_sentence(output: str) -> str:
     line = first_line(output)
     end = _SENTENCE_END.search(line)
     return line[: end.start() + 1] if end else line
+
+
+def first_sentence_end(output: str) -> int:
+    """The index in ``output`` just after ``first_sentence(output)`` (0 when there is none): what follows it is a
+    refusal's tail, which the evaluator's Refusal Ends and the reward's ``tail_penalty`` both read."""
+    sentence = first_sentence(output)
+    at = output.find(sentence) if sentence else -1
+    return at + len(sentence) if at >= 0 else 0
