@@ -303,3 +303,14 @@ def test_report_notes_a_uniform_limit(tmp_path):
     _result(tmp_path / "runs" / "a.json", "original", 5, 0.6)
     notes = make_report([tmp_path / "runs"], tmp_path / "out")["tables"][0]["notes"]
     assert any("every result used --limit 5" in n for n in notes)
+
+
+def test_rows_are_in_table_order_references_rule_then_baselines(tmp_path):
+    labels = ["SimNPO", "RT", "NPO+KLR", "GA", "RULE (PPO)", "NPO", "RS", "Original", "RULE (GRPO)", "MyMethod",
+              "Base (before injection)"]
+    for i, m in enumerate(labels):
+        _dump(tmp_path / "runs" / f"{i}.json", _rwku(m, "1_Stephen_King", 0.5, 0.5, 0.5, 0.9, 0.9))
+    res = make_report([tmp_path / "runs"], tmp_path / "out")
+    assert [r["method"] for r in res["tables"][0]["rows"]] == [
+        "Base (before injection)", "Original", "RS", "RULE (GRPO)", "RULE (PPO)", "GA", "NPO", "NPO+KLR", "SimNPO",
+        "RT", "MyMethod"]

@@ -279,9 +279,20 @@ def _key(r: dict) -> tuple[str, str, str]:
     return (str(r["benchmark"]).lower(), str(r.get("protocol", "paper")), _method_id(r))
 
 
+# table order after the reference models: RULE's stages, then the baselines as the paper lists them; a method is
+# placed by its family, the label's first word before any "+" or "(" ("RULE (PPO)" -> rule, "NPO+KLR" -> npo)
+FAMILY_ORDER = ("rs", "rule", "ga", "npo", "simnpo", "rt", "idkdpo")
+
+
 def _method_order(methods: list[str]) -> list[str]:
-    """Reference models (base, original: first word in ORIGINAL_NAMES) first, the rest alphabetically."""
-    return sorted(methods, key=lambda m: ((m.lower().split() or [""])[0] not in ORIGINAL_NAMES, m.lower()))
+    """Reference models (base, original: first word in ORIGINAL_NAMES) first, then FAMILY_ORDER, then any other
+    method; alphabetically within each."""
+    def key(m: str) -> tuple[int, int, str]:
+        first = (m.lower().split() or [""])[0]
+        family = re.split(r"[+(]", first)[0]
+        rank = FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
+        return (first not in ORIGINAL_NAMES, rank, m.lower())
+    return sorted(methods, key=key)
 
 
 # ----------------------------------------------------------------------------------------------- seed statistics

@@ -77,7 +77,11 @@ def run_step(step: Step, env: dict[str, str]) -> float:
     return seconds
 
 
-def run_target(planner: Planner, target: str, env: dict[str, str], times: dict[str, float]) -> TargetPlan:
+def run_target(planner: Planner, target: str, env: dict[str, str], times: dict[str, float],
+               earlier: dict[str, float] | None = None) -> TargetPlan:
+    """Run the target's stages still to do, recording each one's seconds in ``times``. An evaluation runs only the
+    models not evaluated yet, so its seconds add to ``earlier`` (the stage times of previous invocations); a training
+    stage that runs again replaces its output, and its time."""
     tp = planner.plan_target(target)
     for st in tp.steps:
         if st.done:
@@ -91,7 +95,8 @@ def run_target(planner: Planner, target: str, env: dict[str, str], times: dict[s
             return tp
         step = todo[0]
         attempted.add(step.name)
-        times[step.name] = run_step(step, env)
+        seconds = run_step(step, env)
+        times[step.name] = seconds + ((earlier or {}).get(step.name, 0.0) if step.kind == "eval" else 0.0)
         if step.kind == "rebo" and not planner_latest(step):
             raise StageFailed(f"{step.title} finished without a checkpoint in {rel(step.run_dir)}/checkpoints")
         tp = planner.plan_target(target)
@@ -138,7 +143,7 @@ def run_plan(planner: Planner, plan: Plan) -> Path:
         log(f"== target {tp.target} ({s.protocol} protocol, {s.budget} budget) -> {rel(tp.dir)}")
         times: dict[str, float] = {}
         try:
-            run_target(planner, tp.target, env, times)
+            run_target(planner, tp.target, env, times, timings.get(tp.target))
         finally:
             if times:
                 timings.setdefault(tp.target, {}).update(times)
