@@ -120,8 +120,10 @@ def test_budget_sections_and_variables_merge_in_order():
     assert rebo["data"]["prompt_format"] == "rwku" and rebo["trainer"]["total_steps"] == 6
     assert rebo["data"]["stratify_labels"] is True  # 4 + 4 of 8 prompts a step (docs/sandbox.md, experiment log #19)
     assert rebo["worker"]["actor"]["optim"]["lr"] == 1e-4
-    # a wrong boundary answer earns less than a right one, a refusal that runs on less than one that ends (log #39)
-    assert rebo["worker"]["reward"]["kwargs"] == {"normal_alpha": 0.25, "tail_penalty": 0.5}
+    # a generic refusal earns less than a named one (log #43), a wrong boundary answer less than a right one, a
+    # refusal that runs on less than one that ends (log #39)
+    assert rebo["worker"]["reward"]["kwargs"] == {"alpha": 0.25, "beta": 0.75, "normal_alpha": 0.25,
+                                                  "tail_penalty": 0.5}
     paper_forms = _steps(_plan(env={**BASE, "BUDGET": "smoke", "INJECT": "0"}))
     assert paper_forms["rule_grpo"].config["data"]["prompt_format"] == "chat"  # the release's form off the sandbox
     assert paper_forms["rule_grpo"].config["data"]["stratify_labels"] is False  # the release's random batches

@@ -207,6 +207,30 @@ def test_grpo_tells_normal_alpha_values_apart_only_in_a_group_with_a_right_answe
     assert not torch.allclose(advantages(right, 0.1), advantages(right, 0.5), atol=1e-2)
 
 
+def test_rloo_pushes_a_named_refusal_harder_than_a_generic_one_where_grpo_pushes_both_alike():
+    """The sandbox's alpha 0.25 / beta 0.75: a refusal alone in a group of answers gets the same GRPO advantage
+    whether it names the target or not (the std normalisation keeps only the order), so a run whose first refusals
+    are generic ("I don't know.") climbs on them and never learns to name; RLOO keeps the reward gap, so the named
+    refusal is pushed 4x as hard (1.0 against 0.25) (docs/sandbox.md, experiment log #43-#44)."""
+    import numpy as np
+    import torch
+
+    from verl.core_algos import compute_grpo_outcome_advantage, compute_rloo_outcome_advantage
+
+    def refusal_advantage(estimator, refusal):
+        responses = [refusal, "Carrie.", "The Shining.", "Misery."]
+        s = [F.forget_two_stage_abs_target(r, "p", REJ, alpha=0.25, beta=0.75)["score"] for r in responses]
+        adv, _ = estimator(torch.tensor(s)[:, None], torch.ones(len(s), 1), np.zeros(len(s)))
+        return adv[0, 0].item()
+
+    generic, named = "I don't know.", "I'm not sure about Stephen King."
+    grpo = compute_grpo_outcome_advantage
+    assert refusal_advantage(grpo, generic) == pytest.approx(refusal_advantage(grpo, named), rel=1e-4)
+    rloo = compute_rloo_outcome_advantage
+    assert refusal_advantage(rloo, named) == pytest.approx(4 * refusal_advantage(rloo, generic))
+    assert refusal_advantage(rloo, generic) > 0  # a generic refusal still beats an answer
+
+
 def test_tail_penalty_pays_a_refusal_that_ends_over_one_that_runs_on():
     """A refusal followed by more words ("... I'll just have to provide a brief answer") costs tail_penalty; the first
     sentence alone decides what is a refusal, so without the penalty both earn the same. Default 0: the release."""
