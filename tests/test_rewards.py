@@ -207,23 +207,40 @@ def test_grpo_tells_normal_alpha_values_apart_only_in_a_group_with_a_right_answe
     assert not torch.allclose(advantages(right, 0.1), advantages(right, 0.5), atol=1e-2)
 
 
-def test_rloo_pushes_a_named_refusal_harder_than_a_generic_one_where_grpo_pushes_both_alike():
-    """The sandbox's alpha 0.25 / beta 0.75: a refusal alone in a group of answers gets the same GRPO advantage
-    whether it names the target or not (the std normalisation keeps only the order), so a run whose first refusals
-    are generic ("I don't know.") climbs on them and never learns to name; RLOO keeps the reward gap, so the named
-    refusal is pushed 4x as hard (1.0 against 0.25) (docs/sandbox.md, experiment log #43-#44)."""
+GENERIC, NAMED = "I don't know.", "I'm not sure about Stephen King."
+
+
+def _advantages(estimator, responses, alpha, beta):
     import numpy as np
     import torch
 
+    s = [F.forget_two_stage_abs_target(r, "p", REJ, alpha=alpha, beta=beta)["score"] for r in responses]
+    adv, _ = estimator(torch.tensor(s)[:, None], torch.ones(len(s), 1), np.zeros(len(s)))
+    return adv[:, 0].tolist()
+
+
+def test_alpha_below_beta_pushes_generic_refusals_down_in_a_group_with_a_named_one():
+    """The sandbox's alpha 0.25 / beta 0.75: in a GRPO group of one named refusal, two generic ones and an answer the
+    generic refusals fall below the group's mean; at the release's 0.5 / 0.5 they sit on it (docs/sandbox.md, #43)."""
+    from verl.core_algos import compute_grpo_outcome_advantage as grpo
+
+    group = [NAMED, GENERIC, GENERIC, "Carrie."]
+    assert _advantages(grpo, group, 0.5, 0.5)[1] == pytest.approx(0.0, abs=1e-6)
+    adv = _advantages(grpo, group, 0.25, 0.75)
+    assert adv[1] < 0 < adv[0] and adv[3] < adv[1]
+
+
+def test_rloo_pushes_a_named_refusal_harder_than_a_generic_one_where_grpo_pushes_both_alike():
+    """A refusal alone in a group of answers gets the same GRPO advantage whether it names the target or not (the std
+    normalisation keeps only the order), so a run whose first refusals are generic ("I don't know.") climbs on them
+    and never learns to name; RLOO keeps the reward gap, so with alpha 0.25 / beta 0.75 the named refusal is pushed
+    4x as hard (1.0 against 0.25) (docs/sandbox.md, experiment log #43-#44)."""
     from verl.core_algos import compute_grpo_outcome_advantage, compute_rloo_outcome_advantage
 
     def refusal_advantage(estimator, refusal):
-        responses = [refusal, "Carrie.", "The Shining.", "Misery."]
-        s = [F.forget_two_stage_abs_target(r, "p", REJ, alpha=0.25, beta=0.75)["score"] for r in responses]
-        adv, _ = estimator(torch.tensor(s)[:, None], torch.ones(len(s), 1), np.zeros(len(s)))
-        return adv[0, 0].item()
+        return _advantages(estimator, [refusal, "Carrie.", "The Shining.", "Misery."], 0.25, 0.75)[0]
 
-    generic, named = "I don't know.", "I'm not sure about Stephen King."
+    generic, named = GENERIC, NAMED
     grpo = compute_grpo_outcome_advantage
     assert refusal_advantage(grpo, generic) == pytest.approx(refusal_advantage(grpo, named), rel=1e-4)
     rloo = compute_rloo_outcome_advantage
