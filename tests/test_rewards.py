@@ -240,12 +240,11 @@ def test_rloo_pushes_a_named_refusal_harder_than_a_generic_one_where_grpo_pushes
     def refusal_advantage(estimator, refusal):
         return _advantages(estimator, [refusal, "Carrie.", "The Shining.", "Misery."], 0.25, 0.75)[0]
 
-    generic, named = GENERIC, NAMED
     grpo = compute_grpo_outcome_advantage
-    assert refusal_advantage(grpo, generic) == pytest.approx(refusal_advantage(grpo, named), rel=1e-4)
+    assert refusal_advantage(grpo, GENERIC) == pytest.approx(refusal_advantage(grpo, NAMED), rel=1e-4)
     rloo = compute_rloo_outcome_advantage
-    assert refusal_advantage(rloo, named) == pytest.approx(4 * refusal_advantage(rloo, generic))
-    assert refusal_advantage(rloo, generic) > 0  # a generic refusal still beats an answer
+    assert refusal_advantage(rloo, NAMED) == pytest.approx(4 * refusal_advantage(rloo, GENERIC))
+    assert refusal_advantage(rloo, GENERIC) > 0  # a generic refusal still beats an answer
 
 
 def test_tail_penalty_pays_a_refusal_that_ends_over_one_that_runs_on():
