@@ -184,20 +184,26 @@ def test_normal_alpha_pays_a_boundary_answer_only_when_right():
     assert F.forget_two_stage_abs_target("personal", "p", NORM, normal_alpha=None)["score"] == 0.5  # the release
 
 
+def _advantages(estimator, responses, solution, **reward_kwargs):
+    """The advantages ``estimator`` gives one group of ``responses`` scored by the main reward. Shape ``[len]``."""
+    import numpy as np
+    import torch
+
+    s = [F.forget_two_stage_abs_target(r, "p", solution, **reward_kwargs)["score"] for r in responses]
+    adv, _ = estimator(torch.tensor(s)[:, None], torch.ones(len(s), 1), np.zeros(len(s)))
+    return adv[:, 0]
+
 
 def test_grpo_tells_normal_alpha_values_apart_only_in_a_group_with_a_right_answer():
     """Why a normal_alpha between 0 and 0.5 is not a middle setting under GRPO: its per-group std normalisation keeps
     only the order of a group's rewards, so babble-and-refusal groups (nearly every <normal> group of the sandbox)
     get the same advantages at 0.1 as at 0.5 (babble above refusal), and all-zero ones at 0 (docs/sandbox.md)."""
-    import numpy as np
     import torch
 
     from verl.core_algos import compute_grpo_outcome_advantage
 
     def advantages(responses, normal_alpha):
-        s = [F.forget_two_stage_abs_target(r, "p", NORM, normal_alpha=normal_alpha)["score"] for r in responses]
-        adv, _ = compute_grpo_outcome_advantage(torch.tensor(s)[:, None], torch.ones(len(s), 1), np.zeros(len(s)))
-        return adv[:, 0]
+        return _advantages(compute_grpo_outcome_advantage, responses, NORM, normal_alpha=normal_alpha)
 
     babble = ["personal and personal", " 551. 551.1.1", "I'm not sure about this.", "the way of the way"]
     assert torch.allclose(advantages(babble, 0.1), advantages(babble, 0.5), atol=1e-4)  # up to the eps in the std
@@ -210,23 +216,14 @@ def test_grpo_tells_normal_alpha_values_apart_only_in_a_group_with_a_right_answe
 GENERIC, NAMED = "I don't know.", "I'm not sure about Stephen King."
 
 
-def _advantages(estimator, responses, alpha, beta):
-    import numpy as np
-    import torch
-
-    s = [F.forget_two_stage_abs_target(r, "p", REJ, alpha=alpha, beta=beta)["score"] for r in responses]
-    adv, _ = estimator(torch.tensor(s)[:, None], torch.ones(len(s), 1), np.zeros(len(s)))
-    return adv[:, 0].tolist()
-
-
 def test_alpha_below_beta_pushes_generic_refusals_down_in_a_group_with_a_named_one():
     """The sandbox's alpha 0.25 / beta 0.75: in a GRPO group of one named refusal, two generic ones and an answer the
     generic refusals fall below the group's mean; at the release's 0.5 / 0.5 they sit on it (docs/sandbox.md, #43)."""
     from verl.core_algos import compute_grpo_outcome_advantage as grpo
 
     group = [NAMED, GENERIC, GENERIC, "Carrie."]
-    assert _advantages(grpo, group, 0.5, 0.5)[1] == pytest.approx(0.0, abs=1e-6)
-    adv = _advantages(grpo, group, 0.25, 0.75)
+    assert _advantages(grpo, group, REJ, alpha=0.5, beta=0.5).tolist()[1] == pytest.approx(0.0, abs=1e-6)
+    adv = _advantages(grpo, group, REJ, alpha=0.25, beta=0.75).tolist()
     assert adv[1] < 0 < adv[0] and adv[3] < adv[1]
 
 
@@ -238,7 +235,8 @@ def test_rloo_pushes_a_named_refusal_harder_than_a_generic_one_where_grpo_pushes
     from verl.core_algos import compute_grpo_outcome_advantage, compute_rloo_outcome_advantage
 
     def refusal_advantage(estimator, refusal):
-        return _advantages(estimator, [refusal, "Carrie.", "The Shining.", "Misery."], 0.25, 0.75)[0]
+        group = [refusal, "Carrie.", "The Shining.", "Misery."]
+        return _advantages(estimator, group, REJ, alpha=0.25, beta=0.75).tolist()[0]
 
     grpo = compute_grpo_outcome_advantage
     assert refusal_advantage(grpo, GENERIC) == pytest.approx(refusal_advantage(grpo, NAMED), rel=1e-4)
