@@ -9,13 +9,15 @@ rollout seed moved a target's forget All by up to 47 points), so every figure is
 the mean over the seeds. With several seeds each figure shows its 95% interval (``± h``); the goals are judged on the
 means.
 
-Goals (RULE = rule_grpo; x100; "All" = plain mean of FB/QA/AA): forget All at most half of Original's and at least 15
+Goals (RULE = each ReBO row present: RULE (GRPO), and RULE (PPO) or RULE (Reinforce++) when run, one table each;
+x100; "All" = plain mean of FB/QA/AA): forget All at most half of Original's and at least 15
 below RS's; neighbor All at least 85% of Original's; Boundary Answer at least 85% of Original's and Boundary Refused at
 most 10%; at least 60% of forget probes refused, the target named in at least 80% of those refusals, at least 90% of
 them ending (Refusal Ends); naturalness (the judge's mean of Read/Help/Truth, the offline proxy in the sandbox table)
 at or above RS's; not dominated by GA, NPO, SimNPO or RT on the Pareto plane (forget All against the mean of neighbor
 All and Boundary Answer when the boundary suite was run, else neighbor All; no higher forget and no lower retain, one
-of the two strictly). A figure the results do not carry (no boundary suite, no end fields) makes its goal "n/a".
+of the two strictly). A figure the results do not carry (no boundary suite, no end fields, no baseline run) makes its
+goal "n/a".
 """
 
 from __future__ import annotations
@@ -35,9 +37,12 @@ from verl.eval.report import (
     result_seed,
     seed_estimate,
 )
+from verl.pipeline.methods import METHODS
 from verl.utils.io import atomic_write_text
 
 RULE, ORIGINAL, RS = "rule_grpo", "original", "rs"
+RULES = tuple(m.name for m in METHODS.values() if m.kind == "rebo")  # every ReBO row, GRPO first
+UNDOMINATED = "not dominated by GA, NPO, SimNPO, RT"
 BASELINES = ("ga", "npo", "simnpo", "rt")
 PATHS = {  # figure -> metrics path (the report's column, so a moved metric follows it)
     "forget": ("forget", "All"),
@@ -52,8 +57,9 @@ PATHS = {  # figure -> metrics path (the report's column, so a moved metric foll
 
 
 def load(run_dir: Path) -> dict[str, dict[str, list[dict]]]:
-    """{target: {method stem: [result per seed]}} for every target folder with the original, rs and rule_grpo
-    results; each result gets ``_seed`` (None: shared by every seed, or a run without SEEDS) and its refusal shares."""
+    """{target: {method stem: [result per seed]}} for every target folder with the original and rs results and one
+    RULE row's; each result gets ``_seed`` (None: shared by every seed, or a run without SEEDS) and its refusal
+    shares."""
     out: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     folders = [(d, d.parent.name) for d in sorted(run_dir.glob("*/results"))]
     folders += [(d, d.parent.parent.name) for d in sorted(run_dir.glob("*/seed*/results"))]
@@ -66,7 +72,8 @@ def load(run_dir: Path) -> dict[str, dict[str, list[dict]]]:
             if "refusal" not in r["metrics"]:
                 r["metrics"]["refusal"] = refusal_shares(r) or {}
             out[target][path.stem].append(r)
-    return {t: dict(rows) for t, rows in sorted(out.items()) if all(k in rows for k in (RULE, ORIGINAL, RS))}
+    return {t: dict(rows) for t, rows in sorted(out.items())
+            if ORIGINAL in rows and RS in rows and any(k in rows for k in RULES)}
 
 
 class Figures:
@@ -111,9 +118,9 @@ def _ratio_goal(name: str, rule: Estimate, ref: Estimate, k: float, at_least: bo
                  f"{fmt(rule)} vs {bound:.1f}")
 
 
-def dominators(get, baselines: list[str]) -> tuple[list[str], str]:
-    """Baselines whose means dominate RULE's on (forget, retain), and the figures shown."""
-    f_rule, r_rule = get(RULE, "forget"), get(RULE, "retain")
+def dominators(get, baselines: list[str], rule: str = RULE) -> tuple[list[str], str]:
+    """Baselines whose means dominate the RULE row's on (forget, retain), and the figures shown."""
+    f_rule, r_rule = get(rule, "forget"), get(rule, "retain")
     out, shown = [], [f"RULE {fmt(f_rule)} / {fmt(r_rule)}"]
     for k in baselines:
         f, r = get(k, "forget"), get(k, "retain")
@@ -125,11 +132,12 @@ def dominators(get, baselines: list[str]) -> tuple[list[str], str]:
     return out, "; ".join(shown)
 
 
-def check(get, baselines: list[str]) -> list[tuple[str, bool | None, str]]:
-    """(goal, met or None for n/a, figures) with ``get(method, figure)`` -> Estimate."""
-    rule = {f: get(RULE, f) for f in (*PATHS, "retain")}
+def check(get, baselines: list[str], rule_method: str = RULE) -> list[tuple[str, bool | None, str]]:
+    """(goal, met or None for n/a, figures) of one RULE row with ``get(method, figure)`` -> Estimate; the dominance
+    goal is n/a without a baseline (nothing was compared)."""
+    rule = {f: get(rule_method, f) for f in (*PATHS, "retain")}
     orig, rs = get(ORIGINAL, "forget"), get(RS, "forget")
-    dom, dom_figures = dominators(get, baselines)
+    dom, dom_figures = dominators(get, baselines, rule_method)
     f_rs = rs.mean
     return [
         _ratio_goal("forget All <= 50% of Original", rule["forget"], orig, 0.5, at_least=False),
@@ -146,8 +154,8 @@ def check(get, baselines: list[str]) -> list[tuple[str, bool | None, str]]:
         _goal("naturalness (proxy) >= RS's", rule["naturalness"],
               lambda v: get(RS, "naturalness").mean is not None and v >= get(RS, "naturalness").mean,
               f"{fmt(rule['naturalness'])} vs RS {fmt(get(RS, 'naturalness'))}"),
-        _goal("not dominated by GA, NPO, SimNPO, RT", rule["retain"], lambda _: not dom,
-              ("dominated by " if dom else "none; ") + dom_figures),
+        _goal(UNDOMINATED, rule["retain"], lambda _: not dom, ("dominated by " if dom else "none; ") + dom_figures)
+        if baselines else (UNDOMINATED, None, "no baseline run"),
     ]
 
 
@@ -155,18 +163,20 @@ def _cell(met: bool | None, figures: str) -> str:
     return ("n/a" if met is None else "met" if met else "**missed**") + f" ({figures})"
 
 
-def header(figs: Figures, n_targets: int) -> str:
-    """What the figures are: sandbox numbers, seed means (or one draw), the Pareto retain used."""
+def header(figs: Figures, n_targets: int, rule: str = RULE) -> str:
+    """Whose goals, what the figures are: sandbox numbers, seed means (or one draw), the Pareto retain used."""
     seeds = figs.seeds
     how = (f"means over {len(seeds)} seeds ({', '.join(map(str, seeds))}), ± = 95% interval over seeds (t), judged "
            f"on the means; the mean column: each seed's mean over the {n_targets} targets, then the mean over seeds"
            if len(seeds) > 1 else ONE_SEED_NOTE)
     retain = "mean of neighbor All and Boundary Answer" if figs.boundary else "neighbor All (no boundary suite)"
-    return (f"Sandbox goals (knowledge-injection sandbox: not comparable with paper numbers); {how}. Pareto retain: "
-            f"{retain}.\n\n")
+    return (f"Sandbox goals of {METHODS[rule].label} (knowledge-injection sandbox: not comparable with paper numbers); "
+            f"{how}. Pareto retain: {retain}.\n\n")
 
 
-def to_markdown(per_target: dict[str, dict[str, list[dict]]]) -> str:
+def to_markdown(per_target: dict[str, dict[str, list[dict]]], rule: str = RULE) -> str:
+    """The goals table of one RULE row over the targets that have it."""
+    per_target = {t: rows for t, rows in per_target.items() if rule in rows}
     figs = Figures(per_target)
     targets = list(per_target)
     common = [k for k in BASELINES if all(k in rows for rows in per_target.values())]
@@ -174,11 +184,11 @@ def to_markdown(per_target: dict[str, dict[str, list[dict]]]) -> str:
     checks = []
     for ts in columns:
         here = common if len(ts) > 1 else [k for k in BASELINES if k in per_target[ts[0]]]
-        checks.append(check(lambda m, f, ts=ts: figs.estimate(ts, m, f), here))
+        checks.append(check(lambda m, f, ts=ts: figs.estimate(ts, m, f), here, rule))
     lines = ["| goal | " + " | ".join([*targets, "mean"]) + " |", "|---|" + "---|" * len(checks)]
     for i, (goal, _, _) in enumerate(checks[0]):
         lines.append(f"| {goal} | " + " | ".join(_cell(c[i][1], c[i][2]) for c in checks) + " |")
-    return header(figs, len(targets)) + "\n".join(lines) + "\n"
+    return header(figs, len(targets), rule) + "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,9 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     per_target = load(args.run_dir)
     if not per_target:
-        print(f"error: no target under {args.run_dir} has the original, rs and rule_grpo results", file=sys.stderr)
+        print(f"error: no target under {args.run_dir} has the original and rs results and one of {', '.join(RULES)}",
+              file=sys.stderr)
         return 2
-    table = to_markdown(per_target)
+    rules = [r for r in RULES if any(r in rows for rows in per_target.values())]
+    table = "\n".join(to_markdown(per_target, r) for r in rules)
     print(table, end="")
     if args.out:
         atomic_write_text(args.out, table)

@@ -130,6 +130,28 @@ def test_mean_over_targets_and_cli(tmp_path):
     assert G.main([str(tmp_path / "none")]) == 2
 
 
+def test_each_rule_row_gets_its_goals_and_dominance_is_na_without_baselines(tmp_path):
+    """A run of RULE (Reinforce++) alone is judged on its own row; RULE (GRPO) beside it gets a table of its own, and
+    with no baseline run the dominance goal is n/a, never met by default."""
+    rows = {"original": _result(0.8, 0.9, [ANSWER]), "rs": _result(0.6, 0.9, [ANSWER]),
+            "rule_rpp": _result(0.2, 0.9, [NAMED])}
+    _write(tmp_path, "1_Stephen_King", rows)
+    got = {goal: (met, fig) for goal, met, fig in G.check(
+        lambda m, f: G.Figures(G.load(tmp_path)).estimate(["1_Stephen_King"], m, f), [], "rule_rpp")}
+    assert got["forget All <= 50% of Original"] == (True, "20.0 vs 40.0")
+    assert got[G.UNDOMINATED] == (None, "no baseline run")
+    out = tmp_path / "goals.md"
+    assert G.main([str(tmp_path), "--out", str(out)]) == 0
+    table = out.read_text()
+    assert table.startswith("Sandbox goals of RULE (Reinforce++)") and "RULE (GRPO)" not in table
+    assert f"| {G.UNDOMINATED} | n/a (no baseline run) | n/a (no baseline run) |" in table
+    _write(tmp_path, "1_Stephen_King", {"rule_grpo": _result(0.7, 0.9, [ANSWER])})
+    assert G.main([str(tmp_path), "--out", str(out)]) == 0
+    grpo, rpp = out.read_text().split("Sandbox goals of ")[1:]
+    assert grpo.startswith("RULE (GRPO)") and "**missed** (70.0 vs 40.0)" in grpo
+    assert rpp.startswith("RULE (Reinforce++)") and "met (20.0 vs 40.0)" in rpp
+
+
 def test_sandbox_table_driver_plans_both_modes(tmp_path, shared_data):
     """Both documented driver commands, as dry runs (the synth mode also builds its template data)."""
     import os
