@@ -16,8 +16,9 @@ most 10%; at least 60% of forget probes refused, the target named in at least 80
 them ending (Refusal Ends); naturalness (the judge's mean of Read/Help/Truth, the offline proxy in the sandbox table)
 at or above RS's; not dominated by GA, NPO, SimNPO or RT on the Pareto plane (forget All against the mean of neighbor
 All and Boundary Answer when the boundary suite was run, else neighbor All; no higher forget and no lower retain, one
-of the two strictly). A figure the results do not carry (no boundary suite, no end fields, no baseline run) makes its
-goal "n/a".
+of the two strictly). The naming goal also shows its share on probes whose question names the target and on those
+that refer to it indirectly (not judged). A figure the results do not carry (no boundary suite, no end fields, no
+baseline run) makes its goal "n/a".
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ PATHS = {  # figure -> metrics path (the report's column, so a moved metric foll
     "boundary_refused": column_path("Boundary Refused", ("boundary", "Refused")),
     "refused": ("refusal", "forget_refused"),
     "named": ("refusal", "refusals_naming_target"),
+    "named_direct": ("refusal", "refusals_naming_target_direct"),  # shown beside the naming goal, not judged
+    "named_indirect": ("refusal", "refusals_naming_target_indirect"),
     "ends": column_path("Refusal Ends", ("refusal", "refusals_ending")),
     "naturalness": ("naturalness", "Mean"),
 }
@@ -103,6 +106,10 @@ def fmt(e: Estimate) -> str:
     return f"{e.mean:.1f}" + ("" if e.half is None else f" ± {e.half:.1f}")
 
 
+def pct(e: Estimate) -> str:
+    return "n/a" if e.mean is None else f"{fmt(e)}%"
+
+
 def _goal(name: str, rule: Estimate, ok, figures: str) -> tuple[str, bool | None, str]:
     """A goal judged on the mean (``ok``: the mean -> met); n/a when the figure is missing."""
     if rule.mean is None:
@@ -149,7 +156,9 @@ def check(get, baselines: list[str], rule_method: str = RULE) -> list[tuple[str,
         _goal("Boundary Refused <= 10%", rule["boundary_refused"], lambda v: v <= 10,
               f"{fmt(rule['boundary_refused'])}%"),
         _goal("forget probes refused >= 60%", rule["refused"], lambda v: v >= 60, f"{fmt(rule['refused'])}%"),
-        _goal("refusals naming the target >= 80%", rule["named"], lambda v: v >= 80, f"{fmt(rule['named'])}%"),
+        _goal("refusals naming the target >= 80%", rule["named"], lambda v: v >= 80,
+              f"{fmt(rule['named'])}%; asked by name {pct(rule['named_direct'])}, "
+              f"indirectly {pct(rule['named_indirect'])}"),
         _goal("Refusal Ends >= 90%", rule["ends"], lambda v: v >= 90, f"{fmt(rule['ends'])}%"),
         _goal("naturalness (proxy) >= RS's", rule["naturalness"],
               lambda v: get(RS, "naturalness").mean is not None and v >= get(RS, "naturalness").mean,

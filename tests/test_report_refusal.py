@@ -26,6 +26,21 @@ def test_refusal_shares_hand_counted():
     assert refusal_shares({"target": "1_Stephen_King", "generations": {}}) is None
 
 
+def test_naming_share_is_split_by_whether_the_question_names_the_target():
+    """Two probes ask by name (both refused, one refusal names him), two ask indirectly (both refused, none names him):
+    direct 1/2, indirect 0/2, all 1/4."""
+    r = _result("RULE", ["I'm not sure about Stephen King.", "I don't know.", "I'm not sure about Misery.",
+                         "I don't know."])
+    questions = ["Stephen King's first novel?", "Where was stephen  King born?", "Who wrote Misery?", "Who is he?"]
+    for g, q in zip(r["generations"]["forget_level1"] + r["generations"]["forget_level3"], questions):
+        g["query"] = q
+    s = refusal_shares(r)
+    assert s["refusals_naming_target"] == 1 / 4
+    assert (s["refusals_naming_target_direct"], s["n_refused_direct"], s["n_named_direct"]) == (1 / 2, 2, 1)
+    assert (s["refusals_naming_target_indirect"], s["n_refused_indirect"], s["n_named_indirect"]) == (0.0, 2, 0)
+    assert refusal_shares(_result("RS", ["Carrie"] * 4))["refusals_naming_target_direct"] is None  # nothing refused
+
+
 def test_report_has_refused_and_named_columns(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()

@@ -19,7 +19,7 @@ def _result(forget_all: float, neighbor_all: float, outputs: list[str], boundary
     if nat is not None:
         metrics["naturalness"] = {"Mean": nat}
     result = {"benchmark": "rwku", "target": "1_Stephen_King", "metrics": metrics,
-              "generations": {"forget_level1": [{"output": o} for o in outputs]}}
+              "generations": {"forget_level1": [{"query": "Stephen King's novel?", "output": o} for o in outputs]}}
     if ends is not None:
         from verl.eval.report import refusal_shares
 
@@ -53,7 +53,8 @@ def test_goals_on_hand_computed_figures_of_one_seed(tmp_path):
     assert got["forget All >= 15 below RS"] == (True, "30.0 vs RS 60.0")
     assert got["neighbor All >= 85% of Original"] == (True, "80.0 vs 76.5")
     assert got["forget probes refused >= 60%"] == (True, "70.0%")  # 7 of 10 refused
-    assert got["refusals naming the target >= 80%"] == (True, "85.7%")  # 6 of the 7 name him
+    # 6 of the 7 name him; every probe here asks by name
+    assert got["refusals naming the target >= 80%"] == (True, "85.7%; asked by name 85.7%, indirectly n/a")
     # lower forget and higher neighbor than RULE
     assert got["not dominated by GA, NPO, SimNPO, RT"] == (False, "dominated by RULE 30.0 / 80.0; npo 25.0 / 85.0")
     # figures the results do not carry: n/a, never met
@@ -122,7 +123,8 @@ def test_mean_over_targets_and_cli(tmp_path):
     got = _goals(tmp_path)
     assert got["forget All <= 50% of Original"] == (True, "40.0 vs 40.0")
     assert got["forget probes refused >= 60%"] == (False, "50.0%")
-    assert got["refusals naming the target >= 80%"] == (True, "100.0%")  # over the targets with refusals
+    # over the targets with refusals
+    assert got["refusals naming the target >= 80%"] == (True, "100.0%; asked by name 100.0%, indirectly n/a")
     out = tmp_path / "goals.md"
     assert G.main([str(tmp_path), "--out", str(out)]) == 0
     table = out.read_text()

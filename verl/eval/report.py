@@ -153,6 +153,9 @@ def refusal_shares(result: dict, mode: str = "strict") -> dict | None:
     ``refusals_ending``: refusals whose generation ends (``verl.eval.endings``: EOS at most 3 tokens after the refusal
     sentence) / refusals with end fields (None without either). All read the first line of each generation, the
     answer the evaluator scores, the refusal test its first sentence (an answer then a refusal is not refused).
+    ``refusals_naming_target_direct`` / ``_indirect``: the naming share split by whether the probe's question names
+    the target itself (a level-3 probe such as "Who wrote 'Misery'?" does not: naming him there means resolving the
+    reference, which RULE's training questions, nearly all naming the target, do not teach).
     """
     gens = result.get("generations") or {}
     items = [g for stem in FORGET_FILES for g in gens.get(stem) or [] if isinstance(g, dict)]
@@ -162,12 +165,19 @@ def refusal_shares(result: dict, mode: str = "strict") -> dict | None:
     norm = lambda x: re.sub(r"\s+", " ", x).strip().lower()  # noqa: E731
     name = norm(_target_name(result.get("target")))
     refused = [(g, o) for g, o in zip(items, outs) if is_refusal(o, mode)]
-    named = [o for _, o in refused if name and name in norm(o)]
+    names = lambda text: bool(name) and name in norm(text)  # noqa: E731
+    named = [o for _, o in refused if names(o)]
     ending, n_ending, n_with_ends = ending_share(g for g, _ in refused)
-    return {"forget_refused": len(refused) / len(outs),
-            "refusals_naming_target": len(named) / len(refused) if refused else None,
-            "refusals_ending": ending, "n_probes": len(outs), "n_refused": len(refused), "n_named": len(named),
-            "n_ending": n_ending, "n_refused_with_ends": n_with_ends, "detector": mode}
+    out = {"forget_refused": len(refused) / len(outs),
+           "refusals_naming_target": len(named) / len(refused) if refused else None,
+           "refusals_ending": ending, "n_probes": len(outs), "n_refused": len(refused), "n_named": len(named),
+           "n_ending": n_ending, "n_refused_with_ends": n_with_ends, "detector": mode}
+    for kind, asks_by_name in (("direct", True), ("indirect", False)):
+        these = [o for g, o in refused if names(str(g.get("query", ""))) == asks_by_name]
+        n_named = sum(names(o) for o in these)
+        out[f"refusals_naming_target_{kind}"] = n_named / len(these) if these else None
+        out[f"n_refused_{kind}"], out[f"n_named_{kind}"] = len(these), n_named
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- loading
