@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -195,15 +196,47 @@ def train_rows(rows: list[dict], split: BoundarySplit, pool: int = 0, excluded: 
     return kept, summary
 
 
+INDIRECT_REFERENCE = "this person"
+
+
+def indirect_rows(rows: list[dict], name: str, reference: str = INDIRECT_REFERENCE) -> tuple[list[dict], int]:
+    """``rows`` with every second ``<reject>`` row that names the target asking about it as ``reference`` instead
+    ("... where many of this person's stories take place, including Carrie, Cujo, and IT?"), and how many were
+    rewritten. The solution is kept, so the reward still pays a refusal that names the target. The release's
+    questions nearly all name the target while a third of RWKU's forget probes refer to it indirectly ("Who wrote
+    'Misery'?"); these rows ask the policy to name the target from what the question says about it. Every second
+    row, so that a group's question and its fill-in-the-blank rewrite keep one form each and the labels' counts (and
+    so ReBO's stratified batches) stay as they were."""
+    pattern = re.compile(re.escape(name), re.IGNORECASE) if name else None
+    out, n = [], 0
+    naming = 0
+    for r in rows:
+        if pattern and label(r) == "<reject>" and pattern.search(r["prompt"]):
+            naming += 1
+            if naming % 2 == 0:
+                r, n = {**r, "prompt": pattern.sub(reference, r["prompt"])}, n + 1
+        out.append(r)
+    return out, n
+
+
+def with_indirect_rows(rows: list[dict], summary: dict, name: str) -> tuple[list[dict], dict]:
+    """``indirect_rows`` of ``rows``; the summary counts the rewritten rows."""
+    out, n = indirect_rows(rows, name)
+    return out, {**summary, "n_indirect": n}
+
+
 def write_rebo_train_file(target: Target | str, out: str | os.PathLike, share: float = BOUNDARY_SHARE,
-                          pool: int = 0, labels: tuple[str, ...] | None = None, data_root=None) -> dict:
+                          pool: int = 0, labels: tuple[str, ...] | None = None, data_root=None,
+                          indirect: bool = False) -> dict:
     """Write ReBO's training file for ``target`` to ``out`` (``train_rows``: no suite question, no probe; the sandbox
-    passes ``pool=SANDBOX_POOL``) and its summary to ``<out stem>.split.json``; returns the summary. A target
-    without a ReBO file is an error (ReBO has nothing to train on)."""
+    passes ``pool=SANDBOX_POOL``; ``indirect``: through ``indirect_rows``) and its summary to ``<out stem>.split.json``;
+    returns the summary. A target without a ReBO file is an error (ReBO has nothing to train on)."""
     t = _target(target, data_root)
     rows = t.load(REBO_TRAIN_STEM)
     split = split_rows(rows, share, str(t.file(REBO_TRAIN_STEM)))
     kept, summary = train_rows(rows, split, pool, probe_queries(t), labels)
+    if kept and indirect:
+        kept, summary = with_indirect_rows(kept, summary, t.name)
     if not kept:
         raise ValueError(f"{t.folder}: no ReBO row left after the boundary split ({summary['dropped']})")
     out = Path(out)
@@ -234,6 +267,6 @@ def boundary_facts(target: Target | str, share: float = BOUNDARY_SHARE, pool: in
     return suite, pool_rows, split
 
 
-__all__ = ["BOUNDARY_SHARE", "SANDBOX_POOL", "BoundarySplit", "boundary_facts", "boundary_split", "held_out_count",
-           "normalize", "pool_groups", "probe_queries", "rebo_groups", "split_rows", "train_rows",
-           "write_rebo_train_file"]
+__all__ = ["BOUNDARY_SHARE", "INDIRECT_REFERENCE", "SANDBOX_POOL", "BoundarySplit", "boundary_facts", "boundary_split",
+           "held_out_count", "indirect_rows", "normalize", "pool_groups", "probe_queries", "rebo_groups", "split_rows",
+           "train_rows", "with_indirect_rows", "write_rebo_train_file"]

@@ -13,6 +13,7 @@ from data.boundary import (
     boundary_facts,
     boundary_split,
     held_out_count,
+    indirect_rows,
     normalize,
     pool_groups,
     probe_queries,
@@ -110,6 +111,20 @@ def test_labels_filter_serves_the_ablation_without_boundary_prompts():
     assert kept and all(r["solution"][0] == "<reject>" for r in kept) and summary["kept_labels"]["<normal>"] == 0
 
 
+def test_indirect_rows_rewrite_every_second_reject_question_naming_the_target():
+    """Of each group's two <reject> rows the second asks about "this person" (case-insensitive match of the name);
+    the solution (which the reward reads for the name) stays, <normal> rows and rows without the name stay."""
+    rows = rows_of(2) + [{"prompt": "Who wrote it?", "solution": ["<reject>", "I don't know Target.", "Target"]}]
+    rows[0]["prompt"] = "TARGET's fact 0 is ___."
+    out, n = indirect_rows(rows, "Target")
+    assert n == 2 and len(out) == len(rows)
+    assert [r["prompt"] for r in out[:2]] == ["TARGET's fact 0 is ___.", "What is this person fact 0?"]
+    assert out[5]["prompt"] == "What is this person fact 1?" and out[4] == rows[4] and out[8] == rows[8]
+    assert [r["solution"] for r in out] == [r["solution"] for r in rows]
+    assert [r for r in out if r["solution"][0] == "<normal>"] == [r for r in rows if r["solution"][0] == "<normal>"]
+    assert rows[1]["prompt"] == "What is Target fact 0?"  # the input is not modified
+
+
 def test_rebo_groups_layouts():
     assert rebo_groups(rows_of(3))[0] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
     interleaved = [r for i in range(3) for r in (group(i)[0], group(i)[2], group(i)[1], group(i)[3])]
@@ -139,6 +154,9 @@ def test_write_rebo_train_file_on_the_sample_target(tmp_path):
     assert recorded["split"]["suite_rows"] == [s["row"] for s in split.suite] and len(kept) == summary["n_kept"]
     pool = write_rebo_train_file(t, tmp_path / "pool.json", pool=SANDBOX_POOL)
     assert pool["kept_labels"] == {"<reject>": 2 * SANDBOX_POOL, "<normal>": 2 * SANDBOX_POOL}
+    indirect = write_rebo_train_file(t, tmp_path / "indirect.json", pool=SANDBOX_POOL, indirect=True)
+    assert indirect["kept_labels"] == pool["kept_labels"] and indirect["n_indirect"] == SANDBOX_POOL
+    assert sum("this person" in r["prompt"] for r in json.loads((tmp_path / "indirect.json").read_text())) == 6
     suite, pool_rows, _ = boundary_facts(t)
     pool_prompts = {normalize(r["prompt"]) for r in json.loads((tmp_path / "pool.json").read_text())}
     assert {normalize(r["query"]) for r in pool_rows} <= pool_prompts  # the facts injected are the pool's

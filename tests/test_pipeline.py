@@ -62,7 +62,7 @@ def test_methods_parse_in_order_and_unknown_names_fail():
     ("BUDGET", "fast", "BUDGET must be smoke, paper, test"),
     ("INJECT", "2", "INJECT must be one of 0 | 1"),
     ("REBO_START", "sft", "REBO_START must be one of rs | original"),
-    ("REBO_DATA", "all", "REBO_DATA must be one of full | reject_only"),
+    ("REBO_DATA", "all", "REBO_DATA must be one of full | reject_only | indirect"),
     ("GPUS", "0,x", "GPUS must be a comma list"),
     ("RS_STEPS", "many", "RS_STEPS must be a whole number"),
     ("METHODS", "rule_grpo dpo", "unknown method 'dpo'"),
@@ -212,6 +212,24 @@ def test_reject_only_subset_keeps_only_reject_rows(tmp_path):
     st.prepare()
     rows = json.loads(Path(st.inputs["data"]).read_text())
     assert rows and all(r["solution"][0] == "<reject>" for r in rows)
+
+
+def test_indirect_data_asks_half_the_reject_questions_without_the_name(tmp_path):
+    import json
+
+    def rows(data: str) -> tuple[str, list[dict]]:
+        st = _steps(_plan(env={**BASE, "INJECT": "0", "LOG_DIR": str(tmp_path / data), "REBO_DATA": data}))
+        st["rule_grpo"].prepare()
+        return st["rule_grpo"].inputs["data"], json.loads(Path(st["rule_grpo"].inputs["data"]).read_text())
+
+    (_, full), (path, indirect) = rows("full"), rows("indirect")
+    assert path.endswith("rebo_train.indirect.json") and len(indirect) == len(full)
+    changed = [(a, b) for a, b in zip(full, indirect) if a != b]
+    reject = [r for r in full if r["solution"][0] == "<reject>"]
+    assert changed and len(changed) == len(reject) // 2  # every second one: a group keeps one question of each form
+    assert all("this person" in b["prompt"] and b["solution"] == a["solution"] for a, b in changed)
+    with pytest.raises(PlanError, match="REBO_DATA=indirect is an RWKU setting"):
+        _plan("muse", env={"BUDGET": "test", "LOG_DIR": str(tmp_path), "REBO_DATA": "indirect"})
 
 
 def test_muse_plan_skips_rwku_only_methods():

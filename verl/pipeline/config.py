@@ -53,7 +53,8 @@ class PipelineConfig:
     rebo_ref: str = "start"
     """ReBO KL reference: start (the start model, the paper) or original (ablation "ref = original")."""
     rebo_data: str = "full"
-    """ReBO prompts: full (<reject> + <normal> boundary prompts) or reject_only (ablation "without boundary")."""
+    """ReBO prompts: full (<reject> + <normal> boundary prompts), reject_only (ablation "without boundary") or indirect
+    (full, every second <reject> question asking about the target as "this person": data.boundary.indirect_rows)."""
     rs_checkpoint: str = "checkpoint-epoch-2"
     """ReBO starts from this RS checkpoint when RS writes it (the paper: epoch 2), else from RS's final model."""
     args: StageArgs = field(default_factory=StageArgs)
@@ -79,8 +80,9 @@ class PipelineConfig:
         return asdict(self)
 
 
+REBO_DATA = ("full", "reject_only", "indirect")
 CHOICES = {"rebo_variant": ("cpu", "paper"), "device": ("cpu", "cuda"), "rebo_start": ("rs", "original"),
-           "rebo_ref": ("start", "original"), "rebo_data": ("full", "reject_only")}
+           "rebo_ref": ("start", "original"), "rebo_data": REBO_DATA}
 
 
 def budget_file(budget: str) -> Path:

@@ -19,7 +19,14 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from data import muse
-from data.boundary import BOUNDARY_SHARE, probe_queries, split_rows, train_rows, write_rebo_train_file
+from data.boundary import (
+    BOUNDARY_SHARE,
+    probe_queries,
+    split_rows,
+    train_rows,
+    with_indirect_rows,
+    write_rebo_train_file,
+)
 from data.rwku import REBO_EVAL_STEM, REBO_TRAIN_STEM, resolve_target
 from RS.args import args_to_dict, parse_args
 from verl.eval.cli import build_parser
@@ -494,20 +501,22 @@ class Planner:
     def rebo_train_file(self, folder: str, tdir: Path, inject_config: dict[str, Any]):
         """(path, writer, sha256) of ReBO's training file for a target: its ReBO rows without the boundary suite's
         held-out groups or a probe (``data.boundary.write_rebo_train_file``), in the sandbox only the pool's groups,
-        with REBO_DATA=reject_only only ``<reject>`` rows. One file per target, shared by every seed and method; the
-        hash is of its rows, computed here so that the plan shows it and a marker made from other rows says so."""
+        with REBO_DATA=reject_only only ``<reject>`` rows, with REBO_DATA=indirect every second ``<reject>`` row
+        asking about the target indirectly. One file per target, shared by every seed and method; the hash is of its
+        rows, computed here so that the plan shows it and a marker made from other rows says so."""
         share, pool = self.boundary_recipe(inject_config)
         labels = ("<reject>",) if self.cfg.rebo_data == "reject_only" else None
-        out = tdir / ("rebo_train.reject_only.json" if labels else "rebo_train.json")
-        key = (folder, share, pool, labels)
+        indirect = self.cfg.rebo_data == "indirect"
+        out = tdir / ("rebo_train.json" if self.cfg.rebo_data == "full" else f"rebo_train.{self.cfg.rebo_data}.json")
+        key = (folder, share, pool, labels, indirect)
         if key not in self._rebo_files:
-            self._rebo_files[key] = _rebo_rows(folder, self.s.data_dir, share, pool, labels)
+            self._rebo_files[key] = _rebo_rows(folder, self.s.data_dir, share, pool, labels, indirect)
         rows, summary = self._rebo_files[key]
         digest = rows_sha256(rows)
         self.rebo_summaries[folder] = {"file": rel(out), "sha256": digest, **summary}
 
         def write() -> None:
-            write_rebo_train_file(folder, out, share, pool, labels, data_root=self.s.data_dir)
+            write_rebo_train_file(folder, out, share, pool, labels, data_root=self.s.data_dir, indirect=indirect)
             written = rows_sha256(json.loads(out.read_text(encoding="utf-8")))
             if written != digest:
                 raise PlanError(f"{rel(out)}: the rows written (sha256 {written[:12]}) are not the planned ones "
@@ -527,8 +536,8 @@ class Planner:
                           {"argv": argv}, tdir / "data" / MARKER, tdir / "data" / "run.log", shared=True))
         notes = [f"{m.name}: applies to {'/'.join(m.benchmarks)} only; not run on MUSE" for m in self.s.methods
                  if m.name not in ALWAYS and "muse" not in m.benchmarks]
-        if self.cfg.rebo_data == "reject_only":
-            raise PlanError("REBO_DATA=reject_only is an RWKU ablation; MUSE runs with REBO_DATA=full")
+        if self.cfg.rebo_data != "full":
+            raise PlanError(f"REBO_DATA={self.cfg.rebo_data} is an RWKU setting; MUSE runs with REBO_DATA=full")
         rs_args = self.args("rs")
         rs_config = self._config_path("RS", "rs", rs_args.get("config"))
 
@@ -598,7 +607,8 @@ def rows_sha256(rows: list[dict]) -> str:
     return hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def _rebo_rows(folder: str, data_dir: str, share: float, pool: int, labels: tuple[str, ...] | None):
+def _rebo_rows(folder: str, data_dir: str, share: float, pool: int, labels: tuple[str, ...] | None,
+               indirect: bool = False):
     """The rows ``data.boundary.write_rebo_train_file`` writes for these settings, and its summary (nothing is
     written: the plan needs their hash, a dry run writes nothing)."""
     t = resolve_target(folder, data_dir)
@@ -608,6 +618,8 @@ def _rebo_rows(folder: str, data_dir: str, share: float, pool: int, labels: tupl
     rows = t.load(REBO_TRAIN_STEM)
     split = split_rows(rows, share, str(t.file(REBO_TRAIN_STEM)))
     kept, summary = train_rows(rows, split, pool, probe_queries(t), labels)
+    if kept and indirect:
+        kept, summary = with_indirect_rows(kept, summary, t.name)
     if not kept:
         raise PlanError(f"{folder}: no ReBO row left after the boundary split ({summary['dropped']})")
     return kept, summary

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from verl.eval.cli import SUITES as EVAL_SUITES
 from verl.models.embedded import EMBEDDED_ALIASES, resolve_model_path
-from verl.pipeline.config import budget_file
+from verl.pipeline.config import REBO_DATA, budget_file
 from verl.pipeline.methods import Method, parse_methods
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,7 +59,9 @@ VARS = [
         "(trainer.total_steps)"),
     Var("REBO_START", "--rebo-start", "rs", "ReBO start model: rs | original (ablation)"),
     Var("REBO_REF", "--rebo-ref", "start", "ReBO KL reference: start (the start model) | original (ablation)"),
-    Var("REBO_DATA", "--rebo-data", "full", "ReBO prompts: full | reject_only (ablation: no boundary prompts)"),
+    Var("REBO_DATA", "--rebo-data", "full",
+        "ReBO prompts: full | reject_only (ablation: no boundary prompts) | indirect (half the <reject> questions "
+        "ask about 'this person')"),
     Var("RS_CHECKPOINT", "--rs-checkpoint", "2", "RS epoch whose checkpoint ReBO starts from: 1 | 2 | 3 (the release "
         "ran ReBO from epochs 2 and 3 on RWKU, RS steps 76 and 114, and from 1, 2 and 3 on MUSE, steps 208/416/624)"),
     Var("SEEDS", "--seeds", "one run, each stage at its own config's seed (RS and the baselines 42, ReBO "
@@ -211,7 +213,7 @@ def resolve_settings(benchmark: str, values: dict[str, str], env: dict, has_gpu=
         rs_steps=_int("RS_STEPS", get.get("RS_STEPS")), rebo_steps=_int("REBO_STEPS", get.get("REBO_STEPS")),
         rebo_start=_choice("REBO_START", get.get("REBO_START"), ("rs", "original")),
         rebo_ref=_choice("REBO_REF", get.get("REBO_REF"), ("start", "original")),
-        rebo_data=_choice("REBO_DATA", get.get("REBO_DATA"), ("full", "reject_only")),
+        rebo_data=_choice("REBO_DATA", get.get("REBO_DATA"), REBO_DATA),
         rs_checkpoint=_rs_checkpoint(get.get("RS_CHECKPOINT")),
         muse_limit=_int("MUSE_LIMIT", get.get("MUSE_LIMIT")), gpu_memory=_gb("GPU_MEMORY", get.get("GPU_MEMORY")),
         overlays=(get.get("OVERLAYS") or "").split(), notes=notes,
