@@ -208,8 +208,7 @@ def indirect_rows(rows: list[dict], name: str, reference: str = INDIRECT_REFEREN
     row, so that a group's question and its fill-in-the-blank rewrite keep one form each and the labels' counts (and
     so ReBO's stratified batches) stay as they were."""
     pattern = re.compile(re.escape(name), re.IGNORECASE) if name else None
-    out, n = [], 0
-    naming = 0
+    out, n, naming = [], 0, 0
     for r in rows:
         if pattern and label(r) == "<reject>" and pattern.search(r["prompt"]):
             naming += 1
