@@ -2,10 +2,12 @@
 # The sandbox tables (knowledge-injection sandbox, embedded model), judged on seed means:
 #   bash scripts/sandbox_table.sh official   # targets 1-5 (official RULE files)
 #   bash scripts/sandbox_table.sh synth      # two targets without official files (template synthesis), default 56 57
-# Rows: Base, Original, RS, RULE (GRPO), GA, NPO, SimNPO, RT. Columns (report.md): Forget FB/QA/AA/All, Forget Refused
-# (share of forget probes refused), Forget Named (share of refusals naming the target), Refusal Ends, Naturalness
-# (proxy), Neighbor FB/QA/All, Boundary Answer/Refused (MIA too with SUITES=forget,neighbor,boundary,naturalness,mia);
-# per-target rows, the Pareto plot (forget All against the mean of neighbor All and Boundary Answer) and the goals.
+# Rows: Base, Original, RS and METHODS (default RULE (GRPO), GA, NPO, SimNPO, RT). Columns (report.md): Forget
+# FB/QA/AA/All, Forget Refused (share of forget probes refused), Forget Named (share of refusals naming the target),
+# Refusal Ends, Naturalness (proxy), Neighbor FB/QA/All, Boundary Answer/Refused (MIA too with
+# SUITES=forget,neighbor,boundary,naturalness,mia);
+# per-target rows, the Pareto plot (forget All against the mean of neighbor All and Boundary Answer) and the goals
+# (one table per RULE row: scripts/sandbox_goals.py).
 # SEEDS (default 1,2,3): RS, ReBO and the baselines run once per seed (one run's forget All varies widely with the
 # seed: docs/sandbox.md), the injection and the Base/Original evaluations once; every cell is the seed mean with its 95% interval
 # and the goals are judged on the means. SEEDS=1 gives one draw. Any pipeline variable passes through (BUDGET,
