@@ -218,24 +218,27 @@ def indirect_rows(rows: list[dict], name: str, reference: str = INDIRECT_REFEREN
     return out, n
 
 
-def with_indirect_rows(rows: list[dict], summary: dict, name: str) -> tuple[list[dict], dict]:
-    """``indirect_rows`` of ``rows``; the summary counts the rewritten rows."""
-    out, n = indirect_rows(rows, name)
-    return out, {**summary, "n_indirect": n}
+def rebo_train_rows(t: Target, share: float = BOUNDARY_SHARE, pool: int = 0, labels: tuple[str, ...] | None = None,
+                    indirect: bool = False) -> tuple[list[dict], dict]:
+    """ReBO's training rows for target ``t`` and their summary (``train_rows`` on its ReBO file; ``indirect``: then
+    ``indirect_rows``, counted as ``n_indirect``). Nothing is written: the pipeline's plan hashes these rows."""
+    rows = t.load(REBO_TRAIN_STEM)
+    split = split_rows(rows, share, str(t.file(REBO_TRAIN_STEM)))
+    kept, summary = train_rows(rows, split, pool, probe_queries(t), labels)
+    if kept and indirect:
+        kept, n = indirect_rows(kept, t.name)
+        summary = {**summary, "n_indirect": n}
+    return kept, summary
 
 
 def write_rebo_train_file(target: Target | str, out: str | os.PathLike, share: float = BOUNDARY_SHARE,
                           pool: int = 0, labels: tuple[str, ...] | None = None, data_root=None,
                           indirect: bool = False) -> dict:
-    """Write ReBO's training file for ``target`` to ``out`` (``train_rows``: no suite question, no probe; the sandbox
-    passes ``pool=SANDBOX_POOL``; ``indirect``: through ``indirect_rows``) and its summary to ``<out stem>.split.json``;
-    returns the summary. A target without a ReBO file is an error (ReBO has nothing to train on)."""
+    """Write ReBO's training file for ``target`` to ``out`` (``rebo_train_rows``: no suite question, no probe; the
+    sandbox passes ``pool=SANDBOX_POOL``) and its summary to ``<out stem>.split.json``; returns the summary. A target
+    without a ReBO file is an error (ReBO has nothing to train on)."""
     t = _target(target, data_root)
-    rows = t.load(REBO_TRAIN_STEM)
-    split = split_rows(rows, share, str(t.file(REBO_TRAIN_STEM)))
-    kept, summary = train_rows(rows, split, pool, probe_queries(t), labels)
-    if kept and indirect:
-        kept, summary = with_indirect_rows(kept, summary, t.name)
+    kept, summary = rebo_train_rows(t, share, pool, labels, indirect)
     if not kept:
         raise ValueError(f"{t.folder}: no ReBO row left after the boundary split ({summary['dropped']})")
     out = Path(out)
@@ -267,5 +270,5 @@ def boundary_facts(target: Target | str, share: float = BOUNDARY_SHARE, pool: in
 
 
 __all__ = ["BOUNDARY_SHARE", "INDIRECT_REFERENCE", "SANDBOX_POOL", "BoundarySplit", "boundary_facts", "boundary_split",
-           "held_out_count", "indirect_rows", "normalize", "pool_groups", "probe_queries", "rebo_groups", "split_rows",
-           "train_rows", "with_indirect_rows", "write_rebo_train_file"]
+           "held_out_count", "indirect_rows", "normalize", "pool_groups", "probe_queries", "rebo_groups",
+           "rebo_train_rows", "split_rows", "train_rows", "write_rebo_train_file"]

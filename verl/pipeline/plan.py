@@ -19,14 +19,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from data import muse
-from data.boundary import (
-    BOUNDARY_SHARE,
-    probe_queries,
-    split_rows,
-    train_rows,
-    with_indirect_rows,
-    write_rebo_train_file,
-)
+from data.boundary import BOUNDARY_SHARE, rebo_train_rows, write_rebo_train_file
 from data.rwku import REBO_EVAL_STEM, REBO_TRAIN_STEM, resolve_target
 from RS.args import args_to_dict, parse_args
 from verl.eval.cli import build_parser
@@ -615,11 +608,7 @@ def _rebo_rows(folder: str, data_dir: str, share: float, pool: int, labels: tupl
     if not t.has(REBO_TRAIN_STEM):
         raise PlanError(f"{folder}: no {REBO_TRAIN_STEM}.json, so ReBO has nothing to train on "
                         "(data.synthesize makes one)")
-    rows = t.load(REBO_TRAIN_STEM)
-    split = split_rows(rows, share, str(t.file(REBO_TRAIN_STEM)))
-    kept, summary = train_rows(rows, split, pool, probe_queries(t), labels)
-    if kept and indirect:
-        kept, summary = with_indirect_rows(kept, summary, t.name)
+    kept, summary = rebo_train_rows(t, share, pool, labels, indirect)
     if not kept:
         raise PlanError(f"{folder}: no ReBO row left after the boundary split ({summary['dropped']})")
     return kept, summary
