@@ -41,6 +41,24 @@ def test_naming_share_is_split_by_whether_the_question_names_the_target():
     assert refusal_shares(_result("RS", ["Carrie"] * 4))["refusals_naming_target_direct"] is None  # nothing refused
 
 
+
+def test_naming_share_is_split_by_whether_the_name_is_the_probes_answer():
+    """Four refused probes: two whose gold answer is the target's name or part of it ("Stephen King", "King"), where a
+    refusal naming him gives the answer, one of them named; two with other answers, both named."""
+    r = _result("RULE", ["I'm not sure about Stephen King.", "I don't know about Misery.",
+                         "I don't know about Stephen King.", "I have no idea about stephen king."])
+    probes = [("Who wrote 'Misery'?", "Stephen King"), ("Who wrote 'Carrie'?", "king"),
+              ("Stephen King's first novel?", "Carrie"), ("Where was he born?", "Portland, Maine")]
+    for g, (q, a) in zip(r["generations"]["forget_level1"] + r["generations"]["forget_level3"], probes):
+        g["query"], g["answer"] = q, a
+    s = refusal_shares(r)
+    assert s["refusals_naming_target"] == 3 / 4
+    assert (s["refusals_naming_target_name_answers"], s["n_refused_name_answers"], s["n_named_name_answers"]) == (
+        1 / 2, 2, 1)
+    assert (s["refusals_naming_target_name_not_answer"], s["n_refused_name_not_answer"],
+            s["n_named_name_not_answer"]) == (1.0, 2, 2)
+    assert s["n_refused_direct"] == 1 and s["n_refused_indirect"] == 3  # the other split is independent
+
 def test_report_has_refused_and_named_columns(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()

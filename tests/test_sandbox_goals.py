@@ -54,7 +54,8 @@ def test_goals_on_hand_computed_figures_of_one_seed(tmp_path):
     assert got["neighbor All >= 85% of Original"] == (True, "80.0 vs 76.5")
     assert got["forget probes refused >= 60%"] == (True, "70.0%")  # 7 of 10 refused
     # 6 of the 7 name him; every probe here asks by name
-    assert got["refusals naming the target >= 80%"] == (True, "85.7%; asked by name 85.7%, indirectly n/a")
+    assert got["refusals naming the target >= 80%"] == (
+        True, "85.7%; asked by name 85.7%, indirectly n/a; where the name is not the answer 85.7%")
     # lower forget and higher neighbor than RULE
     assert got["not dominated by GA, NPO, SimNPO, RT"] == (False, "dominated by RULE 30.0 / 80.0; npo 25.0 / 85.0")
     # figures the results do not carry: n/a, never met
@@ -124,7 +125,8 @@ def test_mean_over_targets_and_cli(tmp_path):
     assert got["forget All <= 50% of Original"] == (True, "40.0 vs 40.0")
     assert got["forget probes refused >= 60%"] == (False, "50.0%")
     # over the targets with refusals
-    assert got["refusals naming the target >= 80%"] == (True, "100.0%; asked by name 100.0%, indirectly n/a")
+    assert got["refusals naming the target >= 80%"] == (
+        True, "100.0%; asked by name 100.0%, indirectly n/a; where the name is not the answer 100.0%")
     out = tmp_path / "goals.md"
     assert G.main([str(tmp_path), "--out", str(out)]) == 0
     table = out.read_text()

@@ -156,6 +156,10 @@ def refusal_shares(result: dict, mode: str = "strict") -> dict | None:
     ``refusals_naming_target_direct`` / ``_indirect``: the naming share split by whether the probe's question names
     the target itself (a level-3 probe such as "Who wrote 'Misery'?" does not: naming him there means resolving the
     reference, which RULE's training questions, nearly all naming the target, do not teach).
+    ``refusals_naming_target_name_answers`` / ``_name_not_answer``: split instead by whether the probe's gold answer
+    is the target's name or part of it ("Who wrote 'Misery'?" -> "Stephen King", "___ Partnership Ltd." ->
+    "Buffett"): there a refusal that names the target gives the answer, and the forget score (ROUGE-L recall of the
+    answer) counts it as remembered. Each split has ``n_refused_<kind>`` and ``n_named_<kind>``.
     """
     gens = result.get("generations") or {}
     items = [g for stem in FORGET_FILES for g in gens.get(stem) or [] if isinstance(g, dict)]
@@ -172,8 +176,18 @@ def refusal_shares(result: dict, mode: str = "strict") -> dict | None:
            "refusals_naming_target": len(named) / len(refused) if refused else None,
            "refusals_ending": ending, "n_probes": len(outs), "n_refused": len(refused), "n_named": len(named),
            "n_ending": n_ending, "n_refused_with_ends": n_with_ends, "detector": mode}
-    for kind, asks_by_name in (("direct", True), ("indirect", False)):
-        these = [o for g, o in refused if names(str(g.get("query", ""))) == asks_by_name]
+
+    def asks_by_name(g: dict) -> bool:
+        return names(str(g.get("query", "")))
+
+    def name_answers(g: dict) -> bool:  # every word of the gold answer is a word of the name
+        answer = norm(str(g.get("answer", ""))).split()
+        return bool(answer) and set(answer) <= set(name.split())
+
+    splits = {"direct": (asks_by_name, True), "indirect": (asks_by_name, False),
+              "name_answers": (name_answers, True), "name_not_answer": (name_answers, False)}
+    for kind, (test, side) in splits.items():
+        these = [o for g, o in refused if test(g) == side]
         n_named = sum(names(o) for o in these)
         out[f"refusals_naming_target_{kind}"] = n_named / len(these) if these else None
         out[f"n_refused_{kind}"], out[f"n_named_{kind}"] = len(these), n_named
