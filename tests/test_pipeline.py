@@ -31,7 +31,7 @@ def _env(tmp_path, **kw) -> dict:
     return env
 
 
-def _plan(benchmark="rwku", env=None, overlays=None, n_gpus=None):
+def _plan(benchmark="rwku", env=None, overlays=None, n_gpus=None, environ=None):
     values = {k: v for k, v in (env or {}).items()}
     if overlays:
         values["OVERLAYS"] = " ".join(overlays)
@@ -39,7 +39,7 @@ def _plan(benchmark="rwku", env=None, overlays=None, n_gpus=None):
 
     values = {v.env: values.get(v.env, "") for v in VARS}
     settings = resolve_settings(benchmark, values, os.environ, has_gpu=lambda: 0)
-    return Planner(settings, n_gpus).plan(visible_gpus=lambda: 0)
+    return Planner(settings, n_gpus).plan(visible_gpus=lambda: 0, environ={} if environ is None else environ)
 
 
 def _steps(plan, target=0):
@@ -161,6 +161,19 @@ def test_paper_budget_workers_from_gpus_and_no_gpu_stops_a_real_run(capsys):
     assert any("no GPU is visible" in p for p in plan.problems)
     assert main(["rwku"], env={**env, "LOG_DIR": "/tmp/unused-log"}) == 1
     assert "cannot run" in capsys.readouterr().err
+
+
+def test_cpu_stages_keep_freed_memory_in_the_heap_unless_the_user_tunes_malloc():
+    from verl.utils.malloc import CPU_MALLOC_ENV
+
+    cpu = _plan(env={**BASE, "BUDGET": "smoke"})
+    assert {k: cpu.env[k] for k in CPU_MALLOC_ENV} == CPU_MALLOC_ENV and cpu.env["MALLOC_MMAP_MAX_"] == "0"
+    for own in ({"MALLOC_ARENA_MAX": "2"}, {"LD_PRELOAD": "/usr/lib/libtcmalloc.so.4"},
+                {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0"}):
+        assert not set(CPU_MALLOC_ENV) & set(_plan(env={**BASE, "BUDGET": "smoke"}, environ=own).env), own
+    assert "MALLOC_MMAP_MAX_" in _plan(env={**BASE, "BUDGET": "smoke"}, environ={"LD_PRELOAD": "libfoo.so"}).env
+    gpu = _plan(env={**BASE, "BUDGET": "paper", "INJECT": "0", "GPUS": "0"}, n_gpus=1)
+    assert not set(CPU_MALLOC_ENV) & set(gpu.env)
 
 
 def test_paper_budget_has_no_fallback_to_another_models_config(tmp_path, monkeypatch):

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None, env: dict | None = None) -> int:
     try:
         settings = resolve_settings(ns.benchmark, _values(ns, env), env)
         planner = Planner(settings)
-        plan = planner.plan()
+        plan = planner.plan(environ=env)
     except (PlanError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from verl.pipeline.methods import ALWAYS, METHODS, Method
 from verl.pipeline.resources import DEFAULT_GPU_GB, Resources, disk_plan, flat, model_shape
 from verl.pipeline.settings import Settings, gpu_count, gpu_memory_bytes, variable_overrides
 from verl.utils.checkpoint import STEP_DIR
+from verl.utils.malloc import cpu_malloc_env
 from verl.utils.memory import GB
 from verl.utils.vllm_engine import vllm_available
 
@@ -558,7 +559,9 @@ class Planner:
     def plan_target(self, target: str) -> TargetPlan:
         return self.plan_muse() if self.s.benchmark == "muse" else self.plan_rwku(target)
 
-    def plan(self, visible_gpus: Callable[[], int] | None = None) -> Plan:
+    def plan(self, visible_gpus: Callable[[], int] | None = None, environ: Mapping[str, str] | None = None) -> Plan:
+        """``environ``: the environment the stages will run in (default ``os.environ``), read for the user's own
+        malloc settings."""
         targets = [self.plan_target(t) for t in (self.s.targets if self.s.benchmark == "rwku" else ["books"])]
         needs_gpu = self.cfg.device == "cuda" or any(
             st.kind == "rebo" and st.config["trainer"]["device"] == "cuda" for tp in targets for st in tp.steps)
@@ -577,6 +580,8 @@ class Planner:
         env = {"RULE_DATA_DIR": rel(self.s.data_dir)}
         if self.s.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self.s.gpus)
+        if not needs_gpu:
+            env.update(cpu_malloc_env(os.environ if environ is None else environ))
         return Plan(self.s, self.cfg, self.files, targets, list(dict.fromkeys(self.problems)), self.n_gpus, env,
                     resources=self.resources() if needs_gpu and self.n_gpus else None, disk=disk,
                     notes=list(dict.fromkeys(self.notes)))
