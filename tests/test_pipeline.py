@@ -164,13 +164,17 @@ def test_paper_budget_workers_from_gpus_and_no_gpu_stops_a_real_run(capsys):
 
 
 def test_cpu_stages_keep_freed_memory_in_the_heap_unless_the_user_tunes_malloc():
+    from verl.pipeline.runner import resource_lines
     from verl.utils.malloc import CPU_MALLOC_ENV
 
     cpu = _plan(env={**BASE, "BUDGET": "smoke"})
     assert {k: cpu.env[k] for k in CPU_MALLOC_ENV} == CPU_MALLOC_ENV and cpu.env["MALLOC_MMAP_MAX_"] == "0"
+    assert "stages keep freed memory in malloc's heap (MALLOC_MMAP_MAX_=0 " in resource_lines(cpu)[0]
     for own in ({"MALLOC_ARENA_MAX": "2"}, {"LD_PRELOAD": "/usr/lib/libtcmalloc.so.4"},
                 {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0"}):
-        assert not set(CPU_MALLOC_ENV) & set(_plan(env={**BASE, "BUDGET": "smoke"}, environ=own).env), own
+        plan = _plan(env={**BASE, "BUDGET": "smoke"}, environ=own)
+        assert not set(CPU_MALLOC_ENV) & set(plan.env), own
+        assert resource_lines(plan)[0].endswith("malloc as your environment sets it")
     assert "MALLOC_MMAP_MAX_" in _plan(env={**BASE, "BUDGET": "smoke"}, environ={"LD_PRELOAD": "libfoo.so"}).env
     gpu = _plan(env={**BASE, "BUDGET": "paper", "INJECT": "0", "GPUS": "0"}, n_gpus=1)
     assert not set(CPU_MALLOC_ENV) & set(gpu.env)

@@ -18,6 +18,7 @@ from pathlib import Path
 from verl.pipeline.plan import Plan, Planner, Step, TargetPlan, latest_actor, rel, stage_env
 from verl.pipeline.resources import memory_report
 from verl.utils.io import atomic_write_json, atomic_write_text
+from verl.utils.malloc import CPU_MALLOC_ENV
 
 
 class StageFailed(RuntimeError):
@@ -110,7 +111,9 @@ def resource_lines(plan: Plan) -> list[str]:
     steps = [st for st in steps if st.seed in (None, first)]
     lines = memory_report(plan.resources, steps)
     if not lines and plan.config.device == "cpu":
-        lines = ["memory plan: a CPU budget (no GPU stage)"]
+        heap = ("stages keep freed memory in malloc's heap (" + " ".join(f"{k}={plan.env[k]}" for k in CPU_MALLOC_ENV)
+                + ")" if set(CPU_MALLOC_ENV) <= set(plan.env) else "malloc as your environment sets it")
+        lines = [f"memory plan: a CPU budget (no GPU stage); {heap}"]
     lines += [f"note: {n}" for n in plan.notes]
     if plan.disk is not None:
         lines += plan.disk.report(plan.settings.log_dir)
