@@ -40,7 +40,7 @@ def test_heap_reuse_removes_the_page_faults_of_large_frees_and_keeps_the_weights
     default_faults, default_weights = _run({})
     kept_faults, kept_weights = _run(CPU_MALLOC_ENV)
     assert kept_weights == default_weights
-    # 20 steps x 64 MiB = 327,680 pages faulted in by default; a reused heap faults in its first step's only
+    # 20 steps x 64 MiB = 327,680 pages faulted in by default; a reused heap faults them in for its first step only
     assert default_faults > 20 * 16384 * 0.9, default_faults
     assert kept_faults < default_faults / 5, (kept_faults, default_faults)
 

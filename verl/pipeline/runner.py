@@ -111,8 +111,10 @@ def resource_lines(plan: Plan) -> list[str]:
     steps = [st for st in steps if st.seed in (None, first)]
     lines = memory_report(plan.resources, steps)
     if not lines and plan.config.device == "cpu":
-        heap = ("stages keep freed memory in malloc's heap (" + " ".join(f"{k}={plan.env[k]}" for k in CPU_MALLOC_ENV)
-                + ")" if set(CPU_MALLOC_ENV) <= set(plan.env) else "malloc as your environment sets it")
+        heap = "malloc as your environment sets it"
+        if set(CPU_MALLOC_ENV) <= set(plan.env):
+            values = " ".join(f"{k}={plan.env[k]}" for k in CPU_MALLOC_ENV)
+            heap = f"stages keep freed memory in malloc's heap ({values})"
         lines = [f"memory plan: a CPU budget (no GPU stage); {heap}"]
     lines += [f"note: {n}" for n in plan.notes]
     if plan.disk is not None:

@@ -5,7 +5,7 @@ are 200 MB of fp32). glibc serves every block over its mmap threshold (at most 3
 unmaps it on ``free``, so each step faults all those pages in again and the kernel zeroes them: 5.7 M minor page
 faults and ~15% of the CPU time in the kernel over 12 injection steps. Keeping freed memory in the heap
 (no mmap, no trimming) lets the next step reuse it: 1.2 M faults and the same weights to the bit; the main job's
-kernel time falls 5-8x and its wall time 3-27%, for ~2% more peak RSS (docs/performance.md, "Memory allocation on a
+kernel time falls 6-7x and its wall time 3-27%, for ~2% more peak RSS (docs/performance.md, "Memory allocation on a
 CPU").
 
 glibc reads these variables when a process starts, so they go into the environment of each stage's process (and so
