@@ -18,8 +18,9 @@ at or above RS's; not dominated by GA, NPO, SimNPO or RT on the Pareto plane (fo
 All and Boundary Answer when the boundary suite was run, else neighbor All; no higher forget and no lower retain, one
 of the two strictly). The naming goal also shows its share on probes whose question names the target and on those
 that refer to it indirectly, and on probes whose answer is not the target's name (where it is, "Who wrote 'Misery'?",
-a refusal naming the target gives the answer and scores as remembered); these are not judged. A figure the results
-do not carry (no boundary suite, no end fields, no baseline run) makes its goal "n/a".
+a refusal naming the target gives the answer and scores as remembered), and its ceiling: the share of refusals on
+probes whose answer is not the name, the most naming can reach without giving an answer away; these are not judged.
+A figure the results do not carry (no boundary suite, no end fields, no baseline run) makes its goal "n/a".
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ PATHS = {  # figure -> metrics path (the report's column, so a moved metric foll
     "named_direct": ("refusal", "refusals_naming_target_direct"),  # shown beside the naming goal, not judged
     "named_indirect": ("refusal", "refusals_naming_target_indirect"),
     "named_not_answer": ("refusal", "refusals_naming_target_name_not_answer"),
+    "named_ceiling": ("refusal", "refusals_naming_ceiling"),
     "ends": column_path("Refusal Ends", ("refusal", "refusals_ending")),
     "naturalness": ("naturalness", "Mean"),
 }
@@ -161,7 +163,8 @@ def check(get, baselines: list[str], rule_method: str = RULE) -> list[tuple[str,
         _goal("refusals naming the target >= 80%", rule["named"], lambda v: v >= 80,
               f"{fmt(rule['named'])}%; asked by name {pct(rule['named_direct'])}, "
               f"indirectly {pct(rule['named_indirect'])}; where the name is not the answer "
-              f"{pct(rule['named_not_answer'])}"),
+              f"{pct(rule['named_not_answer'])}; at most {pct(rule['named_ceiling'])} without giving an answer "
+              "away"),
         _goal("Refusal Ends >= 90%", rule["ends"], lambda v: v >= 90, f"{fmt(rule['ends'])}%"),
         _goal("naturalness (proxy) >= RS's", rule["naturalness"],
               lambda v: get(RS, "naturalness").mean is not None and v >= get(RS, "naturalness").mean,

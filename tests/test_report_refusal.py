@@ -58,6 +58,9 @@ def test_naming_share_is_split_by_whether_the_name_is_the_probes_answer():
     assert (s["refusals_naming_target_name_not_answer"], s["n_refused_name_not_answer"],
             s["n_named_name_not_answer"]) == (1.0, 2, 2)
     assert s["n_refused_direct"] == 1 and s["n_refused_indirect"] == 3  # the other split is independent
+    # naming every refusal without giving an answer away reaches 2 of 4
+    assert s["refusals_naming_ceiling"] == 2 / 4
+    assert refusal_shares(_result("RS", ["Carrie"] * 4))["refusals_naming_ceiling"] is None  # nothing refused
 
 def test_report_has_refused_and_named_columns(tmp_path):
     runs = tmp_path / "runs"

@@ -55,7 +55,8 @@ def test_goals_on_hand_computed_figures_of_one_seed(tmp_path):
     assert got["forget probes refused >= 60%"] == (True, "70.0%")  # 7 of 10 refused
     # 6 of the 7 name him; every probe here asks by name
     assert got["refusals naming the target >= 80%"] == (
-        True, "85.7%; asked by name 85.7%, indirectly n/a; where the name is not the answer 85.7%")
+        True, "85.7%; asked by name 85.7%, indirectly n/a; where the name is not the answer 85.7%; at most 100.0% "
+        "without giving an answer away")
     # lower forget and higher neighbor than RULE
     assert got["not dominated by GA, NPO, SimNPO, RT"] == (False, "dominated by RULE 30.0 / 80.0; npo 25.0 / 85.0")
     # figures the results do not carry: n/a, never met
@@ -63,6 +64,21 @@ def test_goals_on_hand_computed_figures_of_one_seed(tmp_path):
     assert got["Refusal Ends >= 90%"][0] is None and got["naturalness (proxy) >= RS's"][0] is None
     table = G.to_markdown(G.load(tmp_path))
     assert "one seed: one draw" in table and " ± " not in table and "sandbox" in table.splitlines()[0]
+
+
+def test_naming_goal_shows_the_ceiling_left_by_refusals_whose_probe_answer_is_the_name(tmp_path):
+    """10 refusals, 2 of them (generic) on probes whose gold answer is "Stephen King", 7 of the other 8 named: naming
+    70%, 87.5% where the name is not the answer, and at most 80% without a refusal that gives its answer away."""
+    rule = _result(0.3, 0.8, [NAMED] * 7 + [UNNAMED] * 3)
+    for g in rule["generations"]["forget_level1"]:
+        g["answer"] = "Carrie"
+    for g in rule["generations"]["forget_level1"][-2:]:
+        g["query"], g["answer"] = "Who wrote 'Misery'?", "Stephen King"
+    _write(tmp_path, "1_Stephen_King", {"original": _result(0.8, 0.9, [ANSWER] * 10),
+                                        "rs": _result(0.6, 0.85, [ANSWER] * 10), "rule_grpo": rule})
+    assert _goals(tmp_path)["refusals naming the target >= 80%"] == (
+        False, "70.0%; asked by name 87.5%, indirectly 0.0%; where the name is not the answer 87.5%; at most 80.0% "
+        "without giving an answer away")
 
 
 def test_goals_are_judged_on_seed_means_and_show_intervals(tmp_path):
@@ -126,7 +142,8 @@ def test_mean_over_targets_and_cli(tmp_path):
     assert got["forget probes refused >= 60%"] == (False, "50.0%")
     # over the targets with refusals
     assert got["refusals naming the target >= 80%"] == (
-        True, "100.0%; asked by name 100.0%, indirectly n/a; where the name is not the answer 100.0%")
+        True, "100.0%; asked by name 100.0%, indirectly n/a; where the name is not the answer 100.0%; at most 100.0% "
+        "without giving an answer away")
     out = tmp_path / "goals.md"
     assert G.main([str(tmp_path), "--out", str(out)]) == 0
     table = out.read_text()

@@ -160,6 +160,8 @@ def refusal_shares(result: dict, mode: str = "strict") -> dict | None:
     is the target's name or part of it ("Who wrote 'Misery'?" -> "Stephen King", "___ Partnership Ltd." ->
     "Buffett"): there a refusal that names the target gives the answer, and the forget score (ROUGE-L recall of the
     answer) counts it as remembered. Each split has ``n_refused_<kind>`` and ``n_named_<kind>``.
+    ``refusals_naming_ceiling``: the share of refusals on probes whose answer is *not* the target's name, i.e. the
+    highest naming share these refusals allow without one that gives its answer away.
     """
     gens = result.get("generations") or {}
     items = [g for stem in FORGET_FILES for g in gens.get(stem) or [] if isinstance(g, dict)]
@@ -191,6 +193,7 @@ def refusal_shares(result: dict, mode: str = "strict") -> dict | None:
         n_named = sum(names(o) for o in these)
         out[f"refusals_naming_target_{kind}"] = n_named / len(these) if these else None
         out[f"n_refused_{kind}"], out[f"n_named_{kind}"] = len(these), n_named
+    out["refusals_naming_ceiling"] = out["n_refused_name_not_answer"] / len(refused) if refused else None
     return out
 
 
